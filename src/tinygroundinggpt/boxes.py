@@ -1,0 +1,211 @@
+"""Every box conversion, parse, validation and IoU in the project lives here.
+
+Three frames (DESIGN.md §2):
+
+* **pixel** – absolute ``[x1, y1, x2, y2]`` in the *original* image, ``x2``/``y2`` exclusive edges
+  (a box covering pixel columns 3..5 is ``[3, y1, 6, y2]``). Data files store this frame.
+* **model** – normalised to the image after it is padded to a square (centred padding, as LLaVA's
+  ``expand2square``), printed with three decimals. This is what the LLM reads and writes.
+* **norm** – normalised to the original width and height (what lmms-eval's REC scorer uses).
+
+Nothing outside this module should do box arithmetic; call these functions instead.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+
+Box = tuple[float, float, float, float]
+
+DECIMALS = 3
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+
+
+class BoxError(ValueError):
+    """A box that is malformed for the image it refers to (inverted, outside, empty, not finite)."""
+
+
+def _as_box(box: Sequence[float], what: str = "box") -> Box:
+    if len(box) != 4:
+        raise BoxError(f"{what} must have 4 numbers [x1, y1, x2, y2], got {len(box)}: {list(box)!r}")
+    try:
+        vals = tuple(float(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise BoxError(f"{what} has a non-numeric coordinate: {list(box)!r}") from exc
+    if not all(math.isfinite(v) for v in vals):
+        raise BoxError(f"{what} has a non-finite coordinate: {list(box)!r}")
+    return vals  # type: ignore[return-value]
+
+
+def validate_pixel_box(
+    box: Sequence[float], width: int, height: int, *, repair: bool = False, what: str = "box"
+) -> Box:
+    """Check a pixel-frame box against its image; return it (clamped when ``repair``).
+
+    Without ``repair`` an inverted, out-of-image or zero-area box raises :class:`BoxError` naming the
+    problem. With ``repair`` coordinates are clamped to the image and swapped when inverted; a box
+    that is still empty after that raises all the same (nothing is silently invented).
+    """
+    x1, y1, x2, y2 = _as_box(box, what)
+    if width <= 0 or height <= 0:
+        raise BoxError(f"{what}: image size must be positive, got {width}x{height}")
+    if repair:
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    else:
+        if x2 < x1 or y2 < y1:
+            raise BoxError(f"{what} is inverted (x2 < x1 or y2 < y1): {[x1, y1, x2, y2]}")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise BoxError(f"{what} {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        raise BoxError(f"{what} has zero area: {[x1, y1, x2, y2]}")
+    return (x1, y1, x2, y2)
+
+
+def validate_unit_box(box: Sequence[float], *, repair: bool = False, what: str = "box") -> Box:
+    """Like :func:`validate_pixel_box` for a box normalised to [0, 1] (model or norm frame)."""
+    return validate_pixel_box(box, 1, 1, repair=repair, what=what)
+
+
+def square_side(width: int, height: int) -> int:
+    return max(width, height)
+
+
+def pad_offsets(width: int, height: int) -> tuple[int, int]:
+    """Left and top padding added when the image is centred on a square canvas."""
+    side = square_side(width, height)
+    return (side - width) // 2, (side - height) // 2
+
+
+def pixel_to_model(box: Sequence[float], width: int, height: int) -> Box:
+    """Original pixels → normalised to the centred padded square (unrounded)."""
+    x1, y1, x2, y2 = _as_box(box)
+    side = square_side(width, height)
+    dx, dy = pad_offsets(width, height)
+    return ((x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side)
+
+
+def model_to_pixel(box: Sequence[float], width: int, height: int, *, clamp: bool = True) -> Box:
+    """Model frame → original pixels; clamped to the image (the padding is not part of it)."""
+    x1, y1, x2, y2 = _as_box(box)
+    side = square_side(width, height)
+    dx, dy = pad_offsets(width, height)
+    out = (x1 * side - dx, y1 * side - dy, x2 * side - dx, y2 * side - dy)
+    return clamp_pixel_box(out, width, height) if clamp else out
+
+
+def pixel_to_norm(box: Sequence[float], width: int, height: int) -> Box:
+    x1, y1, x2, y2 = _as_box(box)
+    return (x1 / width, y1 / height, x2 / width, y2 / height)
+
+
+def norm_to_pixel(box: Sequence[float], width: int, height: int) -> Box:
+    x1, y1, x2, y2 = _as_box(box)
+    return (x1 * width, y1 * height, x2 * width, y2 * height)
+
+
+def model_to_norm(box: Sequence[float], width: int, height: int) -> Box:
+    return pixel_to_norm(model_to_pixel(box, width, height), width, height)
+
+
+def clamp_pixel_box(box: Sequence[float], width: int, height: int) -> Box:
+    """Clamp each coordinate into the image; does not reorder (see validate with ``repair``)."""
+    x1, y1, x2, y2 = _as_box(box)
+    cx = lambda v: min(max(v, 0.0), float(width))  # noqa: E731
+    cy = lambda v: min(max(v, 0.0), float(height))  # noqa: E731
+    return (cx(x1), cy(y1), cx(x2), cy(y2))
+
+
+def round_box(box: Sequence[float], decimals: int = DECIMALS) -> Box:
+    return tuple(round(float(v), decimals) for v in box)  # type: ignore[return-value]
+
+
+def format_box(box: Sequence[float], decimals: int = DECIMALS) -> str:
+    """Model-frame box → its text form ``[0.120, 0.300, 0.560, 0.910]`` (clamped to [0, 1])."""
+    vals = [min(max(float(v), 0.0), 1.0) for v in _as_box(box)]
+    return "[" + ", ".join(f"{v:.{decimals}f}" for v in vals) + "]"
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """Every ``[a, b, c, d]`` in ``text``, in order, as floats (no validation: see ``validate_*``)."""
+    return [tuple(float(g) for g in m.groups()) for m in _BOX_RE.finditer(text)]  # type: ignore[misc]
+
+
+def parse_first_box(text: str) -> Box | None:
+    """The first box in ``text`` or ``None`` when there is none (the REC answer rule)."""
+    m = _BOX_RE.search(text)
+    return tuple(float(g) for g in m.groups()) if m else None  # type: ignore[return-value]
+
+
+def area(box: Sequence[float]) -> float:
+    x1, y1, x2, y2 = _as_box(box)
+    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def center(box: Sequence[float]) -> tuple[float, float]:
+    x1, y1, x2, y2 = _as_box(box)
+    return ((x1 + x2) / 2, (y1 + y2) / 2)
+
+
+def contains_point(box: Sequence[float], point: Sequence[float]) -> bool:
+    x1, y1, x2, y2 = _as_box(box)
+    return x1 <= point[0] <= x2 and y1 <= point[1] <= y2
+
+
+def intersection(a: Sequence[float], b: Sequence[float]) -> float:
+    ax1, ay1, ax2, ay2 = _as_box(a)
+    bx1, by1, bx2, by2 = _as_box(b)
+    return max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes in the same frame; 0 for degenerate (inverted) boxes."""
+    inter = intersection(a, b)
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def xywh_to_xyxy(box: Sequence[float]) -> Box:
+    """COCO ``[x, y, w, h]`` → ``[x1, y1, x2, y2]``."""
+    x, y, w, h = _as_box(box)
+    return (x, y, x + w, y + h)
+
+
+def xyxy_to_xywh(box: Sequence[float]) -> Box:
+    x1, y1, x2, y2 = _as_box(box)
+    return (x1, y1, x2 - x1, y2 - y1)
+
+
+def to_int_box(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """Pixel box → integer crop window covering every pixel the box touches."""
+    x1, y1, x2, y2 = _as_box(box)
+    return (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
+
+
+def expand_box(box: Sequence[float], margin: float, width: int, height: int) -> Box:
+    """Grow a pixel box by ``margin`` × its size on every side (context margin), kept in the image."""
+    x1, y1, x2, y2 = _as_box(box)
+    mw, mh = (x2 - x1) * margin, (y2 - y1) * margin
+    return clamp_pixel_box((x1 - mw, y1 - mh, x2 + mw, y2 + mh), width, height)
+
+
+def jitter_box(box: Sequence[float], rng: random.Random, scale: float, width: int, height: int) -> Box:
+    """Shift each edge by up to ``scale`` × the box size (train-time augmentation), kept valid."""
+    x1, y1, x2, y2 = _as_box(box)
+    w, h = x2 - x1, y2 - y1
+    out = (
+        x1 + rng.uniform(-scale, scale) * w,
+        y1 + rng.uniform(-scale, scale) * h,
+        x2 + rng.uniform(-scale, scale) * w,
+        y2 + rng.uniform(-scale, scale) * h,
+    )
+    out = clamp_pixel_box(out, width, height)
+    if out[2] - out[0] < 1 or out[3] - out[1] < 1:
+        return (x1, y1, x2, y2)
+    return out

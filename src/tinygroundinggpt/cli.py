@@ -1,0 +1,32 @@
+"""``tgg``: one sub-command per job. Each job's package exposes ``add_commands(subparsers)``.
+
+To add a job, write ``<package>/cli.py`` with ``add_commands`` and list it in ``COMMAND_MODULES``;
+keep heavy imports inside the command functions so ``tgg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "tinygroundinggpt.model.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tgg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The project's sample format: one JSON object per line (JSONL).
+
+```json
+{"id": "refcoco-1",
+ "image": "images/0001.png",            # relative to the data file's folder (or an image root)
+ "width": 640, "height": 480,           # optional; checked against the image when present
+ "boxes": [[12, 30, 200, 310], ...],    # ORIGINAL-IMAGE PIXELS, x1 y1 x2 y2 (storage frame)
+ "messages": [
+   {"role": "user", "content": "<image>\\nWhere is the red circle?"},
+   {"role": "assistant", "content": "It is at <box:0>."}]}
+```
+
+Text never holds coordinates: ``<box:i>`` stands for ``boxes[i]`` and is rendered in the model frame
+at processing time; ``<object:i>`` stands for the object image cropped from ``boxes[i]``; ``<image>``
+for the global image. So the model frame can change without rewriting data (Shikra's pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinygroundinggpt.boxes import Box, BoxError, validate_pixel_box
+
+IMAGE_TOKEN = "<image>"
+OBJECT_TOKEN = "<object>"
+BOX_REF_RE = re.compile(r"<box:(\d+)>")
+OBJECT_REF_RE = re.compile(r"<object:(\d+)>")
+ROLES = ("system", "user", "assistant")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used, with the reason."""
+
+
+@dataclass
+class Sample:
+    id: str
+    messages: list[dict[str, str]]
+    image: str | None = None
+    boxes: list[Box] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.image is not None:
+            out["image"] = self.image
+        if self.width is not None:
+            out["width"], out["height"] = self.width, self.height
+        out["boxes"] = [list(b) for b in self.boxes]
+        out["messages"] = self.messages
+        if self.meta:
+            out["meta"] = self.meta
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Sample:
+        if not isinstance(obj, dict):
+            raise SampleError(f"expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("id", "messages") if k not in obj]
+        if missing:
+            raise SampleError(f"missing key(s) {missing}")
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise SampleError("'messages' must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise SampleError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r}")
+        boxes = obj.get("boxes") or []
+        if not isinstance(boxes, list):
+            raise SampleError("'boxes' must be a list of [x1, y1, x2, y2]")
+        sample = cls(
+            id=str(obj["id"]),
+            messages=messages,
+            image=obj.get("image"),
+            boxes=[tuple(float(v) for v in b) for b in boxes],  # type: ignore[misc]
+            width=obj.get("width"),
+            height=obj.get("height"),
+            meta=obj.get("meta") or {},
+        )
+        sample.check_references()
+        if sample.width is not None and sample.height is not None:
+            sample.check_boxes(sample.width, sample.height)
+        return sample
+
+    def check_references(self) -> None:
+        """Every ``<box:i>``/``<object:i>`` names an existing box; image tokens need an image."""
+        for m in self.messages:
+            for ref in BOX_REF_RE.findall(m["content"]) + OBJECT_REF_RE.findall(m["content"]):
+                if int(ref) >= len(self.boxes):
+                    raise SampleError(f"reference to box {ref} but the sample has {len(self.boxes)} boxes")
+            if (IMAGE_TOKEN in m["content"] or OBJECT_REF_RE.search(m["content"])) and self.image is None:
+                raise SampleError("uses <image>/<object:i> but has no 'image'")
+
+    def check_boxes(self, width: int, height: int) -> None:
+        for i, b in enumerate(self.boxes):
+            try:
+                validate_pixel_box(b, width, height, what=f"boxes[{i}]")
+            except BoxError as exc:
+                raise SampleError(str(exc)) from exc
+
+
+@dataclass
+class LoadReport:
+    """What a data file held: samples read and samples skipped with (file, line, problem)."""
+
+    path: str
+    read: int = 0
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"{self.path}: {self.read} samples"
+        if self.skipped:
+            s += f", {len(self.skipped)} skipped"
+        return s
+
+
+def iter_jsonl(path: str | Path, report: LoadReport | None = None) -> Iterator[Sample]:
+    """Samples of a JSONL file; bad lines are recorded in ``report`` (file, line, problem) and skipped."""
+    path = Path(path)
+    report = report if report is not None else LoadReport(str(path))
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = Sample.from_json(json.loads(line))
+            except (json.JSONDecodeError, SampleError, TypeError, ValueError) as exc:
+                report.skipped.append((str(path), lineno, f"{type(exc).__name__}: {exc}"))
+                continue
+            report.read += 1
+            yield sample
+
+
+def write_jsonl(path: str | Path, samples: list[Sample] | Iterator[Sample]) -> int:
+    """Write samples atomically (temp file + rename); returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for s in samples:
+            fh.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n

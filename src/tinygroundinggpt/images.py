@@ -1,0 +1,115 @@
+"""Image loading and the geometric image operations the model needs (pad to square, crop a box).
+
+Coordinates come from :mod:`tinygroundinggpt.boxes`; this module only moves pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tinygroundinggpt.boxes import Box, pad_offsets, square_side, to_int_box, validate_pixel_box
+
+# Decompression bombs: Pillow warns above this and errors above twice this. We make both an error
+# with the file's name, and let callers lower the cap (the server does).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used, with its name and the reason."""
+
+
+def load_image(
+    source: str | Path | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> Image.Image:
+    """Open an image from a path, bytes or PIL image and return it as 8-bit RGB, upright.
+
+    Handles grayscale, 16-bit, palette, RGBA/LA (composited on white), CMYK and EXIF orientation.
+    A missing, empty, corrupt or oversized image raises :class:`ImageLoadError` naming it.
+    """
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise ImageLoadError(f"{label}: no such image file")
+            data = path.read_bytes()
+        else:
+            data = bytes(source)
+        if not data:
+            raise ImageLoadError(f"{label}: the image file is empty")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                _check_pixels(img, max_pixels, label)
+                img.load()
+        except ImageLoadError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageLoadError(f"{label}: image too large ({exc})") from exc
+        except Exception as exc:  # PIL raises many types for corrupt data
+            raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    _check_pixels(img, max_pixels, label)
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def _check_pixels(img: Image.Image, max_pixels: int, label: str) -> None:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"{label}: image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageLoadError(f"{label}: image has {w}x{h} = {w * h} pixels, more than the limit {max_pixels}")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB with the colours a viewer would show."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def mean_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
+    """An encoder's normalisation mean as an 8-bit fill colour (padding reads as zero after normalising)."""
+    return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
+
+
+def pad_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Centre ``img`` on a square canvas of colour ``fill`` (LLaVA's ``expand2square``)."""
+    w, h = img.size
+    side = square_side(w, h)
+    if w == h:
+        return img
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(img, pad_offsets(w, h))
+    return canvas
+
+
+def crop_box(img: Image.Image, box: Box) -> Image.Image:
+    """The pixels of a pixel-frame box (validated against the image; fractional edges rounded outward)."""
+    validate_pixel_box(box, img.width, img.height, what="object box")
+    return img.crop(to_int_box(box))
