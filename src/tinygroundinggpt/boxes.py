@@ -177,6 +177,12 @@ def xywh_to_xyxy(box: Sequence[float]) -> Box:
     return (x, y, x + w, y + h)
 
 
+def cxcywh_to_xyxy(box: Sequence[float]) -> Box:
+    """Centre-size ``[cx, cy, w, h]`` (DETR/GroundingDINO heads) → ``[x1, y1, x2, y2]`` in the same frame."""
+    cx, cy, w, h = _as_box(box)
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
 def xyxy_to_xywh(box: Sequence[float]) -> Box:
     x1, y1, x2, y2 = _as_box(box)
     return (x1, y1, x2 - x1, y2 - y1)

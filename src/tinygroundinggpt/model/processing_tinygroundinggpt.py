@@ -1,0 +1,312 @@
+"""Processor: images → [0, 1] square tensors, conversations → token ids + labels for TinyGroundingGPT.
+
+* The global image is padded to a centred square with the CLIP mean colour and resized; the model
+  normalises it per encoder.
+* ``<box:i>`` in text becomes the box in the model frame (:mod:`tinygroundinggpt.boxes`); ``<object:i>``
+  becomes an ``<object>`` token backed by the zoomed crop of box ``i``.
+* The chat template is the tokenizer's own (Qwen2.5 ChatML); labels cover exactly the assistant replies
+  (+ the end-of-turn token), located by rendering the template on conversation prefixes — never by
+  re-tokenising pieces, which is where LLaVA-style "tokenization mismatch" comes from.
+* ``<image>``/``<object>`` are expanded to their feature-token counts *after* tokenisation, and
+  truncation never cuts through such a run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import ProcessorMixin
+
+from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN, Sample
+from tinygroundinggpt.images import crop_box, load_image, pad_to_square
+
+IGNORE_INDEX = -100
+
+
+class TruncationError(ValueError):
+    """A conversation that cannot be cut to ``max_length`` without losing everything it is for."""
+
+
+@dataclass
+class Encoded:
+    """One processed conversation, before batching."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor  # [n_images, 3, S, S]
+    object_pixel_values: torch.Tensor  # [n_objects, 3, S, S]
+    object_boxes: list[bx.Box] = field(default_factory=list)  # pixel boxes of the objects, in order
+
+
+class TinyGroundingGPTProcessor(ProcessorMixin):
+    """Tokenizer + image handling for TinyGroundingGPT (see the module docstring)."""
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        image_size: int = 336,
+        image_seq_length: int = 576,
+        object_seq_length: int = 576,
+        pad_fill: Sequence[int] = (122, 116, 104),
+        image_position: str = "first",
+        object_margin: float = 0.0,
+        object_jitter: float = 0.0,
+        max_length: int = 2048,
+        system_prompt: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if image_position not in ("first", "last", "as_written"):
+            raise ValueError(f"image_position must be 'first', 'last' or 'as_written', got {image_position!r}")
+        self.image_size = image_size
+        self.image_seq_length = image_seq_length
+        self.object_seq_length = object_seq_length
+        self.pad_fill = tuple(int(v) for v in pad_fill)
+        self.image_position = image_position
+        self.object_margin = object_margin
+        self.object_jitter = object_jitter
+        self.max_length = max_length
+        self.system_prompt = system_prompt
+        if chat_template is None and tokenizer is not None:
+            chat_template = tokenizer.chat_template
+        super().__init__(tokenizer, chat_template=chat_template, **kwargs)
+
+    # --- token ids ----------------------------------------------------------------------------------
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    @property
+    def object_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(OBJECT_TOKEN)
+
+    # --- images -------------------------------------------------------------------------------------
+    def image_to_tensor(self, img: Image.Image) -> torch.Tensor:
+        """Pad to a centred square (mean colour), resize to ``image_size``, scale to [0, 1]."""
+        square = pad_to_square(img, self.pad_fill).resize((self.image_size, self.image_size), Image.BICUBIC)
+        arr = np.asarray(square, dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+    def object_to_tensor(
+        self, img: Image.Image, box: Sequence[float], rng: random.Random | None = None
+    ) -> torch.Tensor:
+        """Crop a pixel box, zoom it to the encoder resolution. ``rng`` turns on train-time augmentation."""
+        box = bx.validate_pixel_box(box, img.width, img.height, repair=True, what="object box")
+        if rng is not None:
+            if self.object_margin > 0:
+                box = bx.expand_box(box, rng.uniform(0, self.object_margin), img.width, img.height)
+            if self.object_jitter > 0:
+                box = bx.jitter_box(box, rng, self.object_jitter, img.width, img.height)
+        return self.image_to_tensor(crop_box(img, box))
+
+    # --- text ---------------------------------------------------------------------------------------
+    def render_messages(
+        self, messages: list[dict[str, str]], pixel_boxes: Sequence[Sequence[float]], width: int, height: int
+    ) -> tuple[list[dict[str, str]], list[int]]:
+        """Replace ``<box:i>`` by model-frame box text and ``<object:i>`` by ``<object>``.
+
+        Returns the rendered messages and the box index of every ``<object>`` in order of appearance.
+        """
+        model_boxes = [bx.pixel_to_model(b, width, height) for b in pixel_boxes] if pixel_boxes else []
+        object_order: list[int] = []
+        out = []
+        for m in messages:
+            text = BOX_REF_RE.sub(lambda mt: bx.format_box(model_boxes[int(mt.group(1))]), m["content"])
+
+            def _obj(mt: Any) -> str:
+                object_order.append(int(mt.group(1)))
+                return OBJECT_TOKEN
+
+            text = OBJECT_REF_RE.sub(_obj, text)
+            out.append({"role": m["role"], "content": text})
+        return self._place_image(out), object_order
+
+    def _place_image(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        if self.image_position == "as_written":
+            return messages
+        for m in messages:
+            if m["role"] == "user" and IMAGE_TOKEN in m["content"]:
+                rest = m["content"].replace(IMAGE_TOKEN, "", 1).strip()
+                m["content"] = f"{IMAGE_TOKEN}\n{rest}" if self.image_position == "first" else f"{rest}\n{IMAGE_TOKEN}"
+                break
+        return messages
+
+    def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def tokenize_conversation(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """Template → ids, with labels on assistant replies and their end-of-turn token only."""
+        full = self._template(messages, add_generation_prompt)
+        eos = self.tokenizer.eos_token
+        spans = []
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prefix = self._template(messages[:k], add_generation_prompt=True)
+            if not full.startswith(prefix) or not full.startswith(m["content"], len(prefix)):
+                raise ValueError("the chat template does not render conversation prefixes as prefixes")
+            start = len(prefix)
+            end = start + len(m["content"])
+            if eos and full.startswith(eos, end):
+                end += len(eos)
+            spans.append((start, end))
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        labels = [IGNORE_INDEX] * len(ids)
+        for i, (a, b) in enumerate(enc["offset_mapping"]):
+            if b > a and any(s <= a and b <= e for s, e in spans):
+                labels[i] = ids[i]
+        return ids, labels
+
+    def _expand(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """Repeat each placeholder to its token count; return the runs as (start, end) for truncation."""
+        counts = {self.image_token_id: self.image_seq_length, self.object_token_id: self.object_seq_length}
+        out_ids, out_labels, runs = [], [], []
+        for t, lab in zip(ids, labels, strict=True):
+            n = counts.get(t)
+            if n is None:
+                out_ids.append(t)
+                out_labels.append(lab)
+            else:
+                runs.append((len(out_ids), len(out_ids) + n))
+                out_ids.extend([t] * n)
+                out_labels.extend([IGNORE_INDEX] * n)
+        return out_ids, out_labels, runs
+
+    # --- whole samples ------------------------------------------------------------------------------
+    def encode(
+        self,
+        messages: list[dict[str, str]],
+        image: Image.Image | None = None,
+        pixel_boxes: Sequence[Sequence[float]] = (),
+        *,
+        add_generation_prompt: bool = False,
+        rng: random.Random | None = None,
+    ) -> Encoded:
+        """One conversation (with ``<image>``, ``<box:i>``, ``<object:i>``) → :class:`Encoded`.
+
+        ``rng`` enables train-time object augmentation; leave it ``None`` at inference.
+        """
+        width, height = image.size if image is not None else (1, 1)
+        rendered, object_order = self.render_messages(messages, pixel_boxes, width, height)
+        n_images = sum(m["content"].count(IMAGE_TOKEN) for m in rendered)
+        if n_images and image is None:
+            raise ValueError("the conversation has <image> but no image was given")
+        if n_images > 1:
+            raise ValueError(f"the conversation has {n_images} <image> placeholders; one global image is supported")
+        ids, labels = self.tokenize_conversation(rendered, add_generation_prompt)
+        ids, labels, runs = self._expand(ids, labels)
+        if len(ids) > self.max_length:
+            ids, labels, runs = self._truncate(ids, labels, runs)
+        n_img_kept = sum(1 for start, _ in runs if ids[start] == self.image_token_id)
+        n_obj_kept = sum(1 for start, _ in runs if ids[start] == self.object_token_id)
+        object_order = object_order[:n_obj_kept]
+        s = self.image_size
+        pixel_values = (
+            self.image_to_tensor(image).unsqueeze(0) if n_img_kept else torch.zeros(0, 3, s, s, dtype=torch.float32)
+        )
+        obj_boxes = [tuple(pixel_boxes[i]) for i in object_order]
+        object_pixel_values = (
+            torch.stack([self.object_to_tensor(image, b, rng) for b in obj_boxes])
+            if obj_boxes
+            else torch.zeros(0, 3, s, s, dtype=torch.float32)
+        )
+        return Encoded(ids, labels, pixel_values, object_pixel_values, obj_boxes)  # type: ignore[arg-type]
+
+    def _truncate(
+        self, ids: list[int], labels: list[int], runs: list[tuple[int, int]]
+    ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        cut = self.max_length
+        for start, end in runs:
+            if start < cut < end:  # never split a run: drop it whole
+                cut = start
+        if all(lab == IGNORE_INDEX for lab in labels[:cut]) and any(lab != IGNORE_INDEX for lab in labels):
+            raise TruncationError(
+                f"max_length {self.max_length} cuts off every assistant token of a {len(ids)}-token conversation"
+            )
+        return ids[:cut], labels[:cut], [(s, e) for s, e in runs if e <= cut]
+
+    def encode_sample(
+        self, sample: Sample, image_root: str | None = None, *, rng: random.Random | None = None
+    ) -> Encoded:
+        """A stored :class:`Sample` (image path relative to ``image_root``) → :class:`Encoded`."""
+        image = None
+        if sample.image is not None:
+            path = Path(image_root) / sample.image if image_root else Path(sample.image)
+            image = load_image(path)
+            sample.check_boxes(image.width, image.height)
+        return self.encode(sample.messages, image, sample.boxes, rng=rng)
+
+    # --- batching -----------------------------------------------------------------------------------
+    def collate(self, items: Sequence[Encoded], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad a list of :class:`Encoded` into a batch (left padding for generation)."""
+        pad_id = self.tokenizer.pad_token_id
+        longest = max(len(e.input_ids) for e in items)
+        ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for i, e in enumerate(items):
+            n = len(e.input_ids)
+            sl = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
+            ids[i, sl] = torch.tensor(e.input_ids)
+            labels[i, sl] = torch.tensor(e.labels)
+            mask[i, sl] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "pixel_values": torch.cat([e.pixel_values for e in items]),
+            "object_pixel_values": torch.cat([e.object_pixel_values for e in items]),
+        }
+
+    def __call__(
+        self,
+        text: str | list[str],
+        images: Image.Image | list[Image.Image | None] | None = None,
+        boxes: list[Sequence[Sequence[float]]] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Single-turn prompts → a left-padded generation batch.
+
+        Each prompt is one user turn; an image is placed per ``image_position`` when the prompt has no
+        ``<image>`` of its own. ``boxes[i]`` are pixel boxes that the prompt's ``<box:j>``/``<object:j>`` name.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        imgs = images if isinstance(images, list) else [images] * len(texts)
+        if len(imgs) != len(texts):
+            raise ValueError(f"{len(texts)} prompts but {len(imgs)} images")
+        items = []
+        for i, (t, img) in enumerate(zip(texts, imgs, strict=True)):
+            if img is not None and IMAGE_TOKEN not in t:
+                t = f"{IMAGE_TOKEN}\n{t}"
+            items.append(
+                self.encode(
+                    [{"role": "user", "content": t}],
+                    None if img is None else load_image(img),
+                    boxes[i] if boxes else (),
+                    add_generation_prompt=True,
+                )
+            )
+        batch = self.collate(items, padding_side="left")
+        batch.pop("labels")
+        return batch
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
