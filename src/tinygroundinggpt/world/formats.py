@@ -1,0 +1,154 @@
+"""Evaluation files of the synthetic world in the formats the real benchmarks ship.
+
+* REC as the ``refer`` API (lichengunc/refer) reads it: ``refs(unc).p`` – a pickled list of refs
+  ``{ref_id, ann_id, image_id, split, sentences: [{tokens, raw, sent_id, sent, kind}], sent_ids,
+  category_id, file_name}`` – and a COCO ``instances.json`` (``images``, ``annotations`` with ``bbox`` in
+  COCO ``[x, y, w, h]`` and an RLE ``segmentation`` of the visible pixels, ``categories``).
+  ``kind`` in a sentence is our addition (the expression kind, for per-kind accuracy); ``file_name``
+  is the image's own file name.
+* POPE as its repository ships question files: JSON lines ``{"question_id", "image", "text", "label"}``
+  named ``coco_pope_{random,popular,adversarial}.json``; per image up to three present objects
+  ("yes") and as many absent ones ("no"), absent ones drawn at random, by frequency (popular) or by
+  co-occurrence with the present ones (adversarial), as POPE builds them.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from tinygroundinggpt.boxes import xyxy_to_xywh
+from tinygroundinggpt.world.language import Expression
+from tinygroundinggpt.world.scene import SHAPES, Scene
+
+CATEGORIES = [{"id": k + 1, "name": s, "supercategory": "shape"} for k, s in enumerate(SHAPES)]
+CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
+POPE_STRATEGIES = ("random", "popular", "adversarial")
+POPE_PER_IMAGE = 3
+POPE_QUESTION = "Is there a {} in the image?"
+REFS_FILE = "refs(unc).p"
+
+
+@dataclass
+class EvalImage:
+    """One evaluation scene: its image id, file name, scene graph, label map and expressions."""
+
+    image_id: int
+    file_name: str
+    scene: Scene
+    labels: np.ndarray
+    expressions: list[Expression]
+    split: str
+
+
+def write_refer(folder: str | Path, images: Sequence[EvalImage]) -> dict[str, int]:
+    """Write ``refs(unc).p`` and ``instances.json`` into ``folder``; returns counts per split."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    coco_images, annotations, refs = [], [], []
+    sent_id = 0
+    counts: Counter[str] = Counter()
+    for im in images:
+        coco_images.append(
+            {"id": im.image_id, "file_name": im.file_name, "width": im.scene.width, "height": im.scene.height}
+        )
+        for i, obj in enumerate(im.scene.objects):
+            ann_id = len(annotations) + 1
+            rle = mask_utils.encode(np.asfortranarray(im.labels == i, dtype=np.uint8))
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": im.image_id,
+                    "category_id": CATEGORY_ID[obj.shape],
+                    "bbox": list(xyxy_to_xywh(obj.box)),
+                    "area": int(mask_utils.area(rle)),
+                    "iscrowd": 0,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                }
+            )
+            exprs = [e for e in im.expressions if e.target == i]
+            if not exprs:
+                continue
+            sentences = []
+            for e in exprs:
+                sentences.append(
+                    {"tokens": e.text.split(), "raw": e.text, "sent_id": sent_id, "sent": e.text, "kind": e.kind}
+                )
+                sent_id += 1
+            refs.append(
+                {
+                    "ref_id": len(refs),
+                    "ann_id": ann_id,
+                    "image_id": im.image_id,
+                    "split": im.split,
+                    "sentences": sentences,
+                    "sent_ids": [s["sent_id"] for s in sentences],
+                    "category_id": CATEGORY_ID[obj.shape],
+                    "file_name": im.file_name,
+                }
+            )
+            counts[im.split] += len(sentences)
+    instances = {
+        "info": {"description": "TinyGroundingGPT synthetic world"},
+        "licenses": [],
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
+    (folder / "instances.json").write_text(json.dumps(instances), encoding="utf-8")
+    # Protocol 2: the refer API's own files are Python-2 pickles; any Python reads this one.
+    (folder / REFS_FILE).write_bytes(pickle.dumps(refs, protocol=2))
+    return dict(sorted(counts.items()))
+
+
+def pope_questions(images: Sequence[EvalImage], strategy: str, rng: random.Random) -> list[dict]:
+    """POPE questions over ``images`` (object = shape category) with one negative-sampling strategy."""
+    present = [sorted({o.shape for o in im.scene.objects}) for im in images]
+    frequency = Counter(s for p in present for s in p)
+    cooccur: Counter[tuple[str, str]] = Counter((a, b) for p in present for a in p for b in p if a != b)
+    questions: list[dict] = []
+    for im, gt in zip(images, present, strict=True):
+        absent = [s for s in SHAPES if s not in gt]
+        k = min(POPE_PER_IMAGE, len(gt), len(absent))
+        positives = rng.sample(gt, k)
+        if strategy == "random":
+            negatives = rng.sample(absent, k)
+        elif strategy == "popular":
+            negatives = sorted(absent, key=lambda s: (-frequency[s], SHAPES.index(s)))[:k]
+        elif strategy == "adversarial":
+            score = {s: sum(cooccur[(g, s)] for g in gt) for s in absent}
+            negatives = sorted(absent, key=lambda s: (-score[s], SHAPES.index(s)))[:k]
+        else:
+            raise ValueError(f"unknown POPE strategy {strategy!r}; expected one of {POPE_STRATEGIES}")
+        for pos, neg in zip(positives, negatives, strict=True):
+            for obj, label in ((pos, "yes"), (neg, "no")):
+                questions.append(
+                    {
+                        "question_id": len(questions) + 1,
+                        "image": im.file_name,
+                        "text": POPE_QUESTION.format(obj),
+                        "label": label,
+                    }
+                )
+    return questions
+
+
+def write_pope(folder: str | Path, images: Sequence[EvalImage], seed: int) -> dict[str, int]:
+    """Write ``coco_pope_{strategy}.json`` (JSON lines) for the three strategies; returns question counts."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for strategy in POPE_STRATEGIES:
+        questions = pope_questions(images, strategy, random.Random(f"tgg-world/{seed}/pope/{strategy}"))
+        text = "".join(json.dumps(q) + "\n" for q in questions)
+        (folder / f"coco_pope_{strategy}.json").write_text(text, encoding="utf-8")
+        counts[strategy] = len(questions)
+    return counts
