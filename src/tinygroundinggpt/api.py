@@ -1,0 +1,105 @@
+"""Python API: image + question in, answer text + boxes in the original image's pixels out.
+
+```python
+from tinygroundinggpt.api import TinyGroundingGPTPipeline
+pipe = TinyGroundingGPTPipeline.from_pretrained("path/to/checkpoint")
+pred = pipe.predict("photo.jpg", "Output the coordinate of the dog on the left")
+pred.text, pred.boxes          # boxes: [(x1, y1, x2, y2), ...] in photo.jpg's pixels
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.images import load_image
+from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
+
+ImageLike = str | Path | bytes | Image.Image
+
+
+@dataclass
+class Prediction:
+    """A model answer with every box it wrote, converted from the model frame to the user's frames."""
+
+    text: str
+    boxes: list[bx.Box] = field(default_factory=list)  # original-image pixels
+    boxes_norm: list[bx.Box] = field(default_factory=list)  # normalised to the original width/height
+    width: int = 0
+    height: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "boxes": [list(b) for b in self.boxes],
+            "boxes_norm": [list(b) for b in self.boxes_norm],
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def answer_boxes(text: str, width: int, height: int) -> tuple[list[bx.Box], list[bx.Box]]:
+    """Boxes written by the model (model frame) → (pixel boxes, normalised boxes) of the original image."""
+    pixel = [bx.model_to_pixel(b, width, height) for b in bx.parse_boxes(text)]
+    return pixel, [bx.pixel_to_norm(b, width, height) for b in pixel]
+
+
+class TinyGroundingGPTPipeline:
+    """Batched inference around a model and its processor."""
+
+    def __init__(
+        self,
+        model: TinyGroundingGPTForConditionalGeneration,
+        processor: TinyGroundingGPTProcessor,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None
+    ) -> TinyGroundingGPTPipeline:
+        model = TinyGroundingGPTForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+        processor = TinyGroundingGPTProcessor.from_pretrained(str(path))
+        return cls(model, processor, device)
+
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        images: Sequence[ImageLike | None],
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        boxes: list[Sequence[Sequence[float]]] | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """One answer per (image, prompt); greedy unless ``do_sample=True`` is passed."""
+        loaded = [None if im is None else load_image(im) for im in images]
+        batch = self.processor(list(prompts), loaded, boxes=boxes)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        generate_kwargs.setdefault("do_sample", False)
+        tok = self.processor.tokenizer
+        out = self.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            **generate_kwargs,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+    def predict(self, image: ImageLike, question: str, max_new_tokens: int = 64, **kwargs: Any) -> Prediction:
+        img = load_image(image)
+        text = self.generate_batch([img], [question], max_new_tokens=max_new_tokens, **kwargs)[0]
+        pixel, norm = answer_boxes(text, img.width, img.height)
+        return Prediction(text, pixel, norm, img.width, img.height)

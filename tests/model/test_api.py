@@ -1,0 +1,37 @@
+import json
+
+from PIL import Image
+
+from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
+from tinygroundinggpt.cli import main
+
+
+def test_answer_boxes_are_returned_in_the_original_frame():
+    # 200x100 image: model frame y is offset by the 50 px of top padding on a 200 px square
+    pixel, norm = answer_boxes("It is at [0.250, 0.250, 0.750, 0.500] and [0.1, 0.1, 0.2]", 200, 100)
+    assert pixel == [(50.0, 0.0, 150.0, 50.0)]
+    assert norm == [(0.25, 0.0, 0.75, 0.5)]
+
+
+def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
+    model, proc = tiny_model
+    model.save_pretrained(tmp_path / "ckpt")
+    proc.save_pretrained(tmp_path / "ckpt")
+    img_path = tmp_path / "scene.png"
+    Image.new("RGB", (90, 60), (10, 10, 200)).save(img_path)
+    pipe = TinyGroundingGPTPipeline.from_pretrained(tmp_path / "ckpt")
+    pred = pipe.predict(img_path, "Output the coordinate of the blue square.", max_new_tokens=6)
+    assert (pred.width, pred.height) == (90, 60)
+    assert pred.boxes == answer_boxes(pred.text, 90, 60)[0]
+    for b in pred.boxes:
+        assert bx.validate_pixel_box(b, 90, 60, repair=True)
+    texts = pipe.generate_batch([img_path, img_path], ["hi", "Output the coordinate of x"], max_new_tokens=4)
+    assert len(texts) == 2
+    assert (
+        main(["predict", "--model", str(tmp_path / "ckpt"), "--image", str(img_path), "hi", "--max-new-tokens", "3"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    out = json.loads(printed[printed.index("{") :])
+    assert set(out) == {"text", "boxes", "boxes_norm", "width", "height"} and out["width"] == 90

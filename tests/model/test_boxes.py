@@ -1,0 +1,79 @@
+import math
+import random
+
+import pytest
+
+from tinygroundinggpt import boxes as bx
+
+
+@pytest.mark.parametrize("size", [(640, 480), (300, 700), (256, 256), (1, 999)])
+def test_pixel_model_round_trip_within_one_pixel(size):
+    w, h = size
+    rng = random.Random(0)
+    for _ in range(200):
+        x1, x2 = sorted(rng.uniform(0, w) for _ in range(2))
+        y1, y2 = sorted(rng.uniform(0, h) for _ in range(2))
+        model = bx.pixel_to_model((x1, y1, x2, y2), w, h)
+        text = bx.format_box(model)
+        back = bx.model_to_pixel(bx.parse_first_box(text), w, h)
+        assert all(abs(a - b) <= 1.0 for a, b in zip(back, (x1, y1, x2, y2), strict=True))
+
+
+def test_model_frame_is_centred_padded_square():
+    # 200x100 image: padded to 200x200 with 50 px above and below.
+    assert bx.pixel_to_model((0, 0, 200, 100), 200, 100) == (0.0, 0.25, 1.0, 0.75)
+    # 100x200 image: 50 px left and right.
+    assert bx.pixel_to_model((0, 0, 100, 200), 100, 200) == (0.25, 0.0, 0.75, 1.0)
+    # A model box in the padding is clamped back into the image.
+    assert bx.model_to_pixel((0.0, 0.0, 1.0, 1.0), 200, 100) == (0.0, 0.0, 200.0, 100.0)
+
+
+def test_norm_frame_differs_from_model_frame_on_non_square():
+    box = (50, 20, 150, 80)
+    assert bx.pixel_to_norm(box, 200, 100) == (0.25, 0.2, 0.75, 0.8)
+    assert bx.model_to_norm(bx.pixel_to_model(box, 200, 100), 200, 100) == pytest.approx((0.25, 0.2, 0.75, 0.8))
+
+
+def test_format_three_decimals_and_parse_several():
+    assert bx.format_box((0.1234, 0.5, 1.2, -0.1)) == "[0.123, 0.500, 1.000, 0.000]"
+    text = "a [0.1, 0.2, 0.3, 0.4] and [ 0.5,0.6 , 0.7,0.8 ] but not [1, 2, 3] nor [a, b, c, d]"
+    assert bx.parse_boxes(text) == [(0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)]
+    assert bx.parse_first_box("no box here") is None
+    assert bx.parse_first_box("[.5, 1., 0, 2]") == (0.5, 1.0, 0.0, 2.0)
+
+
+def test_validation_names_the_problem_and_repair_is_explicit():
+    with pytest.raises(bx.BoxError, match="inverted"):
+        bx.validate_pixel_box((10, 10, 5, 20), 100, 100)
+    with pytest.raises(bx.BoxError, match="outside"):
+        bx.validate_pixel_box((10, 10, 120, 20), 100, 100)
+    with pytest.raises(bx.BoxError, match="zero area"):
+        bx.validate_pixel_box((10, 10, 10, 20), 100, 100)
+    with pytest.raises(bx.BoxError, match="4 numbers"):
+        bx.validate_pixel_box((1, 2, 3), 100, 100)
+    with pytest.raises(bx.BoxError, match="non-finite"):
+        bx.validate_pixel_box((1, 2, math.nan, 4), 100, 100)
+    assert bx.validate_pixel_box((50, 120, -5, 10), 100, 100, repair=True) == (0, 10, 50, 100)
+    with pytest.raises(bx.BoxError, match="zero area"):
+        bx.validate_pixel_box((150, 10, 120, 20), 100, 100, repair=True)
+
+
+def test_iou_and_helpers():
+    assert bx.iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert bx.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert bx.iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert bx.iou((10, 10, 0, 0), (0, 0, 10, 10)) == 0.0  # inverted prediction scores zero
+    assert bx.xywh_to_xyxy((1, 2, 3, 4)) == (1, 2, 4, 6)
+    assert bx.xyxy_to_xywh((1, 2, 4, 6)) == (1, 2, 3, 4)
+    assert bx.center((0, 0, 10, 20)) == (5, 10)
+    assert bx.to_int_box((1.2, 2.7, 3.1, 4.0)) == (1, 2, 4, 4)
+    assert bx.expand_box((10, 10, 20, 20), 0.5, 100, 100) == (5, 5, 25, 25)
+    assert bx.expand_box((0, 0, 20, 20), 0.5, 100, 100) == (0, 0, 30, 30)
+
+
+def test_jitter_stays_valid_and_is_seeded():
+    a = bx.jitter_box((10, 10, 50, 40), random.Random(1), 0.1, 60, 50)
+    b = bx.jitter_box((10, 10, 50, 40), random.Random(1), 0.1, 60, 50)
+    assert a == b
+    assert bx.validate_pixel_box(a, 60, 50)
+    assert bx.iou(a, (10, 10, 50, 40)) > 0.6

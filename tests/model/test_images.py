@@ -1,0 +1,71 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinygroundinggpt.images import ImageLoadError, crop_box, load_image, pad_to_square
+
+
+def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
+def test_modes_become_rgb(mode):
+    base = Image.new("RGB", (8, 6), (255, 0, 0))
+    img = base.convert(mode) if mode != "I;16" else Image.fromarray(np.full((6, 8), 65535, np.uint16))
+    out = load_image(img)
+    assert out.mode == "RGB" and out.size == (8, 6)
+    if mode == "I;16":
+        assert out.getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white, not clipped garbage
+    if mode in ("P", "RGBA", "CMYK"):
+        r, g, b = out.getpixel((0, 0))
+        assert r > 200 and g < 60 and b < 60
+
+
+def test_transparent_pixels_composite_on_white():
+    img = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert load_image(img).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = load_image(_png(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 40)
+
+
+def test_bad_images_name_the_input(tmp_path):
+    with pytest.raises(ImageLoadError, match="missing.png: no such image file"):
+        load_image(tmp_path / "missing.png")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty.png: the image file is empty"):
+        load_image(empty)
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0garbage" * 10)
+    with pytest.raises(ImageLoadError, match="corrupt.jpg: cannot decode"):
+        load_image(bad)
+    big = tmp_path / "bomb.png"
+    big.write_bytes(_png(Image.new("L", (2000, 2000))))
+    with pytest.raises(ImageLoadError, match="bomb.png: image has 2000x2000"):
+        load_image(big, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("size", [(30, 10), (10, 30)])
+def test_pad_to_square_centres_and_crop_takes_box_pixels(size):
+    w, h = size
+    arr = np.arange(w * h * 3, dtype=np.uint32).reshape(h, w, 3) % 251
+    img = Image.fromarray(arr.astype(np.uint8))
+    sq = np.asarray(pad_to_square(img, (1, 2, 3)))
+    side = max(w, h)
+    dx, dy = (side - w) // 2, (side - h) // 2
+    assert sq.shape == (side, side, 3)
+    assert (sq[dy : dy + h, dx : dx + w] == arr).all()
+    assert (sq[0, 0] == (1, 2, 3)).all() and (sq[-1, -1] == (1, 2, 3)).all()
+    crop = np.asarray(crop_box(img, (2, 3, 7, 9)))
+    assert (crop == arr[3:9, 2:7]).all()

@@ -1,0 +1,155 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, CLIPVisionModel, Dinov2Model, Qwen2ForCausalLM
+
+from tinygroundinggpt.model import PlaceholderMismatchError, TinyGroundingGPTForConditionalGeneration
+from tinygroundinggpt.model.modeling_tinygroundinggpt import _normalise
+
+
+def test_vision_features_equal_transformers_reference(tiny_model):
+    model, _ = tiny_model
+    cfg = model.config
+    pv = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    clip = CLIPVisionModel(cfg.clip_config).eval()
+    clip.load_state_dict(model.vision_tower.clip.state_dict())
+    dino = Dinov2Model(cfg.dino_config).eval()
+    dino.load_state_dict(model.vision_tower.dino.state_dict())
+    with torch.no_grad():
+        ref_clip = clip(_normalise(pv, cfg.clip_image_mean, cfg.clip_image_std), output_hidden_states=True)
+        ref_dino = dino(_normalise(pv, cfg.dino_image_mean, cfg.dino_image_std)).last_hidden_state
+        ours = model.vision_tower(pv)
+    assert ours.shape == (2, cfg.grid_size**2, cfg.vision_feature_size)
+    torch.testing.assert_close(ours[..., : cfg.clip_config.hidden_size], ref_clip.hidden_states[-2][:, 1:])
+    torch.testing.assert_close(ours[..., cfg.clip_config.hidden_size :], ref_dino[:, 1:])
+
+
+def test_text_only_logits_equal_qwen2(tiny_model):
+    model, proc = tiny_model
+    ref = Qwen2ForCausalLM(model.config.text_config).eval()
+    ref.load_state_dict(model.language_model.state_dict())
+    ids = torch.tensor([proc.tokenizer("Output the coordinate of the red circle.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_placeholder_mismatch_is_a_clear_error(tiny_model):
+    model, proc = tiny_model
+    ids = torch.tensor([[5] + [proc.image_token_id] * 10])
+    with pytest.raises(PlaceholderMismatchError, match="10 image placeholder tokens .* 64 image feature vectors"):
+        model(input_ids=ids, pixel_values=torch.rand(1, 3, 64, 64))
+    with pytest.raises(PlaceholderMismatchError, match="0 object placeholder tokens .* 4 object feature"):
+        model(input_ids=torch.tensor([[5, 6]]), object_pixel_values=torch.rand(1, 3, 64, 64))
+
+
+def test_loss_depends_on_the_image_and_backprops_to_projector_only(tiny_model):
+    model, proc = tiny_model
+    img = Image.new("RGB", (64, 48), (200, 0, 0))
+    enc = proc.encode(
+        [{"role": "user", "content": "<image>\nWhere is <object:0>?"}, {"role": "assistant", "content": "<box:0>"}],
+        img,
+        [(0, 0, 32, 32)],
+    )
+    batch = proc.collate([enc])
+    model.train()
+    out = model(**batch)
+    out.loss.backward()
+    model.eval()
+    assert model.projector.linear_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vision_tower.parameters())
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        other = dict(batch, pixel_values=torch.zeros_like(batch["pixel_values"]))
+        assert not torch.allclose(model(**batch).logits, model(**other).logits)
+
+
+def test_cached_and_uncached_greedy_generation_agree_batched(tiny_model):
+    model, proc = tiny_model
+    imgs = [Image.new("RGB", (64, 40), (0, 0, 255)), Image.new("RGB", (30, 64), (255, 255, 0))]
+    batch = proc(["Output the coordinate of the blue square.", "Is there a star?"], imgs)
+    assert (batch["attention_mask"][:, -1] == 1).all()  # left padded
+    a = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=True)
+    b = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(a, b) and a.shape[1] > batch["input_ids"].shape[1]
+    # batched equals one-at-a-time (left padding handled)
+    single = proc(["Is there a star?"], [imgs[1]])
+    c = model.generate(**single, max_new_tokens=8, do_sample=False)
+    n = c.shape[1] - single["input_ids"].shape[1]
+    assert torch.equal(c[0, -n:], a[1, batch["input_ids"].shape[1] : batch["input_ids"].shape[1] + n])
+    torch.manual_seed(0)
+    s = model.generate(**batch, max_new_tokens=4, do_sample=True, temperature=1.0)
+    assert s.shape[0] == 2
+
+
+def test_save_load_round_trip_identical_logits_via_auto_classes(tiny_model, tmp_path):
+    model, proc = tiny_model
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    proc2 = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, TinyGroundingGPTForConditionalGeneration)
+    img = Image.new("RGB", (50, 64), (0, 128, 0))
+    b1 = proc(["Where is <object:0>?"], [img], boxes=[[(5, 5, 30, 40)]])
+    b2 = proc2(["Where is <object:0>?"], [img], boxes=[[(5, 5, 30, 40)]])
+    for k in b1:
+        assert torch.equal(b1[k], b2[k])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b1).logits, loaded(**b2).logits, rtol=0, atol=0)
+
+
+def test_assemble_from_three_checkpoints_offline(tiny_model, tmp_path):
+    """Save a CLIPModel, a Dinov2Model and a Qwen2 LM + tokenizer as their real formats; assemble offline."""
+    model, proc = tiny_model
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+
+    cfg = model.config
+    clip_full = CLIPModel(
+        CLIPConfig(
+            text_config=CLIPTextConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+            ),
+            vision_config=cfg.clip_config.to_dict(),
+            projection_dim=16,
+        )
+    )
+    clip_full.vision_model.load_state_dict(model.vision_tower.clip.state_dict(), strict=False)
+    clip_full.save_pretrained(tmp_path / "clip")
+    model.vision_tower.dino.save_pretrained(tmp_path / "dino")
+    model.language_model.save_pretrained(tmp_path / "llm")
+    proc.tokenizer.save_pretrained(tmp_path / "llm")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from PIL import Image
+        from tinygroundinggpt.model.presets import assemble
+        m, p = assemble({str(tmp_path / "clip")!r}, {str(tmp_path / "dino")!r}, {str(tmp_path / "llm")!r},
+                        object_grid=2)
+        assert m.config.image_size == 64 and m.config.use_dino
+        b = p(["Output the coordinate of <object:0>."], [Image.new("RGB", (64, 32))], boxes=[[(0, 0, 10, 10)]])
+        out = m.generate(**b, max_new_tokens=3, do_sample=False)
+        print("OK", out.shape[1] - b["input_ids"].shape[1])
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "OK 3" in res.stdout
+
+
+def test_paper_configs_have_the_published_shapes():
+    from tinygroundinggpt.model.presets import paper_config
+
+    cfg = paper_config("1.5b")
+    assert cfg.grid_size == 24 and cfg.image_seq_length == 576
+    assert cfg.vision_feature_size == 2048
+    assert cfg.text_config.hidden_size == 1536
+    with torch.device("meta"):
+        m = TinyGroundingGPTForConditionalGeneration(cfg)
+    n = sum(p.numel() for p in m.parameters())
+    assert 2.1e9 < n < 2.4e9  # 1.54B LLM + 0.30B CLIP-L + 0.30B DINOv2-L + projector

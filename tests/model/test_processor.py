@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.model.processing_tinygroundinggpt import IGNORE_INDEX, TruncationError
+
+
+def _labelled_text(proc, enc):
+    return proc.tokenizer.decode([i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE_INDEX])
+
+
+def test_labels_are_exactly_the_assistant_replies(tiny_model):
+    _, proc = tiny_model
+    img = Image.new("RGB", (80, 40), (10, 200, 10))
+    msgs = [
+        {"role": "user", "content": "<image>\nOutput the coordinate of the green square."},
+        {"role": "assistant", "content": "It is at <box:0>."},
+        {"role": "user", "content": "And <object:1>?"},
+        {"role": "assistant", "content": "Yes, there is. <box:1>"},
+    ]
+    enc = proc.encode(msgs, img, [(0, 0, 40, 40), (40, 0, 80, 40)])
+    eos = proc.tokenizer.eos_token
+    assert _labelled_text(proc, enc) == (
+        f"It is at [0.000, 0.250, 0.500, 0.750].{eos}Yes, there is. [0.500, 0.250, 1.000, 0.750]{eos}"
+    )
+    # no label on any visual token
+    vis = {proc.image_token_id, proc.object_token_id}
+    assert all(lab == IGNORE_INDEX for i, lab in zip(enc.input_ids, enc.labels, strict=True) if i in vis)
+
+
+def test_placeholders_expand_to_feature_counts(tiny_model):
+    model, proc = tiny_model
+    img = Image.new("RGB", (64, 64))
+    enc = proc.encode(
+        [{"role": "user", "content": "<image> <object:0> <object:1>"}], img, [(0, 0, 8, 8), (8, 8, 64, 64)]
+    )
+    ids = torch.tensor(enc.input_ids)
+    assert int((ids == proc.image_token_id).sum()) == model.config.image_seq_length == 64
+    assert int((ids == proc.object_token_id).sum()) == 2 * model.config.object_seq_length
+    assert enc.pixel_values.shape == (1, 3, 64, 64) and enc.object_pixel_values.shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (40, 120)])
+def test_object_image_is_exactly_the_box_pixels_zoomed(tiny_model, size):
+    _, proc = tiny_model
+    w, h = size
+    arr = np.zeros((h, w, 3), np.uint8)
+    box = (10, 5, 26, 21) if w > h else (5, 10, 21, 26)  # a 16x16 square
+    x1, y1, x2, y2 = box
+    arr[y1:y2, x1:x2] = (255, 0, 0)
+    arr[y1 : y1 + 8, x1:x2] = (0, 0, 255)  # top half blue, bottom half red
+    img = Image.fromarray(arr)
+    t = proc.object_to_tensor(img, box)
+    s = proc.image_size
+    assert t.shape == (3, s, s)
+    top, bottom = t[:, : s // 2 - 2], t[:, s // 2 + 2 :]
+    assert torch.allclose(top[2], torch.ones_like(top[2]), atol=0.02) and top[0].max() < 0.02
+    assert torch.allclose(bottom[0], torch.ones_like(bottom[0]), atol=0.02) and bottom[2].max() < 0.02
+
+
+def test_global_image_padded_to_centred_square(tiny_model):
+    _, proc = tiny_model
+    img = Image.new("RGB", (64, 32), (255, 255, 255))
+    t = proc.image_to_tensor(img)
+    fill = torch.tensor(proc.pad_fill, dtype=torch.float32) / 255
+    assert torch.allclose(t[:, 0, 0], fill) and torch.allclose(t[:, -1, -1], fill)
+    assert torch.allclose(t[:, 32, 32], torch.ones(3))
+    # the box text of the whole image marks exactly the unpadded band
+    assert bx.format_box(bx.pixel_to_model((0, 0, 64, 32), 64, 32)) == "[0.000, 0.250, 1.000, 0.750]"
+
+
+def test_truncation_never_splits_an_image_run(tiny_model):
+    _, proc = tiny_model
+    img = Image.new("RGB", (64, 64))
+    msgs = [
+        {"role": "user", "content": "Output the coordinate of the circle. <image>"},
+        {"role": "assistant", "content": "It is at <box:0>."},
+        {"role": "user", "content": "Which is <object:0>?"},
+        {"role": "assistant", "content": "The answer is A."},
+    ]
+    full = proc.encode(msgs, img, [(0, 0, 32, 32)])
+    obj_start = full.input_ids.index(proc.object_token_id)
+    proc.max_length = obj_start + 2  # would cut through the object run
+    try:
+        cut = proc.encode(msgs, img, [(0, 0, 32, 32)])
+        assert cut.input_ids == full.input_ids[:obj_start]
+        assert cut.object_pixel_values.shape[0] == 0 and cut.object_boxes == []
+        assert cut.input_ids.count(proc.image_token_id) == proc.image_seq_length
+        assert "[0.000, 0.000, 0.500, 0.500]" in proc.tokenizer.decode(
+            [i for i, lab in zip(cut.input_ids, cut.labels, strict=True) if lab != IGNORE_INDEX]
+        )
+        proc.max_length = full.input_ids.index(proc.image_token_id) + 3  # inside the image run
+        with pytest.raises(TruncationError):
+            proc.encode(msgs, img, [(0, 0, 32, 32)])
+    finally:
+        proc.max_length = 2048
+
+
+def test_collate_left_and_right_padding(tiny_model):
+    _, proc = tiny_model
+    a = proc.encode([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Yes."}])
+    b = proc.encode([{"role": "user", "content": "a longer question here"}, {"role": "assistant", "content": "No."}])
+    right = proc.collate([a, b])
+    left = proc.collate([a, b], padding_side="left")
+    n = len(a.input_ids)
+    assert right["attention_mask"][0, :n].all() and not right["attention_mask"][0, n:].any()
+    assert left["attention_mask"][0, -n:].all() and not left["attention_mask"][0, :-n].any()
+    assert right["input_ids"][0, :n].tolist() == a.input_ids == left["input_ids"][0, -n:].tolist()
+    assert right["pixel_values"].shape[0] == 0
+
+
+def test_errors_for_missing_image_and_bad_box(tiny_model):
+    _, proc = tiny_model
+    with pytest.raises(ValueError, match="no image"):
+        proc.encode([{"role": "user", "content": "<image> hi"}])
+    with pytest.raises(bx.BoxError, match="zero area"):
+        proc.object_to_tensor(Image.new("RGB", (10, 10)), (20, 20, 30, 30))
