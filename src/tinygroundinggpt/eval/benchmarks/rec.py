@@ -1,0 +1,149 @@
+"""Referring expression comprehension on RefCOCO, RefCOCO+ and RefCOCOg (paper Table 1).
+
+Files, as the ``refer`` API ships them (lichengunc/refer) plus COCO train2014 images::
+
+    <root>/refcoco/refs(unc).p    <root>/refcoco/instances.json
+    <root>/refcoco+/refs(unc).p   <root>/refcoco+/instances.json
+    <root>/refcocog/refs(umd).p   <root>/refcocog/instances.json
+    <root>/coco/train2014/COCO_train2014_000000000009.jpg ...
+
+One item per referring expression (sentence), as every published number counts them. The model
+answers in its own frame (normalised to the image padded to a centred square); the box is mapped back
+to the original image with :func:`tinygroundinggpt.boxes.model_to_pixel` and compared with the COCO
+ground truth there. Scoring follows lmms-eval's ``refcoco_bbox_rec``: the first ``[a, b, c, d]`` in
+the answer counts, an answer without one is a miss (reported as ``unparseable``), and besides the
+headline Acc@0.5 we report mean IoU, Acc@{0.1, ..., 0.9} and centre accuracy (the predicted box's
+centre inside the ground-truth box).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+from tinygroundinggpt import boxes
+from tinygroundinggpt.eval.task import Item, Task, register, require
+
+THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+PAPER_PROMPT = "Output the coordinate of {exp}"
+# lmms-eval's refcoco_bbox_rec wording, for comparing with numbers produced by that harness.
+LMMS_PROMPT = (
+    "Bounding box coordinates are specified in the format (top-left x, top-left y, bottom-right x, "
+    "bottom-right y). All values are floating point numbers bounded between 0 and 1. Please provide "
+    "the bounding box coordinate of the region this sentence describes: {exp}"
+)
+PROMPTS = {"paper": PAPER_PROMPT, "lmms": LMMS_PROMPT}
+
+# dataset folder → (refs file, splits of Table 1)
+DATASETS = {
+    "refcoco": ("refs(unc).p", ("val", "testA", "testB")),
+    "refcoco+": ("refs(unc).p", ("val", "testA", "testB")),
+    "refcocog": ("refs(umd).p", ("val", "test")),
+}
+
+
+def score_rec(answer: str, gt_box: boxes.Box, width: int, height: int) -> dict[str, Any]:
+    """Score one REC answer against a ground-truth box in original-image pixels.
+
+    Returns IoU, a hit per threshold, centre hit and flags saying what the answer looked like
+    (``unparseable``: no box; ``multi_box``: several, the first counted; ``inverted``: x2 < x1 or
+    y2 < y1, which has no area and so scores 0).
+    """
+    found = boxes.parse_boxes(answer)
+    out: dict[str, Any] = {"unparseable": int(not found), "multi_box": int(len(found) > 1), "inverted": 0}
+    if not found:
+        iou, centre_hit = 0.0, False
+    else:
+        first = found[0]
+        out["inverted"] = int(first[2] < first[0] or first[3] < first[1])
+        pred = boxes.model_to_pixel(first, width, height)
+        iou = boxes.iou(pred, gt_box)
+        centre_hit = not out["inverted"] and boxes.contains_point(gt_box, boxes.center(pred))
+    out["iou"] = iou
+    for t in THRESHOLDS:
+        out[f"acc@{t}"] = int(iou >= t)
+    out["center_acc"] = int(centre_hit)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _read_refer(folder: str, refs_name: str) -> tuple[list[dict], dict[int, dict], dict[int, dict]]:
+    root = Path(folder)
+    refs_path = require(root / refs_name, "REC refs")
+    inst_path = require(root / "instances.json", "REC instances")
+    with refs_path.open("rb") as fh:
+        # The published pickles were written by Python 2; latin1 reads their byte strings as text.
+        refs = pickle.load(fh, encoding="latin1")
+    inst = json.loads(inst_path.read_text(encoding="utf-8"))
+    anns = {a["id"]: a for a in inst["annotations"]}
+    images = {im["id"]: im for im in inst["images"]}
+    return refs, anns, images
+
+
+class RECTask(Task):
+    family = "rec"
+    headline = "acc@0.5"
+    max_new_tokens = 48
+
+    def __init__(self, dataset: str, split: str, prompt: str = "paper") -> None:
+        if prompt not in PROMPTS:
+            raise ValueError(f"REC prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
+        self.dataset, self.split, self.prompt = dataset, split, PROMPTS[prompt]
+        self.protocol = (
+            f"{dataset} {split}: one item per expression; first box in the answer, model frame → original pixels; "
+            f"hit = IoU ≥ 0.5 (lmms-eval refcoco_bbox_rec scoring); prompt: {prompt}"
+        )
+
+    def load(self, data_root: Path) -> list[Item]:
+        refs_name = DATASETS[self.dataset][0]
+        refs, anns, images = _read_refer(str(Path(data_root) / self.dataset), refs_name)
+        image_dir = Path(data_root) / "coco" / "train2014"
+        items = []
+        for ref in refs:
+            if ref["split"] != self.split:
+                continue
+            ann = anns[ref["ann_id"]]
+            im = images[ref["image_id"]]
+            gt = boxes.xywh_to_xyxy(ann["bbox"])
+            for sent in ref["sentences"]:
+                items.append(
+                    Item(
+                        id=f"{ref['ref_id']}-{sent['sent_id']}",
+                        image=str(image_dir / im["file_name"]),
+                        prompt=self.prompt.format(exp=sent["sent"]),
+                        reference={"box": list(gt), "expression": sent["sent"]},
+                        width=im["width"],
+                        height=im["height"],
+                    )
+                )
+        return items
+
+    def score(self, answer: str, item: Item) -> dict[str, Any]:
+        assert item.width is not None and item.height is not None, "the runner fills in the image size"
+        return score_rec(answer, tuple(item.reference["box"]), item.width, item.height)
+
+    def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
+        n = len(scores)
+        if not n:
+            return {}
+        out = {"acc@0.5": 100.0 * sum(s["acc@0.5"] for s in scores) / n}
+        out["miou"] = 100.0 * sum(s["iou"] for s in scores) / n
+        for t in THRESHOLDS:
+            out[f"acc@{t}"] = 100.0 * sum(s[f"acc@{t}"] for s in scores) / n
+        out["center_acc"] = 100.0 * sum(s["center_acc"] for s in scores) / n
+        for flag in ("unparseable", "multi_box", "inverted"):
+            out[flag] = sum(s[flag] for s in scores)  # counts, not percentages
+        return out
+
+
+def _factory(dataset: str, split: str):
+    return lambda opts: RECTask(dataset, split, opts.rec_prompt)
+
+
+for _ds, (_refs, _splits) in DATASETS.items():
+    for _split in _splits:
+        register(f"{_ds}_{_split}", _factory(_ds, _split))

@@ -1,0 +1,102 @@
+"""``tgg eval``: run benchmarks on a checkpoint.
+
+Data-parallel over processes/GPUs with accelerate::
+
+    accelerate launch --num_processes 4 -m tinygroundinggpt.cli eval --model CKPT --tasks rec,pope --data-root data
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# Short names for the groups the paper reports together.
+ALIASES = {
+    "rec": [
+        "refcoco_val",
+        "refcoco_testA",
+        "refcoco_testB",
+        "refcoco+_val",
+        "refcoco+_testA",
+        "refcoco+_testB",
+        "refcocog_val",
+        "refcocog_test",
+    ],
+    "pope": ["pope_random", "pope_popular", "pope_adversarial"],
+}
+
+
+def expand_tasks(spec: str) -> list[str]:
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in ALIASES.get(part, [part] if part else []):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on REC, POPE, VQAv2, GQA, SQA, MME, MMBench, LLaVA-Bench")
+    p.add_argument("--model", help="checkpoint folder or Hub id")
+    p.add_argument("--tasks", default="", help="comma-separated task names, or the groups 'rec' and 'pope'")
+    p.add_argument(
+        "--data-root", default="data", help="folder holding the benchmarks as published (see eval/README.md)"
+    )
+    p.add_argument("--out", default=None, help="results and prediction cache (default eval_results/<model name>)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override each task's default")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items of each task")
+    p.add_argument("--rec-prompt", choices=["paper", "lmms"], default="paper")
+    p.add_argument("--judge-model", default=None, help="judge for llava_bench / desc_quality, e.g. gpt-4o")
+    p.add_argument("--judge-base-url", default=None, help="any OpenAI-compatible endpoint (key from $OPENAI_API_KEY)")
+    p.add_argument("--llava-rules", default=None, help="LLaVA's rule.json, to review LLaVA-Bench in its exact wording")
+    p.add_argument("--list-tasks", action="store_true", help="print the task names and exit")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tinygroundinggpt.eval.task import EvalOptions, get_task, task_names
+
+    if args.list_tasks:
+        print("\n".join(task_names()))
+        return 0
+    names = expand_tasks(args.tasks)
+    if not args.model or not names:
+        raise SystemExit("tgg eval: --model and --tasks are required (see --list-tasks)")
+    out = Path(args.out or Path("eval_results") / Path(args.model.rstrip("/")).name)
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    judge = None
+    if args.judge_model:
+        from tinygroundinggpt.eval.judge import Judge
+
+        # Each process keeps its own judge cache; only the main process scores, so only it writes one.
+        judge = Judge(args.judge_model, base_url=args.judge_base_url, cache_path=out / "judge_cache.jsonl")
+    options = EvalOptions(rec_prompt=args.rec_prompt, judge=judge, llava_rules=args.llava_rules)
+    tasks = [get_task(n, options) for n in names]
+
+    from tinygroundinggpt.api import TinyGroundingGPTPipeline
+    from tinygroundinggpt.eval.runner import evaluate
+
+    pipe = TinyGroundingGPTPipeline.from_pretrained(args.model, device=str(state.device))
+    results = evaluate(
+        pipe,
+        tasks,
+        args.data_root,
+        out,
+        model_name=Path(args.model.rstrip("/")).name,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        state=state,
+    )
+    if state.is_main_process:
+        print((out / "results.md").read_text())
+        print(f"results: {out / 'results.json'}")
+        failed = sum(t["n_failed"] for t in results["tasks"].values())
+        if failed:
+            print(f"{failed} items failed (listed in results.md / results.json); rerun to retry them")
+    return 0

@@ -1,0 +1,212 @@
+"""Run tasks on a model: batched greedy generation, data-parallel, cached, resumable.
+
+Each process (``accelerate launch`` starts several; a plain run is one) answers every world-size-th
+item that has no cached answer yet and appends each answer to its own JSONL shard
+``<out>/predictions/<task>/rank<r>.jsonl`` as soon as its batch is done. A rerun reads all shards,
+skips what is there and answers the rest, so a killed run resumes where it stopped and no item is
+answered or scored twice. An item whose image is missing or corrupt is listed as failed, not fatal,
+and is retried on the next run. The main process then scores every cached answer once and writes
+``results.json`` and ``results.md`` (see :mod:`tinygroundinggpt.eval.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from tinygroundinggpt.eval.task import Item, Task
+from tinygroundinggpt.images import ImageLoadError, load_image
+
+
+class Generator(Protocol):
+    """What the runner needs from a model (``TinyGroundingGPTPipeline`` is one)."""
+
+    def generate_batch(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 64) -> list[str]: ...
+
+
+class _SingleProcess:
+    """Stands in for accelerate's ``PartialState`` when the caller runs without it."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+class PredictionCache:
+    """Append-only answers of one task: ``<folder>/rank<r>.jsonl``, one ``{"id", "answer", ...}`` a line."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """Every cached answer by item id (the first one wins if a crash ever left two)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for shard in sorted(self.folder.glob("rank*.jsonl")):
+            for line in shard.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the tail of a line a killed process did not finish
+                rows.setdefault(str(row["id"]), row)
+        return rows
+
+    def writer(self, rank: int):
+        """An append handle for this process's shard, after cutting any unfinished last line."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"rank{rank}.jsonl"
+        if path.exists() and path.stat().st_size:
+            data = path.read_bytes()
+            if not data.endswith(b"\n"):
+                with path.open("r+b") as fh:
+                    fh.truncate(data.rfind(b"\n") + 1)
+        return path.open("a", encoding="utf-8")
+
+
+def _batches(items: list[Item], size: int) -> Iterable[list[Item]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _load(item: Item) -> Image.Image | str:
+    """The item's image, or the reason it cannot be used."""
+    if item.image is None:
+        return "item has no image"
+    try:
+        img = load_image(item.image, name=item.image if isinstance(item.image, str) else f"item {item.id}")
+    except ImageLoadError as exc:
+        return str(exc)
+    if item.width is not None and (img.width, img.height) != (item.width, item.height):
+        # The ground truth is in the annotated frame; scoring against another frame would be silently wrong.
+        return f"image is {img.width}x{img.height} but the annotation says {item.width}x{item.height}"
+    return img
+
+
+def generate(
+    generator: Generator,
+    task: Task,
+    items: list[Item],
+    cache: PredictionCache,
+    *,
+    state: Any,
+    batch_size: int,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, str]], dict[str, float]]:
+    """Answer this process's share of the uncached items; returns (failures, timing)."""
+    done = cache.read()
+    state.wait_for_everyone()  # every process must see the same cache before anyone appends to it
+    pending = [it for it in items if it.id not in done]
+    mine = pending[state.process_index :: state.num_processes]
+    failures: list[dict[str, str]] = []
+    answered, seconds = 0, 0.0
+    bar = tqdm(total=len(mine), desc=task.name, unit="item", disable=not (progress and state.is_main_process))
+    with cache.writer(state.process_index) as out, ThreadPoolExecutor(max_workers=4) as pool:
+        batches = list(_batches(mine, batch_size))
+        # Decode the next batch's images while the model works on this one (one batch ahead, no more).
+        ahead = [pool.submit(_load, it) for it in batches[0]] if batches else []
+        for i, batch in enumerate(batches):
+            loaded = [f.result() for f in ahead]
+            ahead = [pool.submit(_load, it) for it in batches[i + 1]] if i + 1 < len(batches) else []
+            ok = [(it, img) for it, img in zip(batch, loaded, strict=True) if isinstance(img, Image.Image)]
+            failures += [
+                {"id": it.id, "error": img} for it, img in zip(batch, loaded, strict=True) if isinstance(img, str)
+            ]
+            if ok:
+                start = time.perf_counter()
+                answers = generator.generate_batch(
+                    [img for _, img in ok], [it.prompt for it, _ in ok], max_new_tokens or task.max_new_tokens
+                )
+                seconds += time.perf_counter() - start
+                answered += len(ok)
+                for (it, img), answer in zip(ok, answers, strict=True):
+                    row = {"id": it.id, "answer": answer, "width": img.width, "height": img.height}
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
+            bar.update(len(batch))
+    bar.close()
+    return failures, {"answered": answered, "generate_seconds": seconds}
+
+
+def score(task: Task, items: list[Item], cache: PredictionCache, failures: list[dict[str, str]]) -> dict[str, Any]:
+    """Score every cached answer once; items without one are listed as failed."""
+    rows = cache.read()
+    reasons = {f["id"]: f["error"] for f in failures}
+    per_item, failed = [], []
+    for it in items:
+        row = rows.get(it.id)
+        if row is None:
+            failed.append({"id": it.id, "error": reasons.get(it.id, "no answer was produced")})
+            continue
+        it.width, it.height = row["width"], row["height"]
+        per_item.append({"id": it.id, "answer": row["answer"], "score": task.score(row["answer"], it)})
+    return {
+        "protocol": task.protocol,
+        "headline": task.headline,
+        "family": task.family,
+        "n_items": len(items),
+        "n_scored": len(per_item),
+        "n_failed": len(failed),
+        "metrics": task.aggregate([p["score"] for p in per_item]),
+        "failed": failed,
+        "_per_item": per_item,
+    }
+
+
+def evaluate(
+    generator: Generator,
+    tasks: list[Task],
+    data_root: str | Path,
+    out_dir: str | Path,
+    *,
+    model_name: str = "model",
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    state: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``generator`` on ``tasks``; returns the results (on the main process; ``{}`` elsewhere).
+
+    ``limit`` keeps the first N items of each task (quick checks; results say so).
+    """
+    from accelerate.utils import gather_object
+
+    from tinygroundinggpt.eval.report import write_reports
+
+    state = state or _SingleProcess()
+    out_dir = Path(out_dir)
+    results: dict[str, Any] = {"model": model_name, "limit": limit, "tasks": {}}
+    for task in tasks:
+        items = task.load(Path(data_root))[:limit]
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{task.name}: item ids are not unique")
+        cache = PredictionCache(out_dir / "predictions" / task.name)
+        failures, timing = generate(
+            generator,
+            task,
+            items,
+            cache,
+            state=state,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
+        failures = gather_object(failures) if state.num_processes > 1 else failures
+        state.wait_for_everyone()
+        if state.is_main_process:
+            res = score(task, items, cache, failures)
+            res["timing"] = timing
+            results["tasks"][task.name] = res
+    if not state.is_main_process:
+        return {}
+    write_reports(results, out_dir)
+    return results
