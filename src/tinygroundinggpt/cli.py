@@ -12,6 +12,9 @@ import sys
 
 COMMAND_MODULES = [
     "tinygroundinggpt.model.cli",
+    "tinygroundinggpt.synthesis.cli",
+    "tinygroundinggpt.data.converters.cli",
+    "tinygroundinggpt.components.cli",
 ]
 
 

@@ -1,0 +1,272 @@
+"""The synthesis runner: stages over a corpus of images, restartable, sharded, concurrent.
+
+Input is a manifest, one JSON object per line::
+
+    {"id": "img-1", "image": "images/1.png",              # relative to the manifest (or --image-root)
+     "objects": [{"name": "red circle", "box": [x1, y1, x2, y2]}, ...],   # optional annotation, pixels
+     "captions": ["A red circle left of ..."]}             # optional image description material
+
+After each stage every image's state is appended to ``out/state/<stage>.jsonl``; a rerun reads
+those files, skips what is done and truncates a half-written last line, and all model calls are
+served from the disk cache, so a run killed at any point resumes to exactly the output of an
+uninterrupted run. Outputs are written in manifest order once every image has passed every stage:
+``stage2.jsonl`` and ``stage3.jsonl`` (project sample format, images relative to ``out``),
+``removed.jsonl``, ``failures.jsonl`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from tinygroundinggpt.boxes import BoxError, validate_pixel_box
+from tinygroundinggpt.images import ImageLoadError, load_image
+from tinygroundinggpt.synthesis.backends import CachedModels, ModelCallError
+from tinygroundinggpt.synthesis.cache import hash_inputs
+from tinygroundinggpt.synthesis.replies import MalformedReply
+from tinygroundinggpt.synthesis.stages import STAGES, StageContext, SynthConfig, merge_counts
+
+log = logging.getLogger(__name__)
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """The manifest's records; ids must be unique (they key every stage's state)."""
+    records, seen = [], set()
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "id" not in rec or "image" not in rec:
+                raise ValueError(f"{path}:{lineno}: a record needs 'id' and 'image'")
+            rec["id"] = str(rec["id"])
+            if rec["id"] in seen:
+                raise ValueError(f"{path}:{lineno}: duplicate id {rec['id']!r}")
+            seen.add(rec["id"])
+            records.append(rec)
+    return records
+
+
+def in_shard(image_id: str, shard: int, num_shards: int) -> bool:
+    """Shards split by a hash of the id, so a shard's images do not depend on manifest order."""
+    return int(hash_inputs(image_id)[:12], 16) % num_shards == shard
+
+
+class StateFile:
+    """Append-only JSONL of per-image states for one stage; survives a kill mid-line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        if not self.path.exists():
+            return {}
+        states, good_end = {}, 0
+        with self.path.open("rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # the writer was killed mid-line: that state was never complete
+                state = json.loads(line)
+                states[state["id"]] = state
+                good_end += len(line)
+        if good_end != self.path.stat().st_size:
+            with self.path.open("r+b") as fh:
+                fh.truncate(good_end)
+        return states
+
+    def append(self, state: dict[str, Any]) -> None:
+        line = (json.dumps(state, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock, self.path.open("ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        models: CachedModels,
+        config: SynthConfig | None = None,
+        *,
+        image_root: str | Path = ".",
+        concurrency: int = 4,
+        shard: tuple[int, int] = (0, 1),
+        progress: bool = True,
+    ) -> None:
+        self.out = Path(out_dir)
+        self.models = models
+        self.config = config or SynthConfig()
+        self.image_root = Path(image_root)
+        self.concurrency = max(1, concurrency)
+        self.shard, self.num_shards = shard
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"shard must be i/N with 0 <= i < N, got {self.shard}/{self.num_shards}")
+        self.progress = progress
+        self.ctx = StageContext(models, self.config)
+        if self.config.recogniser == "mllm" and models.grounder is None:
+            raise ValueError("MLLM recognition gives names without boxes: a grounder is needed")
+
+    def _name(self, stem: str, ext: str) -> Path:
+        tail = "" if self.num_shards == 1 else f".{self.shard}-of-{self.num_shards}"
+        return self.out / f"{stem}{tail}.{ext}"
+
+    def _initial_state(self, rec: dict[str, Any]) -> dict[str, Any]:
+        path = (self.image_root / rec["image"]).resolve()
+        return {
+            "id": rec["id"],
+            "image": os.path.relpath(path, self.out.resolve()),
+            "annotation": {"objects": rec.get("objects", []), "captions": rec.get("captions", [])},
+            "expected_size": [rec["width"], rec["height"]] if "width" in rec and "height" in rec else None,
+            "objects": [],
+            "grounding": [],
+            "relations": [],
+            "generated": {},
+            "samples": [],
+        }
+
+    def _load(self, state: dict[str, Any]) -> Image.Image | None:
+        """The image, or None after recording why it cannot be used (then every stage passes it through)."""
+        if state.get("unusable"):
+            return None
+        try:
+            image = load_image(self.out / state["image"])
+        except ImageLoadError as exc:
+            problem = MalformedReply("image_unreadable", str(exc))
+        else:
+            size = list(image.size)
+            if state["expected_size"] in (None, size):
+                state["width"], state["height"] = size
+                return image
+            problem = MalformedReply("size_mismatch", f"manifest says {state['expected_size']}, image is {size}")
+        state["unusable"] = True
+        state.setdefault("failures", []).append(
+            {"stage": "load", "kind": problem.kind, "error": str(problem), "image_id": state["id"]}
+        )
+        return None
+
+    def _check_annotation(self, state: dict[str, Any]) -> None:
+        objs = []
+        for i, obj in enumerate(state["annotation"]["objects"]):
+            if obj.get("box") is not None:
+                try:
+                    validate_pixel_box(obj["box"], state["width"], state["height"], what=f"objects[{i}].box")
+                except BoxError as exc:
+                    state.setdefault("failures", []).append(
+                        {"stage": "load", "kind": "bad_annotation_box", "error": str(exc), "image_id": state["id"]}
+                    )
+                    continue
+            objs.append(obj)
+        state["annotation"]["objects"] = objs
+
+    def _work(self, stage: str, prev: dict[str, Any]) -> dict[str, Any]:
+        state = copy.deepcopy(prev)
+        image = self._load(state)
+        if image is not None:
+            if stage == "recognise":
+                self._check_annotation(state)
+            STAGES[stage](state, image, self.ctx)
+        for f in state.get("failures", [])[len(prev.get("failures", [])) :]:
+            log.warning("%s %s: %s (%s)", f["image_id"], f["stage"], f["kind"], f["error"])
+        return state
+
+    def _run_stage(self, stage: str, todo: list[dict[str, Any]], store: StateFile) -> tuple[dict[str, Any], int]:
+        done, unfinished = {}, 0
+        items: Iterator[dict[str, Any]] = iter(todo)
+        bar = tqdm(total=len(todo), desc=stage, disable=not self.progress, unit="img")
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            pending: dict[Future, str] = {}
+            while True:
+                # Keep a bounded window in flight so a huge corpus is not submitted all at once.
+                while len(pending) < 2 * self.concurrency:
+                    nxt = next(items, None)
+                    if nxt is None:
+                        break
+                    pending[pool.submit(self._work, stage, nxt)] = nxt["id"]
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    iid = pending.pop(fut)
+                    try:
+                        state = fut.result()
+                    except ModelCallError as exc:
+                        log.error("%s %s: left unfinished, a rerun retries it: %s", iid, stage, exc)
+                        unfinished += 1
+                    else:
+                        store.append(state)
+                        done[iid] = state
+                    bar.update(1)
+        bar.close()
+        return done, unfinished
+
+    def run(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        (self.out / "state").mkdir(parents=True, exist_ok=True)
+        mine = [r for r in records if in_shard(r["id"], self.shard, self.num_shards)]
+        order = [r["id"] for r in mine]
+        current = {r["id"]: self._initial_state(r) for r in mine}
+        stage_report = {}
+        for stage in STAGES:
+            store = StateFile(self._name(f"state/{stage}", "jsonl"))
+            done = store.load()
+            resumed = sum(1 for i in order if i in done)
+            todo = [current[i] for i in order if i in current and i not in done]
+            new, unfinished = self._run_stage(stage, todo, store)
+            done.update(new)
+            current = {i: done[i] for i in order if i in done}
+            stage_report[stage] = {"done": len(current), "resumed": resumed, "unfinished": unfinished}
+        complete = len(current) == len(order)
+        final = [current[i] for i in order if i in current]
+        report = self._report(len(order), stage_report, final, complete)
+        if complete:
+            for stage_no in (2, 3):
+                rows = [s for st in final for s in st["samples"] if s["meta"]["stage"] == stage_no]
+                _write_jsonl_atomic(self._name(f"stage{stage_no}", "jsonl"), rows)
+            _write_jsonl_atomic(self._name("removed", "jsonl"), [r for st in final for r in st.get("removed", [])])
+            _write_jsonl_atomic(self._name("failures", "jsonl"), [f for st in final for f in st.get("failures", [])])
+        tmp = self._name("report", "json.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self._name("report", "json"))
+        return report
+
+    def _report(
+        self, n_images: int, stage_report: dict[str, Any], final: list[dict[str, Any]], complete: bool
+    ) -> dict[str, Any]:
+        failures = Counter(f"{f['stage']}/{f['kind']}" for st in final for f in st.get("failures", []))
+        counts = merge_counts(final)
+        return {
+            "complete": complete,
+            "shard": f"{self.shard}/{self.num_shards}",
+            "images": n_images,
+            "calls": self.models.counter.calls,
+            "cache_hits": self.models.cache.hits,
+            "retries": self.models.counter.retries,
+            "call_errors": self.models.counter.errors,
+            "stages": stage_report,
+            "counts": counts,
+            "removed": {k[len("removed/") :]: v for k, v in counts.items() if k.startswith("removed/")},
+            "failures": dict(sorted(failures.items())),
+            "samples": {
+                f"stage{n}": sum(1 for st in final for s in st["samples"] if s["meta"]["stage"] == n) for n in (2, 3)
+            },
+        }

@@ -1,0 +1,264 @@
+"""Post-processing (Fig. 10 steps 1-4, Fig. 11 steps 1-3): model replies → samples in the project format.
+
+Replies speak of objects as ``<name>`` and of boxes as ``[x1, y1, x2, y2]`` normalised to the
+original width and height (the frame the prompts give them). Here every such box becomes a pixel
+box in ``sample["boxes"]`` referenced as ``<box:i>``, and a highlighted object in a question becomes
+``<object:i>``: the object image cut from its box at training time.
+
+Each sample's ``meta`` keeps ``task``, ``stage`` (2 or 3), ``image_id`` and ``scores`` (the grounding
+confidence of each box, ``None`` for a box the model wrote that matches no grounded object) — the
+filters read them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinygroundinggpt.boxes import (
+    BoxError,
+    iou,
+    norm_to_pixel,
+    parse_first_box,
+    round_box,
+    validate_unit_box,
+)
+from tinygroundinggpt.synthesis.cache import hash_inputs
+from tinygroundinggpt.synthesis.replies import MalformedReply, normalise_name
+
+STAGE2_TASKS = ("text_coordinate", "image_coordinate", "text_image")
+STAGE3_TASKS = ("conversation", "description")
+DESCRIBE_PROMPT = "Describe this image in detail, giving the coordinates of the objects you mention."
+# A highlighted object, optionally followed by its box; or a bare box.
+_SPAN_RE = re.compile(r"<([^<>]+)>(\s*\[[^\[\]]*\])?|(\[[^\[\]]*\])")
+_HIGHLIGHT_RE = re.compile(r"<([^<>]+)>")
+_MATCH_IOU = 0.5  # a model-written box this close to a grounded one inherits its confidence
+
+
+def seeded_rng(*parts: Any) -> random.Random:
+    """A generator that depends only on ``parts``: reruns and resumes make the same choices."""
+    return random.Random(int(hash_inputs(list(parts))[:16], 16))
+
+
+@dataclass
+class _Builder:
+    """Accumulates one sample's boxes (deduplicated) and their grounding scores."""
+
+    grounding: Sequence[dict[str, Any]]
+    boxes: list[list[float]] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+
+    def add(self, box: Sequence[float], score: float | None = None) -> int:
+        box = list(round_box(box, 2))
+        if box in self.boxes:
+            return self.boxes.index(box)
+        if score is None:
+            matches = [(iou(box, g["box"]), g["score"]) for g in self.grounding]
+            best = max(matches, default=(0.0, None))
+            score = best[1] if best[0] >= _MATCH_IOU else None
+        self.boxes.append(box)
+        self.scores.append(score)
+        return len(self.boxes) - 1
+
+    def sample(self, sid: str, image_id: str, task: str, turns: list[tuple[str, str]]) -> dict[str, Any]:
+        messages = []
+        for n, (q, a) in enumerate(turns):
+            messages.append({"role": "user", "content": ("<image>\n" + q) if n == 0 else q})
+            messages.append({"role": "assistant", "content": a})
+        stage = 2 if task in STAGE2_TASKS else 3
+        return {
+            "id": sid,
+            "boxes": self.boxes,
+            "messages": messages,
+            "meta": {"task": task, "stage": stage, "image_id": image_id, "scores": self.scores},
+        }
+
+
+def find_object(name: str, grounding: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The grounded object called ``name`` (case and spacing ignored; a leading article may differ)."""
+    key = normalise_name(name)
+    bare = re.sub(r"^(the|a|an) ", "", key)
+    for g in grounding:
+        gk = normalise_name(g["name"])
+        if key == gk or bare == re.sub(r"^(the|a|an) ", "", gk):
+            return g
+    return None
+
+
+def template_samples(image_id: str, grounding: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fig. 10 steps 1 and 2: text–coordinate and image–coordinate pairs from the grounded objects alone."""
+    out = []
+    for i, obj in enumerate(grounding):
+        name = obj["name"]
+        b = _Builder(grounding)
+        k = b.add(obj["box"], obj["score"])
+        out.append(
+            b.sample(
+                f"{image_id}-tc-{i}a",
+                image_id,
+                "text_coordinate",
+                [(f"Describe the object located within the region <box:{k}>.", name)],
+            )
+        )
+        b = _Builder(grounding)
+        k = b.add(obj["box"], obj["score"])
+        out.append(
+            b.sample(
+                f"{image_id}-tc-{i}b",
+                image_id,
+                "text_coordinate",
+                [(f"In this image, where is {name} located?", f"<box:{k}>")],
+            )
+        )
+        b = _Builder(grounding)
+        k = b.add(obj["box"], obj["score"])
+        out.append(
+            b.sample(
+                f"{image_id}-ic-{i}a",
+                image_id,
+                "image_coordinate",
+                [(f"What is the location of <object:{k}>?", f"<box:{k}>")],
+            )
+        )
+        others = [g for g in grounding if g is not obj]
+        if not others:
+            continue
+        # The distractor overlaps the target least, so the two object images are easy to tell apart.
+        other = min(others, key=lambda g: iou(g["box"], obj["box"]))
+        b = _Builder(grounding)
+        k, j = b.add(obj["box"], obj["score"]), b.add(other["box"], other["score"])
+        first_is_target = seeded_rng(image_id, "ic-option", i).random() < 0.5
+        a_ref, b_ref = (k, j) if first_is_target else (j, k)
+        letter = "a" if first_is_target else "b"
+        out.append(
+            b.sample(
+                f"{image_id}-ic-{i}b",
+                image_id,
+                "image_coordinate",
+                [
+                    (
+                        f"Which is the item in region <box:{k}>? a. <object:{a_ref}>; b. <object:{b_ref}>.",
+                        f"The answer is {letter}.",
+                    )
+                ],
+            )
+        )
+    return out
+
+
+def text_image_samples(
+    image_id: str, task: str, qas: Sequence[dict[str, str]], grounding: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[MalformedReply]]:
+    """Fig. 10 step 3: each ``<name>`` in a question becomes that object's image; in answers, plain text.
+
+    A QA whose question highlights nothing, or names an object that was not grounded, is dropped and
+    returned as a :class:`MalformedReply` for the log.
+    """
+    samples, problems = [], []
+    for n, qa in enumerate(qas):
+        b = _Builder(grounding)
+        try:
+            names = _HIGHLIGHT_RE.findall(qa["question"])
+            if not names:
+                raise MalformedReply("no_highlight", f"question highlights no <object>: {qa['question']!r}")
+            refs = {}
+            for name in names:
+                obj = find_object(name, grounding)
+                if obj is None:
+                    raise MalformedReply("object_not_in_list", f"<{name}> is not a grounded object")
+                refs[name] = b.add(obj["box"], obj["score"])
+        except MalformedReply as exc:
+            problems.append(exc)
+            continue
+        question = _HIGHLIGHT_RE.sub(lambda m, refs=refs: f"<object:{refs[m.group(1)]}>", qa["question"])
+        answer = _HIGHLIGHT_RE.sub(lambda m: m.group(1), qa["answer"])
+        samples.append(b.sample(f"{image_id}-{task}-{n}", image_id, "text_image", [(question, answer)]))
+    return samples, problems
+
+
+def _reply_box(text: str, width: int, height: int) -> list[float]:
+    box = parse_first_box(text)
+    if box is None:
+        raise MalformedReply("bad_box", f"{text.strip()!r} is not [x1, y1, x2, y2]")
+    try:
+        return list(norm_to_pixel(validate_unit_box(box, what="reply box"), width, height))
+    except BoxError as exc:
+        raise MalformedReply("box_out_of_range", str(exc)) from exc
+
+
+def _ground_text(
+    text: str,
+    b: _Builder,
+    width: int,
+    height: int,
+    rng: random.Random | None,
+    object_rate: float,
+    mentioned: dict[str, int],
+) -> str:
+    """Rewrite ``<name> [box]``, ``<name>`` and ``[box]`` in ``text``; with ``rng`` (questions only) some
+    named boxes become object images (Fig. 11 step 3)."""
+
+    def repl(m: re.Match[str]) -> str:
+        name, named_box, bare_box = m.group(1), m.group(2), m.group(3)
+        if bare_box is not None:
+            if parse_first_box(bare_box) is None:
+                return bare_box  # brackets that hold no box are ordinary text
+            return f"<box:{b.add(_reply_box(bare_box, width, height))}>"
+        if named_box is None:
+            return name
+        k = b.add(_reply_box(named_box, width, height))
+        mentioned.setdefault(name, k)
+        if rng is not None and rng.random() < object_rate:
+            return f"<object:{k}>"
+        return f"{name} <box:{k}>"
+
+    return _SPAN_RE.sub(repl, text)
+
+
+def conversation_sample(
+    image_id: str,
+    qas: Sequence[dict[str, str]],
+    grounding: Sequence[dict[str, Any]],
+    width: int,
+    height: int,
+    *,
+    object_rate: float = 0.5,
+    max_location_turns: int = 3,
+) -> tuple[dict[str, Any] | None, list[MalformedReply]]:
+    """Fig. 11: one multi-round sample per image. A QA with a malformed box is dropped (and returned)."""
+    b = _Builder(grounding)
+    rng = seeded_rng(image_id, "conversation")
+    turns, problems, mentioned = [], [], {}
+    for qa in qas:
+        snapshot = (list(b.boxes), list(b.scores), dict(mentioned))
+        try:
+            q = _ground_text(qa["question"], b, width, height, rng, object_rate, mentioned)
+            a = _ground_text(qa["answer"], b, width, height, None, object_rate, mentioned)
+        except MalformedReply as exc:
+            b.boxes, b.scores, mentioned = snapshot  # forget boxes of the dropped QA
+            problems.append(exc)
+            continue
+        turns.append((q, a))
+    if not turns:
+        return None, problems
+    # Fig. 11 step 1: extra location turns for objects the conversation grounded.
+    for name, k in list(mentioned.items())[:max_location_turns]:
+        turns.append((f"What is {name}? Specify the location.", f"It's {name} <box:{k}>."))
+    return b.sample(f"{image_id}-conversation", image_id, "conversation", turns), problems
+
+
+def description_sample(
+    image_id: str, description: str, grounding: Sequence[dict[str, Any]], width: int, height: int
+) -> dict[str, Any]:
+    """Fig. 12: the grounded description as the answer to a describe-the-image request.
+
+    Raises :class:`MalformedReply` when a box is malformed or the description holds no box at all.
+    """
+    b = _Builder(grounding)
+    text = _ground_text(description.strip(), b, width, height, None, 0.0, {})
+    if not b.boxes:
+        raise MalformedReply("no_box", "description grounds no object")
+    return b.sample(f"{image_id}-description", image_id, "description", [(DESCRIBE_PROMPT, text)])

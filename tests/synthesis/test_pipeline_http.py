@@ -1,0 +1,148 @@
+"""The pipeline against a real HTTP server on 127.0.0.1: outputs, statistics, retries, faults, cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fake_openai import FakeOpenAI
+from helpers import write_corpus
+
+from tinygroundinggpt.boxes import format_box, pixel_to_norm
+from tinygroundinggpt.data.format import LoadReport, iter_jsonl
+from tinygroundinggpt.synthesis.backends import CachedModels, OpenAIChatBackend, RetryCounter
+from tinygroundinggpt.synthesis.cache import DiskCache
+from tinygroundinggpt.synthesis.pipeline import Pipeline, read_manifest
+
+# Without faults the corpus gives: 3 images, 7 objects; per object 2 text–coordinate and 1-2
+# image–coordinate templates (14 + 7), 11 text–image QAs, and per image one conversation and one
+# description: 39 stage-2 and 6 stage-3 samples, each judged once.
+CLEAN = {"stage2": 39, "stage3": 6}
+
+
+def run(root: Path, url: str, out: str = "out", cache: str = "cache", concurrency: int = 2, **kw) -> dict:
+    counter = RetryCounter()
+    chat = OpenAIChatBackend("fake", base_url=url, timeout=0.5, max_retries=3, backoff=0.01, counter=counter)
+    models = CachedModels(DiskCache(root / cache), chat, None, counter)
+    pipe = Pipeline(root / out, models, image_root=root, concurrency=concurrency, progress=False, **kw)
+    return pipe.run(read_manifest(root / "manifest.jsonl"))
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def judge_marker(box: tuple, w: int, h: int) -> str:
+    return f"Question: Describe the object located within the region {format_box(pixel_to_norm(box, w, h))}."
+
+
+def test_clean_run_outputs_valid_samples_and_rerun_hits_cache(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        rep = run(tmp_path, srv.url)
+        assert rep["complete"] and rep["samples"] == CLEAN
+        assert rep["failures"] == {} and rep["removed"] == {}
+        # 3 relation calls, 4 generation calls per image, one judge call per sample.
+        assert rep["calls"] == len(srv.requests) == 3 + 12 + 45
+        assert rep["retries"] == 0 and rep["cache_hits"] == 0
+        # The judge sees the global image plus one crop per object image in the sample.
+        assert max(srv.images) == 3
+        again = run(tmp_path, srv.url, out="out2")
+        assert again["calls"] == 0 and again["cache_hits"] == 60 and len(srv.requests) == 60
+    for name in ("stage2.jsonl", "stage3.jsonl"):
+        assert (tmp_path / "out" / name).read_text() == (tmp_path / "out2" / name).read_text()
+        report = LoadReport(name)
+        samples = list(iter_jsonl(tmp_path / "out" / name, report))
+        assert not report.skipped and len(samples) == CLEAN[name[:6]]
+        for s in samples:
+            assert (tmp_path / "out" / s.image).is_file()
+
+
+def test_faults_are_counted_exactly_and_never_fatal(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI(timeout_sleep=1.0) as srv:
+        srv.faults = {
+            # transient: one rate limit and one timeout, each retried once
+            "You are tasked with evaluating": [429],
+            "Given a list of instances: [red box, blue box]": ["timeout"],
+            # malformed replies
+            "Given a list of instances: [green box, red box]": ["[(green box, above, yellow box)]"],
+            "objects (including the objects present in the image): [red box, blue box], and a list of triples "
+            "describing the relationships between the objects : [(red box, next to, blue box)]. You may include "
+            "additional objects and relationships that you are confident about. Please generate 5 optimal QA "
+            "pairs that accurately reflect the image. Each question": ["this is not JSON"],
+            "image): [blue box, green box, red box], and a list of triples describing the relationships between "
+            "the objects : [(blue box, next to, green box), (green box, next to, red box)]. You may include "
+            "additional objects and relationships that you are confident about. Please generate 5 optimal QA "
+            "pairs that accurately reflect the image. For each question": [
+                '[{"question": "Which? A. <purple box> B. <red box>", "answer": "A"}, {"q": "x", "a": "y"}]'
+            ],
+            "You are an image description annotation assistant. I will provide you with an image: the attached "
+            "image, a list of potential instances (including objects that may be present in the image): [green box": [
+                "No boxes in this description."
+            ],
+            'for objects: {"blue box"': [
+                '[{"question": "Where is <blue box> [0.1, 0.1, 1.5, 0.4]?", "answer": "there"},'
+                ' {"question": "What colour is <red box> [0.600, 0.050, 0.950, 0.400]?", "answer": "red"}]'
+            ],
+            judge_marker((10, 10, 60, 60), 160, 120): ['"Quality": "2", "Correct": "Yes", "Justification": "vague"'],
+            judge_marker((90, 50, 150, 110), 160, 120): ['"Quality": "5", "Correct": "No", "Justification": "wrong"'],
+            judge_marker((60, 5, 95, 40), 100, 100): ["I cannot judge this."],
+        }
+        rep = run(tmp_path, srv.url)
+        assert all(not v for v in srv.faults.values()), "every scripted fault was used"
+        assert rep["complete"]
+        assert rep["retries"] == 2 and rep["call_errors"] == 0
+        # Two requests never got an answer (429, timeout); no answered request was ever repeated.
+        assert len(srv.requests) == rep["calls"] + 2 == len(srv.answered) + 2
+        assert len(set(srv.answered)) == len(srv.answered)
+    assert rep["failures"] == {
+        "generate/not_json": 1,  # img0 object_in_question
+        "generate/wrong_keys": 1,  # img2 objects_as_options (second item)
+        "relate/object_not_in_list": 1,  # img1 "yellow box"
+        "postprocess/no_box": 1,  # img1 description
+        "postprocess/box_out_of_range": 1,  # img2 conversation, first QA
+        "judge/wrong_keys": 1,
+    }
+    assert rep["removed"] == {"judge/low_quality": 1, "judge/incorrect": 1, "judge/judge_malformed": 1}
+    # img0 loses its 2 object_in_question QAs, img2 its 2 objects_as_options QAs, the judge 3 samples;
+    # img1 loses its description.
+    assert rep["samples"] == {"stage2": 39 - 2 - 2 - 3, "stage3": 5}
+    failures = read(tmp_path / "out" / "failures.jsonl")
+    assert {f["image_id"] for f in failures} == {"img0", "img1", "img2"}
+    bad = next(f for f in failures if f["kind"] == "not_json")
+    assert bad["reply"] == "this is not JSON" and "QA pair generator" in bad["prompt"]
+    removed = read(tmp_path / "out" / "removed.jsonl")
+    assert {(r["id"], r["reason"]) for r in removed} == {
+        ("img0-tc-0a", "low_quality"),
+        ("img0-tc-1a", "incorrect"),
+        ("img2-tc-2a", "judge_malformed"),
+    }
+    conv = next(s for s in read(tmp_path / "out" / "stage3.jsonl") if s["id"] == "img2-conversation")
+    assert len(conv["boxes"]) == 1 and len(conv["messages"]) == 4  # the kept QA plus one location turn
+
+
+def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        srv.faults = {"Given a list of instances: [green box, red box]": [429] * 4}
+        rep = run(tmp_path, srv.url)
+        assert not rep["complete"] and rep["call_errors"] == 1 and rep["retries"] == 3
+        assert rep["stages"]["relate"] == {"done": 2, "resumed": 0, "unfinished": 1}
+        assert not (tmp_path / "out" / "stage2.jsonl").exists()
+        rep = run(tmp_path, srv.url)
+        assert rep["complete"] and rep["samples"] == CLEAN
+        assert rep["stages"]["relate"] == {"done": 3, "resumed": 2, "unfinished": 0}
+        assert len(set(srv.answered)) == len(srv.answered)
+
+
+def test_shards_partition_the_corpus(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        run(tmp_path, srv.url)
+        parts = [run(tmp_path, srv.url, out="sharded", shard=(i, 2)) for i in range(2)]
+    assert sum(p["images"] for p in parts) == 3 and all(p["images"] for p in parts)
+    for stage in ("stage2", "stage3"):
+        whole = read(tmp_path / "out" / f"{stage}.jsonl")
+        split = [r for i in range(2) for r in read(tmp_path / "sharded" / f"{stage}.{i}-of-2.jsonl")]
+        assert sorted(json.dumps(r) for r in split) == sorted(json.dumps(r) for r in whole)

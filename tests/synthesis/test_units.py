@@ -1,0 +1,86 @@
+"""Reply parsers, the disk cache, the state file and the box helper the grounder uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinygroundinggpt.boxes import cxcywh_to_xyxy
+from tinygroundinggpt.synthesis.cache import DiskCache, hash_inputs
+from tinygroundinggpt.synthesis.pipeline import StateFile
+from tinygroundinggpt.synthesis.replies import (
+    MalformedReply,
+    parse_judgement,
+    parse_object_list,
+    parse_qa_list,
+    parse_triples,
+)
+
+
+def test_cxcywh_to_xyxy() -> None:
+    assert cxcywh_to_xyxy([0.5, 0.5, 0.2, 0.4]) == pytest.approx((0.4, 0.3, 0.6, 0.7))
+
+
+def test_object_list_accepts_the_papers_format_and_rejects_others() -> None:
+    assert parse_object_list("[red box, blue box, red box]") == ["red box", "blue box"]
+    assert parse_object_list('```json\n["a cat", "a dog"]\n```') == ["a cat", "a dog"]
+    for bad in ("a cat and a dog", "[]", '{"objects": ["cat"]}', "[1, 2]"):
+        with pytest.raises(MalformedReply):
+            parse_object_list(bad)
+
+
+def test_triples() -> None:
+    assert parse_triples("[(man, holding, cup), (cup, on top of, table)]") == [
+        ("man", "holding", "cup"),
+        ("cup", "on top of", "table"),
+    ]
+    assert parse_triples("[(a, next to, close to, b)]") == [("a", "next to, close to", "b")]
+    assert parse_triples("[]") == []
+    for bad in ("(a, b, c)", "[(a, b)]", "[a, b, c]"):
+        with pytest.raises(MalformedReply):
+            parse_triples(bad)
+
+
+def test_qa_list() -> None:
+    # JSON, and the Python quoting of the paper's own Fig. 11 example.
+    assert parse_qa_list('[{"question": " Q? ", "answer": "A."}]') == [{"question": "Q?", "answer": "A."}]
+    assert parse_qa_list("[{'question': 'Q?', 'answer': 'A.'}]") == [{"question": "Q?", "answer": "A."}]
+    for bad, kind in (
+        ("nope", "not_json"),
+        ('{"question": "q"}', "not_list"),
+        ('[{"q": 1}]', "wrong_keys"),
+        ("[]", "empty"),
+    ):
+        with pytest.raises(MalformedReply) as exc:
+            parse_qa_list(bad)
+        assert exc.value.kind == kind
+
+
+def test_judgement() -> None:
+    assert parse_judgement('"Quality": "4", "Correct": "Yes", "Justification": "ok"') == (4, True)
+    assert parse_judgement('{"Quality": 2, "Correct": "no"}') == (2, False)
+    with pytest.raises(MalformedReply):
+        parse_judgement('"Quality": "great", "Correct": "Yes"')
+
+
+def test_disk_cache_round_trip_and_counts(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path)
+    key = hash_inputs({"b": 1, "a": [1, 2]})
+    assert key == hash_inputs({"a": [1, 2], "b": 1})
+    assert cache.get(key) is None
+    cache.put(key, "reply")
+    assert DiskCache(tmp_path).get(key) == "reply"
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_state_file_drops_a_half_written_line(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "s.jsonl")
+    store.append({"id": "a", "x": 1})
+    with (tmp_path / "s.jsonl").open("a") as fh:
+        fh.write(json.dumps({"id": "b"})[:7])  # killed mid-write
+    assert StateFile(tmp_path / "s.jsonl").load() == {"a": {"id": "a", "x": 1}}
+    store.append({"id": "b", "x": 2})
+    assert set(StateFile(tmp_path / "s.jsonl").load()) == {"a", "b"}
