@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "tinygroundinggpt.model.cli",
+    "tinygroundinggpt.world.cli",
     "tinygroundinggpt.synthesis.cli",
     "tinygroundinggpt.data.converters.cli",
     "tinygroundinggpt.components.cli",
