@@ -14,8 +14,6 @@ COMMAND_MODULES = [
     "tinygroundinggpt.model.cli",
     "tinygroundinggpt.world.cli",
     "tinygroundinggpt.synthesis.cli",
-    "tinygroundinggpt.data.converters.cli",
-    "tinygroundinggpt.components.cli",
 ]
 
 
