@@ -12,6 +12,7 @@ Public API (stable): :func:`write_world` and :func:`contact_sheet`. ``write_worl
       eval/rec/refs(unc).p, eval/rec/instances.json                    splits "val" and "test"
       eval/rec_compositional/refs(unc).p, .../instances.json           splits "val" and "test"
       eval/pope/coco_pope_{random,popular,adversarial}.json
+      contact_sheet.png               only with ``sheet`` > 0
 
 Data-file image paths are relative to the data file's folder (``images/...``); the refer and POPE files
 name images by file name, found in ``images/`` (``world.json`` says so as ``image_dir``).
@@ -80,13 +81,15 @@ def write_world(
     occlusion: float = 0.3,
     n_compositional: int | None = None,
     heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT,
+    sheet: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate ``n_train`` training scenes, ``n_eval`` evaluation scenes and ``n_compositional``
     (default ``n_eval``) compositional scenes; write all files (see the module docstring) and return
     the manifest that is also written as ``world.json``.
 
-    ``min_objects``/``max_objects`` set the curriculum (``1, 1`` gives one-object scenes).
+    ``min_objects``/``max_objects`` set the curriculum (``1, 1`` gives one-object scenes). ``sheet`` > 0
+    also writes ``contact_sheet.png`` showing that many of the first training scenes with their boxes.
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -96,6 +99,7 @@ def write_world(
     bar = tqdm(total=n_train + n_eval + n_comp, desc="world", unit="scene", disable=not progress)
 
     counts: dict[str, int] = {}
+    shown: list[tuple[Image.Image, Scene]] = []
     handles = {name: (out / name).open("w", encoding="utf-8") for name in STAGE_FILES}
     try:
         config = SceneConfig(**common, heldout_mode="exclude")
@@ -103,6 +107,8 @@ def write_world(
             image, scene = generate_scene(_rng(seed, "train", i), image_size, config)
             rel = f"images/train_{i:06d}.png"
             _save_png(image, out / rel)
+            if i < sheet:
+                shown.append((image, scene))
             text_rng = _rng(seed, "train-text", i)
             for name, build in STAGE_FILES.items():
                 for sample in build(scene, rel, f"train-{i:06d}", text_rng):
@@ -119,6 +125,8 @@ def write_world(
     comp_config = SceneConfig(**common, heldout_mode="require")
     comp_images = _eval_images(out, "comp", n_comp, seed, image_size, comp_config, bar)
     bar.close()
+    if shown:
+        contact_sheet(shown).save(out / "contact_sheet.png")
     rec = write_refer(out / "eval" / "rec", eval_images)
     rec_comp = write_refer(out / "eval" / "rec_compositional", comp_images)
     pope = write_pope(out / "eval" / "pope", eval_images, seed)

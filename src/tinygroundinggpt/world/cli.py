@@ -15,16 +15,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-objects", type=int, default=2)
     p.add_argument("--max-objects", type=int, default=5)
     p.add_argument("--occlusion", type=float, default=0.3, help="chance that an object may partly cover another")
-    p.add_argument("--sheet", type=int, default=16, help="scenes on contact_sheet.png (0: none)")
+    p.add_argument("--sheet", type=int, default=16, help="first training scenes shown on contact_sheet.png (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_world)
 
 
 def _world(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tinygroundinggpt.world.build import contact_sheet, write_world
-    from tinygroundinggpt.world.scene import SceneConfig, generate_scene
+    from tinygroundinggpt.world.build import write_world
 
     if not 1 <= args.min_objects <= args.max_objects:
         raise SystemExit("--min-objects must be at least 1 and at most --max-objects")
@@ -37,11 +34,8 @@ def _world(args: argparse.Namespace) -> int:
         min_objects=args.min_objects,
         max_objects=args.max_objects,
         occlusion=args.occlusion,
+        sheet=args.sheet,
         progress=not args.quiet,
     )
-    if args.sheet:
-        config = SceneConfig(min_objects=args.min_objects, max_objects=args.max_objects, occlusion=args.occlusion)
-        scenes = [generate_scene(args.seed * 100_003 + k, args.image_size, config) for k in range(args.sheet)]
-        contact_sheet(scenes).save(Path(args.out) / "contact_sheet.png")
     print(f"wrote {args.out}: " + ", ".join(f"{name} {n}" for name, n in manifest["train_files"].items()))
     return 0

@@ -61,6 +61,7 @@ ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3))
 SIZE_RANGE = {"small": (0.17, 0.22), "large": (0.30, 0.38)}
 ROTATING = {"square", "triangle", "star", "cross", "diamond"}
 MIN_VISIBLE = 0.6  # an occluded object keeps at least this share of its pixels
+MAX_TRIES = 200
 TINT = 0.55  # stripes and dots: the colour mixed this far towards white
 
 
@@ -226,7 +227,7 @@ def _sample_objects(rng: random.Random, width: int, height: int, config: SceneCo
     n = rng.randint(config.min_objects, config.max_objects)
     theme = rng.choice(THEMES)
     short = min(width, height)
-    required = rng.randrange(n) if config.heldout_mode == "require" else -1
+    required = 0 if config.heldout_mode == "require" else -1  # placed first: an empty canvas always has room
     objects: list[WorldObject] = []
     for k in range(n):
         if k == required:
@@ -278,13 +279,16 @@ def generate_scene(
     width, height = (image_size, max(1, round(image_size * ah / aw))) if aw >= ah else (
         max(1, round(image_size * aw / ah)), image_size)  # fmt: skip
     background, kind, noise_seed = rng.choice(list(BACKGROUNDS)), rng.choice(BACKGROUND_KINDS), rng.getrandbits(32)
-    while True:  # resample until every object stays recognisable (rarely more than a couple of tries)
+    for _ in range(MAX_TRIES):  # resample until every object stays recognisable (rarely more than a few tries)
         scene = Scene(width, height, background, kind, noise_seed, _sample_objects(rng, width, height, config))
-        if len(scene.objects) < config.min_objects:
+        if len(scene.objects) < config.min_objects or (
+            config.heldout_mode == "require" and not any((o.colour, o.shape) in config.heldout for o in scene.objects)
+        ):
             continue
         image, labels = render_scene(scene)
         if _finish(scene, labels):
             return image, scene
+    raise ValueError(f"cannot fit {config.min_objects} objects in a {width}x{height} image; lower min_objects")
 
 
 def _finish(scene: Scene, labels: np.ndarray) -> bool:

@@ -1,0 +1,156 @@
+"""write_world: byte-identical output per seed, loadable sample files, refer/POPE files as their
+readers expect, no held-out combination in any training file, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pickle
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from tinygroundinggpt.boxes import xywh_to_xyxy
+from tinygroundinggpt.data.format import LoadReport, iter_jsonl
+from tinygroundinggpt.world import cli as world_cli
+from tinygroundinggpt.world.build import DEFAULT_HELDOUT, write_world
+from tinygroundinggpt.world.language import plural
+from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, STAGE_FILES
+
+N_TRAIN, N_EVAL = 40, 16
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, N_TRAIN, N_EVAL, seed=3, image_size=64, progress=False)
+    return out
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_gives_byte_identical_world(world, tmp_path):
+    write_world(tmp_path / "again", N_TRAIN, N_EVAL, seed=3, image_size=64, progress=False)
+    assert _digest(world) == _digest(tmp_path / "again")
+    write_world(tmp_path / "other", 4, 2, seed=4, image_size=64, progress=False)
+    assert _digest(tmp_path / "other")["stage1.jsonl"] != _digest(world)["stage1.jsonl"]
+
+
+def test_training_files_load_and_point_at_their_images(world):
+    manifest = json.loads((world / "world.json").read_text())
+    tasks: Counter[str] = Counter()
+    for name in STAGE_FILES:
+        report = LoadReport(name)
+        samples = list(iter_jsonl(world / name, report))
+        assert not report.skipped and len(samples) == manifest["train_files"][name] > 0
+        for s in samples:
+            with Image.open(world / s.image) as im:
+                assert im.size == (s.width, s.height)
+            s.check_boxes(s.width, s.height)
+            assert "[" not in "".join(m["content"] for m in s.messages)  # no coordinates in text, only <box:i>
+            tasks[s.meta["task"].split("/")[0]] += 1
+    assert {"caption", "rec", "region", "locate", "region_pick", "name_object", "match_object", "object_relation",
+            "conversation", "grounded_description", "instruction"} <= set(tasks)  # fmt: skip
+    prompts = [
+        s.messages[0]["content"] for s in iter_jsonl(world / "stage2_tc.jsonl") if s.meta["task"].startswith("rec")
+    ]
+    assert any(p.startswith("<image>\n" + REC_EVAL_PROMPT.split("{")[0]) for p in prompts)
+
+
+def test_no_heldout_combination_leaks_into_training(world):
+    banned = [f"{c} {s}" for c, s in DEFAULT_HELDOUT] + [f"{c} {plural(s)}" for c, s in DEFAULT_HELDOUT]
+    for name in STAGE_FILES:
+        text = (world / name).read_text().lower()
+        for phrase in banned:
+            assert not re.search(rf"\b{phrase}\b", text), (name, phrase)
+    comp = pickle.load(open(world / "eval" / "rec_compositional" / "refs(unc).p", "rb"))
+    sents = [s["sent"] for r in comp for s in r["sentences"]]
+    assert sents and all(any(f"{c} {s}" in t for c, s in DEFAULT_HELDOUT) for t in sents)
+
+
+@pytest.mark.parametrize("folder", ["rec", "rec_compositional"])
+def test_refer_files_as_the_refer_api_reads_them(world, folder):
+    data_dir = world / "eval" / folder
+    refs = pickle.load(open(data_dir / "refs(unc).p", "rb"))  # exactly as refer.py's REFER.__init__
+    instances = json.load(open(data_dir / "instances.json"))
+    assert isinstance(refs, list) and refs
+    anns = {a["id"]: a for a in instances["annotations"]}
+    imgs = {i["id"]: i for i in instances["images"]}
+    cats = {c["id"]: c["name"] for c in instances["categories"]}
+    sent_ids = set()
+    for ref in refs:
+        assert {"ref_id", "ann_id", "image_id", "split", "sentences", "category_id", "file_name", "sent_ids"} <= set(
+            ref
+        )
+        ann = anns[ref["ann_id"]]  # refer.py: refToAnn[ref_id] = Anns[ann_id]
+        assert ann["image_id"] == ref["image_id"] and ann["category_id"] == ref["category_id"] in cats
+        assert imgs[ref["image_id"]]["file_name"] == ref["file_name"]
+        assert ref["split"] in ("val", "test")
+        for s in ref["sentences"]:
+            assert {"tokens", "raw", "sent_id", "sent"} <= set(s) and s["tokens"] == s["sent"].split()
+            assert s["sent_id"] not in sent_ids
+            sent_ids.add(s["sent_id"])
+        assert ref["sent_ids"] == [s["sent_id"] for s in ref["sentences"]]
+    coco = COCO(str(data_dir / "instances.json"))
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        img = coco.loadImgs(ann["image_id"])[0]
+        assert (world / "images" / img["file_name"]).is_file()
+        mask = coco.annToMask(ann)
+        ys, xs = mask.nonzero()
+        assert xywh_to_xyxy(ann["bbox"]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert ann["area"] == mask.sum()
+
+
+def test_pope_files(world):
+    instances = json.load(open(world / "eval" / "rec" / "instances.json"))
+    cats = {c["id"]: c["name"] for c in instances["categories"]}
+    by_file = {i["file_name"]: i["id"] for i in instances["images"]}
+    present: dict[str, set[str]] = {f: set() for f in by_file}
+    id_to_file = {v: k for k, v in by_file.items()}
+    for a in instances["annotations"]:
+        present[id_to_file[a["image_id"]]].add(cats[a["category_id"]])
+    cooc = Counter((a, b) for p in present.values() for a in p for b in p if a != b)
+    negatives = {}
+    for strategy in ("random", "popular", "adversarial"):
+        lines = (world / "eval" / "pope" / f"coco_pope_{strategy}.json").read_text().splitlines()
+        qs = [json.loads(line) for line in lines]
+        assert [q["question_id"] for q in qs] == list(range(1, len(qs) + 1))
+        assert all(set(q) == {"question_id", "image", "text", "label"} for q in qs)
+        assert Counter(q["label"] for q in qs)["yes"] == len(qs) / 2
+        for q in qs:
+            obj = re.fullmatch(r"Is there a (\w+) in the image\?", q["text"]).group(1)
+            assert (obj in present[q["image"]]) == (q["label"] == "yes")
+        negatives[strategy] = [
+            (q["image"], re.search(r"a (\w+) in", q["text"]).group(1)) for q in qs if q["label"] == "no"
+        ]
+    # Adversarial negatives co-occur with the present objects at least as often as any absent one left out.
+    for image in {i for i, _ in negatives["adversarial"]}:
+        absent = {c for c in cats.values() if c not in present[image]}
+        chosen = {o for i, o in negatives["adversarial"] if i == image}
+        score = {c: sum(cooc[(g, c)] for g in present[image]) for c in absent}
+        assert min(score[c] for c in chosen) >= max([score[c] for c in absent - chosen], default=0)
+    assert negatives["random"] != negatives["popular"] != negatives["adversarial"]
+
+
+def test_cli_writes_world_and_contact_sheet(tmp_path):
+    parser = argparse.ArgumentParser()
+    world_cli.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["world", "--out", str(tmp_path), "--n-train", "4", "--n-eval", "2", "--sheet", "4", "--quiet"]
+    )
+    assert args.func(args) == 0
+    manifest = json.loads((tmp_path / "world.json").read_text())
+    assert manifest["n_train"] == 4 and (tmp_path / "eval" / "pope" / "coco_pope_adversarial.json").is_file()
+    with Image.open(tmp_path / "contact_sheet.png") as sheet:
+        assert sheet.size == (4 * 256, 256)
