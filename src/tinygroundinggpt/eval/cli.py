@@ -22,6 +22,15 @@ ALIASES = {
         "refcocog_test",
     ],
     "pope": ["pope_random", "pope_popular", "pope_adversarial"],
+    "world": [
+        "world_rec_val",
+        "world_rec_test",
+        "world_rec_compositional_val",
+        "world_rec_compositional_test",
+        "world_pope_random",
+        "world_pope_popular",
+        "world_pope_adversarial",
+    ],
 }
 
 
@@ -37,7 +46,7 @@ def expand_tasks(spec: str) -> list[str]:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on REC, POPE, VQAv2, GQA, SQA, MME, MMBench, LLaVA-Bench")
     p.add_argument("--model", help="checkpoint folder or Hub id")
-    p.add_argument("--tasks", default="", help="comma-separated task names, or the groups 'rec' and 'pope'")
+    p.add_argument("--tasks", default="", help="comma-separated task names, or the groups 'rec', 'pope' and 'world'")
     p.add_argument(
         "--data-root", default="data", help="folder holding the benchmarks as published (see eval/README.md)"
     )

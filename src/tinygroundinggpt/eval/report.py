@@ -32,6 +32,18 @@ TABLE2 = [
     ("LLaVA-W", "llava_bench", "relative_score"),
 ]
 
+# The built-in synthetic world: (column, task, metric).
+WORLD = [
+    ("REC val", "world_rec_val", "acc@0.5"),
+    ("REC test", "world_rec_test", "acc@0.5"),
+    ("REC comp. val", "world_rec_compositional_val", "acc@0.5"),
+    ("REC comp. test", "world_rec_compositional_test", "acc@0.5"),
+    ("POPE random F1", "world_pope_random", "f1"),
+    ("POPE popular F1", "world_pope_popular", "f1"),
+    ("POPE adversarial F1", "world_pope_adversarial", "f1"),
+    ("POPE adversarial Yes", "world_pope_adversarial", "yes_ratio"),
+]
+
 
 def _metric(results: dict[str, Any], task: str, metric: str) -> float | None:
     entry = results["tasks"].get(task)
@@ -78,6 +90,10 @@ def markdown(results: dict[str, Any]) -> str:
                 row.append(_fmt(_metric(results, task, metric), 1))
         lines += ["## Image understanding (layout of Table 2; POPE = mean F1 of the splits run)", ""]
         lines += [*_table(["Model", *(c for c, _, _ in TABLE2)], [row]), ""]
+    if ran & {t for _, t, _ in WORLD}:
+        lines += ["## Synthetic world (REC Acc@0.5, POPE F1 and yes-ratio)", ""]
+        row = [model, *(_fmt(_metric(results, t, m)) for _, t, m in WORLD)]
+        lines += [*_table(["Model", *(c for c, _, _ in WORLD)], [row]), ""]
     if "desc_quality" in ran:
         vals = [_fmt(_metric(results, "desc_quality", a)) for a in ("quality", "richness", "accuracy")]
         lines += ["## Description assessment (layout of Table 13)", ""]

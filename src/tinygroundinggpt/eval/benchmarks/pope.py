@@ -7,6 +7,9 @@ Files as the POPE repository ships them, one JSON object per line, plus COCO val
     <root>/pope/coco_pope_adversarial.json
     <root>/coco/val2014/COCO_val2014_000000310196.jpg ...
 
+The synthetic world writes the same files (``<root>/eval/pope/``, images in ``<root>/images/``), read
+by the ``world_pope_*`` tasks.
+
 Answer rule of LLaVA's ``eval_pope.py``: keep the text before the first period, drop commas, split on
 spaces; the words "no", "No" or "not" make it a no, anything else a yes. Metrics: accuracy, precision,
 recall and F1 of "yes", and the yes-ratio of the *predictions* (lmms-eval's POPE counts the labels'
@@ -62,13 +65,13 @@ class POPETask(Task):
     headline = "f1"
     max_new_tokens = 16
 
-    def __init__(self, split: str) -> None:
-        self.split = split
+    def __init__(self, split: str, folder: str = "pope", image_dir: str = "coco/val2014") -> None:
+        self.split, self.folder, self.image_dir = split, folder, image_dir
         self.protocol = f"POPE {split}: LLaVA eval_pope.py answer rule; yes-ratio of predictions"
 
     def load(self, data_root: Path) -> list[Item]:
-        path = require(Path(data_root) / "pope" / f"coco_pope_{self.split}.json", f"POPE {self.split}")
-        image_dir = Path(data_root) / "coco" / "val2014"
+        path = require(Path(data_root) / self.folder / f"coco_pope_{self.split}.json", f"POPE {self.split}")
+        image_dir = Path(data_root) / self.image_dir
         items = []
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -95,3 +98,4 @@ class POPETask(Task):
 
 for _split in SPLITS:
     register(f"pope_{_split}", lambda opts, s=_split: POPETask(s))
+    register(f"world_pope_{_split}", lambda opts, s=_split: POPETask(s, "eval/pope", "images"))

@@ -7,6 +7,10 @@ Files, as the ``refer`` API ships them (lichengunc/refer) plus COCO train2014 im
     <root>/refcocog/refs(umd).p   <root>/refcocog/instances.json
     <root>/coco/train2014/COCO_train2014_000000000009.jpg ...
 
+The built-in synthetic world (:func:`tinygroundinggpt.world.build.write_world`) writes the same files;
+its tasks (``world_rec_val``, ``world_rec_test``, ``world_rec_compositional_{val,test}``) read them from
+``<root>/eval/rec*/`` with images in ``<root>/images/``, and add accuracy per expression kind.
+
 One item per referring expression (sentence), as every published number counts them. The model
 answers in its own frame (normalised to the image padded to a centred square); the box is mapped back
 to the original image with :func:`tinygroundinggpt.boxes.model_to_pixel` and compared with the COCO
@@ -89,19 +93,19 @@ class RECTask(Task):
     headline = "acc@0.5"
     max_new_tokens = 48
 
-    def __init__(self, dataset: str, split: str, prompt: str = "paper") -> None:
+    def __init__(self, folder: str, refs_name: str, image_dir: str, split: str, prompt: str = "paper") -> None:
         if prompt not in PROMPTS:
             raise ValueError(f"REC prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
-        self.dataset, self.split, self.prompt = dataset, split, PROMPTS[prompt]
+        self.folder, self.refs_name, self.image_dir = folder, refs_name, image_dir
+        self.split, self.prompt = split, PROMPTS[prompt]
         self.protocol = (
-            f"{dataset} {split}: one item per expression; first box in the answer, model frame → original pixels; "
+            f"{folder} {split}: one item per expression; first box in the answer, model frame → original pixels; "
             f"hit = IoU ≥ 0.5 (lmms-eval refcoco_bbox_rec scoring); prompt: {prompt}"
         )
 
     def load(self, data_root: Path) -> list[Item]:
-        refs_name = DATASETS[self.dataset][0]
-        refs, anns, images = _read_refer(str(Path(data_root) / self.dataset), refs_name)
-        image_dir = Path(data_root) / "coco" / "train2014"
+        refs, anns, images = _read_refer(str(Path(data_root) / self.folder), self.refs_name)
+        image_dir = Path(data_root) / self.image_dir
         items = []
         for ref in refs:
             if ref["split"] != self.split:
@@ -110,12 +114,15 @@ class RECTask(Task):
             im = images[ref["image_id"]]
             gt = boxes.xywh_to_xyxy(ann["bbox"])
             for sent in ref["sentences"]:
+                reference = {"box": list(gt), "expression": sent["sent"]}
+                if "kind" in sent:  # the synthetic world labels each expression's kind
+                    reference["kind"] = sent["kind"]
                 items.append(
                     Item(
                         id=f"{ref['ref_id']}-{sent['sent_id']}",
                         image=str(image_dir / im["file_name"]),
                         prompt=self.prompt.format(exp=sent["sent"]),
-                        reference={"box": list(gt), "expression": sent["sent"]},
+                        reference=reference,
                         width=im["width"],
                         height=im["height"],
                     )
@@ -124,7 +131,10 @@ class RECTask(Task):
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
         assert item.width is not None and item.height is not None, "the runner fills in the image size"
-        return score_rec(answer, tuple(item.reference["box"]), item.width, item.height)
+        out = score_rec(answer, tuple(item.reference["box"]), item.width, item.height)
+        if "kind" in item.reference:
+            out["kind"] = item.reference["kind"]
+        return out
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
         n = len(scores)
@@ -137,13 +147,19 @@ class RECTask(Task):
         out["center_acc"] = 100.0 * sum(s["center_acc"] for s in scores) / n
         for flag in ("unparseable", "multi_box", "inverted"):
             out[flag] = sum(s[flag] for s in scores)  # counts, not percentages
+        for kind in sorted({s["kind"] for s in scores if "kind" in s}):
+            hits = [s["acc@0.5"] for s in scores if s.get("kind") == kind]
+            out[f"acc@0.5/{kind}"] = 100.0 * sum(hits) / len(hits)
         return out
 
 
-def _factory(dataset: str, split: str):
-    return lambda opts: RECTask(dataset, split, opts.rec_prompt)
+def _register(name: str, folder: str, refs_name: str, image_dir: str, split: str) -> None:
+    register(name, lambda opts: RECTask(folder, refs_name, image_dir, split, opts.rec_prompt))
 
 
 for _ds, (_refs, _splits) in DATASETS.items():
     for _split in _splits:
-        register(f"{_ds}_{_split}", _factory(_ds, _split))
+        _register(f"{_ds}_{_split}", _ds, _refs, "coco/train2014", _split)
+for _folder in ("rec", "rec_compositional"):
+    for _split in ("val", "test"):
+        _register(f"world_{_folder}_{_split}", f"eval/{_folder}", "refs(unc).p", "images", _split)
