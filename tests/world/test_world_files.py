@@ -74,6 +74,9 @@ def test_no_heldout_combination_leaks_into_training(world):
         text = (world / name).read_text().lower()
         for phrase in banned:
             assert not re.search(rf"\b{phrase}\b", text), (name, phrase)
+    for line in (world / "scenes.jsonl").read_text().splitlines():
+        graph = json.loads(line)
+        assert not any((o["colour"], o["shape"]) in DEFAULT_HELDOUT for o in graph["objects"])
     comp = pickle.load(open(world / "eval" / "rec_compositional" / "refs(unc).p", "rb"))
     sents = [s["sent"] for r in comp for s in r["sentences"]]
     assert sents and all(any(f"{c} {s}" in t for c, s in DEFAULT_HELDOUT) for t in sents)

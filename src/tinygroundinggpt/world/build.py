@@ -9,6 +9,8 @@ Public API (stable): :func:`write_world` and :func:`contact_sheet`. ``write_worl
       images/comp_000000.png ...      compositional scenes (each holds a held-out colour+shape object)
       stage1.jsonl  stage2_tc.jsonl  stage2_ic.jsonl  stage2_ti.jsonl
       stage3_conv.jsonl  stage3_desc.jsonl  stage3_instruct.jsonl
+      scenes.jsonl                    scene graph of each training image: objects (attributes, pixel box),
+                                      occlusion pairs, relation triples [a, relation, b] (object indices)
       eval/rec/refs(unc).p, eval/rec/instances.json                    splits "val" and "test"
       eval/rec_compositional/refs(unc).p, .../instances.json           splits "val" and "test"
       eval/pope/coco_pope_{random,popular,adversarial}.json
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from tinygroundinggpt.boxes import norm_to_pixel, pixel_to_norm
 from tinygroundinggpt.data.format import Sample
 from tinygroundinggpt.world.formats import POPE_STRATEGIES, REFS_FILE, EvalImage, write_pope, write_refer
-from tinygroundinggpt.world.language import KINDS, referring_expressions
+from tinygroundinggpt.world.language import KINDS, referring_expressions, relation_triples
 from tinygroundinggpt.world.scene import (
     BACKGROUNDS,
     COLOURS,
@@ -58,6 +60,7 @@ DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
     ("purple", "circle"),
 )
 FORMAT_VERSION = 1
+SCENES_FILE = "scenes.jsonl"
 
 
 def _rng(seed: int, part: str, i: int) -> random.Random:
@@ -100,13 +103,15 @@ def write_world(
 
     counts: dict[str, int] = {}
     shown: list[tuple[Image.Image, Scene]] = []
-    handles = {name: (out / name).open("w", encoding="utf-8") for name in STAGE_FILES}
+    handles = {name: (out / name).open("w", encoding="utf-8") for name in (*STAGE_FILES, SCENES_FILE)}
     try:
         config = SceneConfig(**common, heldout_mode="exclude")
         for i in range(n_train):
             image, scene = generate_scene(_rng(seed, "train", i), image_size, config)
             rel = f"images/train_{i:06d}.png"
             _save_png(image, out / rel)
+            graph = {"image": rel, **scene.to_json(), "triples": [list(t) for t in relation_triples(scene)]}
+            handles[SCENES_FILE].write(json.dumps(graph) + "\n")
             if i < sheet:
                 shown.append((image, scene))
             text_rng = _rng(seed, "train-text", i)
@@ -152,6 +157,7 @@ def write_world(
         },
         "heldout_combinations": [list(c) for c in heldout],
         "rec_eval_prompt": REC_EVAL_PROMPT,
+        "scenes": SCENES_FILE,
         "train_files": {name: counts.get(name, 0) for name in STAGE_FILES},
         "eval": {
             "rec": {"folder": "eval/rec", "refs": REFS_FILE, "sentences": rec},

@@ -195,10 +195,14 @@ def stage3_conv(scene: Scene, image: str, sample_id: str, rng: random.Random) ->
         return f"<box:{boxes.index(i)}>"
 
     turns = []
+    asked = set()
     for _ in range(rng.randint(2, 4)):
         t = rng.randrange(n)
         obj, name = scene.objects[t], unique_name(scene, t)
         kind = rng.choice(("where", "colour", "pattern", "relation", "object"))
+        if (t, kind) in asked:  # a conversation does not ask the same thing twice
+            continue
+        asked.add((t, kind))
         triples = [x for x in relation_triples(scene) if x[2] == t and x[1] in RELATIONS]
         if kind == "colour":
             turns.append((f"What colour is {name} {ref(t)}?", f"{_capitalise(name)} {ref(t)} is {obj.colour}."))
@@ -256,7 +260,10 @@ def stage3_instruct(scene: Scene, image: str, sample_id: str, rng: random.Random
             f"There {'is' if shapes.count(shape) == 1 else 'are'} {count_phrase(shapes.count(shape), shape)}.",
         ),
         (f"Is there a {shape} in the image?", "Yes." if shape in shapes else "No."),
-        (f"How many {colour} objects are there?", f"{_capitalise(count_phrase(n_colour, 'object'))}."),
+        (
+            f"How many {colour} objects are there?",
+            f"There {'is' if n_colour == 1 else 'are'} {count_phrase(n_colour, f'{colour} object')}.",
+        ),
         (f"What shape is {unique_name(scene, t)}?", f"It is a {scene.objects[t].shape}."),
         ("What colour is the background?", f"The background is {scene.background}."),
     ]
