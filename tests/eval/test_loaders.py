@@ -102,11 +102,22 @@ def test_vqav2_and_gqa_files(tmp_path):
 def test_scienceqa_keeps_test_questions_with_images(tmp_path):
     root = tmp_path / "scienceqa"
     root.mkdir()
+
+    def problem(question, choices, answer, hint, image, split):
+        return {
+            "question": question,
+            "choices": choices,
+            "answer": answer,
+            "hint": hint,
+            "image": image,
+            "split": split,
+        }
+
     problems = {
-        "1": {"question": "Which is a mammal?", "choices": ["frog", "cat"], "answer": 1, "hint": "Look.", "image": "image.png", "split": "test"},
-        "2": {"question": "No image here", "choices": ["a", "b"], "answer": 0, "hint": "", "image": None, "split": "test"},
-        "3": {"question": "Train", "choices": ["a", "b"], "answer": 0, "hint": "", "image": "image.png", "split": "train"},
-    }  # fmt: skip
+        "1": problem("Which is a mammal?", ["frog", "cat"], 1, "Look.", "image.png", "test"),
+        "2": problem("No image here", ["a", "b"], 0, "", None, "test"),
+        "3": problem("Train", ["a", "b"], 0, "", "image.png", "train"),
+    }
     (root / "problems.json").write_text(json.dumps(problems))
     (root / "pid_splits.json").write_text(json.dumps({"test": ["1", "2"], "train": ["3"]}))
     task = get_task("scienceqa_img")
