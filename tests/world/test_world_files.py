@@ -18,8 +18,9 @@ from pycocotools.coco import COCO
 from tinygroundinggpt.boxes import xywh_to_xyxy
 from tinygroundinggpt.data.format import LoadReport, iter_jsonl
 from tinygroundinggpt.world import cli as world_cli
-from tinygroundinggpt.world.build import DEFAULT_HELDOUT, write_world
+from tinygroundinggpt.world.build import write_world
 from tinygroundinggpt.world.language import plural
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT
 from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, STAGE_FILES
 
 N_TRAIN, N_EVAL = 40, 16

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tinygroundinggpt.world.scene import COLOURS, Scene, SceneConfig, generate_scene, render_scene
+from tinygroundinggpt.world.scene import COLOURS, DEFAULT_HELDOUT, Scene, SceneConfig, generate_scene, render_scene
 
 HELD = frozenset({("red", "star"), ("blue", "triangle")})
 
@@ -53,9 +53,16 @@ def test_both_orientations_and_object_counts():
     assert all(len(s.objects) == 1 for s in one)
 
 
+def test_default_scenes_hold_out_the_compositional_pairs():
+    for seed in range(60):
+        assert not any((o.colour, o.shape) in DEFAULT_HELDOUT for o in generate_scene(seed, 64)[1].objects)
+
+
 def test_heldout_modes():
     for seed in range(60):
         excl = generate_scene(seed, 64, SceneConfig(heldout=HELD))[1]
         assert not any((o.colour, o.shape) in HELD for o in excl.objects)
         req = generate_scene(seed, 64, SceneConfig(heldout=HELD, heldout_mode="require"))[1]
         assert any((o.colour, o.shape) in HELD for o in req.objects)
+    with pytest.raises(ValueError, match="heldout_mode"):
+        generate_scene(0, 64, SceneConfig(heldout=frozenset(), heldout_mode="require"))

@@ -8,9 +8,9 @@ pipeline consumes, in the real formats (project JSONL, refer API, POPE), determi
 * :mod:`.build` – :func:`write_world` (layout in its docstring) and :func:`contact_sheet`.
 """
 
-from tinygroundinggpt.world.build import DEFAULT_HELDOUT, contact_sheet, write_world
+from tinygroundinggpt.world.build import contact_sheet, write_world
 from tinygroundinggpt.world.language import Expression, caption, referring_expressions, relation_triples
-from tinygroundinggpt.world.scene import Scene, SceneConfig, WorldObject, generate_scene, render_scene
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, Scene, SceneConfig, WorldObject, generate_scene, render_scene
 from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, STAGE_FILES
 
 __all__ = [

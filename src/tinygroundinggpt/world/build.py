@@ -40,6 +40,7 @@ from tinygroundinggpt.world.language import KINDS, referring_expressions, relati
 from tinygroundinggpt.world.scene import (
     BACKGROUNDS,
     COLOURS,
+    DEFAULT_HELDOUT,
     PATTERNS,
     SHAPES,
     SIZES,
@@ -50,15 +51,6 @@ from tinygroundinggpt.world.scene import (
 )
 from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, STAGE_FILES
 
-# Held out of every training scene and expression; 5 of the 56 colour+shape pairs, each colour and
-# shape still seen in training with other partners.
-DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
-    ("red", "star"),
-    ("blue", "triangle"),
-    ("green", "ring"),
-    ("yellow", "cross"),
-    ("purple", "circle"),
-)
 FORMAT_VERSION = 1
 SCENES_FILE = "scenes.jsonl"
 

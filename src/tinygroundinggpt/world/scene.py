@@ -62,6 +62,15 @@ SIZE_RANGE = {"small": (0.17, 0.22), "large": (0.30, 0.38)}
 ROTATING = {"square", "triangle", "star", "cross", "diamond"}
 MIN_VISIBLE = 0.6  # an occluded object keeps at least this share of its pixels
 MAX_TRIES = 200
+# Held out of every training scene and expression (the compositional split asks about them): 5 of the 56
+# colour+shape pairs, each colour and shape still seen in training with other partners.
+DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
+    ("red", "star"),
+    ("blue", "triangle"),
+    ("green", "ring"),
+    ("yellow", "cross"),
+    ("purple", "circle"),
+)
 TINT = 0.55  # stripes and dots: the colour mixed this far towards white
 
 
@@ -69,13 +78,14 @@ TINT = 0.55  # stripes and dots: the colour mixed this far towards white
 class SceneConfig:
     """How scenes are sampled. ``heldout`` (colour, shape) pairs are never drawn in ``"exclude"`` mode
     (training and in-distribution evaluation) and at least one is drawn in ``"require"`` mode
-    (the compositional split)."""
+    (the compositional split). The default holds out :data:`DEFAULT_HELDOUT`, so anything trained on
+    default scenes (components, models) keeps the compositional split unseen."""
 
     min_objects: int = 2
     max_objects: int = 5
     occlusion: float = 0.3  # probability that an object may partly cover earlier ones
     aspects: tuple[tuple[int, int], ...] = ASPECTS
-    heldout: frozenset[tuple[str, str]] = frozenset()
+    heldout: frozenset[tuple[str, str]] = frozenset(DEFAULT_HELDOUT)
     heldout_mode: str = "exclude"
 
 
@@ -275,6 +285,10 @@ def generate_scene(
     """Sample and render one scene whose long side is ``image_size`` pixels; boxes come from the pixels."""
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
     config = config or SceneConfig()
+    if config.heldout_mode not in ("exclude", "require") or (config.heldout_mode == "require" and not config.heldout):
+        raise ValueError(
+            f"heldout_mode must be 'exclude' or 'require' (with held-out pairs), got {config.heldout_mode!r}"
+        )
     aw, ah = rng.choice(config.aspects)
     width, height = (image_size, max(1, round(image_size * ah / aw))) if aw >= ah else (
         max(1, round(image_size * aw / ah)), image_size)  # fmt: skip
