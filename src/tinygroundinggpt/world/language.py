@@ -171,10 +171,12 @@ def _ordinal(scene: Scene, t: int, rng: random.Random, require_colour: bool) -> 
 
 def _position(scene: Scene, t: int, rng: random.Random, require_colour: bool) -> str | None:
     obj, options = scene.objects[t], []
+    held = [pos for pos in POSITIONS if in_position(scene, t, pos)]
+    near = {i: {pos for pos in held if in_position(scene, i, pos, widen=MARGIN)} for i in range(len(scene.objects))}
     for d in _target_descriptors(scene, t, require_colour):
         rivals = [i for i in _matching(scene, d, obj.shape) if i != t]
-        for pos in POSITIONS:
-            if in_position(scene, t, pos) and not any(in_position(scene, i, pos, widen=MARGIN) for i in rivals):
+        for pos in held:
+            if not any(pos in near[i] for i in rivals):
                 options.append(f"the {descriptor_text(d, obj.shape)} {_position_phrase(pos)}")
     return rng.choice(options) if options else None
 
