@@ -16,8 +16,9 @@ from tinygroundinggpt.synthesis.pipeline import Pipeline, read_manifest
 
 # Without faults the corpus gives: 3 images, 7 objects; per object 2 text–coordinate and 1-2
 # image–coordinate templates (14 + 7), 11 text–image QAs, and per image one conversation and one
-# description: 39 stage-2 and 6 stage-3 samples, each judged once.
-CLEAN = {"stage2": 39, "stage3": 6}
+# description: 45 samples, each judged once.
+CLEAN = {"stage2_tc": 14, "stage2_ic": 14, "stage2_ti": 11, "stage3_conv": 3, "stage3_desc": 3}
+FILES = [f"{stem}.jsonl" for stem in CLEAN]
 
 
 def run(root: Path, url: str, out: str = "out", cache: str = "cache", concurrency: int = 2, **kw) -> dict:
@@ -49,11 +50,11 @@ def test_clean_run_outputs_valid_samples_and_rerun_hits_cache(tmp_path: Path) ->
         assert max(srv.images) == 3
         again = run(tmp_path, srv.url, out="out2")
         assert again["calls"] == 0 and again["cache_hits"] == 60 and len(srv.requests) == 60
-    for name in ("stage2.jsonl", "stage3.jsonl"):
+    for name in FILES:
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "out2" / name).read_text()
         report = LoadReport(name)
         samples = list(iter_jsonl(tmp_path / "out" / name, report))
-        assert not report.skipped and len(samples) == CLEAN[name[:6]]
+        assert not report.skipped and len(samples) == CLEAN[name.removesuffix(".jsonl")]
         for s in samples:
             assert (tmp_path / "out" / s.image).is_file()
 
@@ -105,9 +106,9 @@ def test_faults_are_counted_exactly_and_never_fatal(tmp_path: Path) -> None:
         "judge/wrong_keys": 1,
     }
     assert rep["removed"] == {"judge/low_quality": 1, "judge/incorrect": 1, "judge/judge_malformed": 1}
-    # img0 loses its 2 object_in_question QAs, img2 its 2 objects_as_options QAs, the judge 3 samples;
-    # img1 loses its description.
-    assert rep["samples"] == {"stage2": 39 - 2 - 2 - 3, "stage3": 5}
+    # img0 loses its 2 object_in_question QAs and img2 its 2 objects_as_options QAs (text–image), the
+    # judge 3 text–coordinate samples, img1 its description.
+    assert rep["samples"] == {**CLEAN, "stage2_tc": 11, "stage2_ti": 7, "stage3_desc": 2}
     failures = read(tmp_path / "out" / "failures.jsonl")
     assert {f["image_id"] for f in failures} == {"img0", "img1", "img2"}
     bad = next(f for f in failures if f["kind"] == "not_json")
@@ -118,7 +119,7 @@ def test_faults_are_counted_exactly_and_never_fatal(tmp_path: Path) -> None:
         ("img0-tc-1a", "incorrect"),
         ("img2-tc-2a", "judge_malformed"),
     }
-    conv = next(s for s in read(tmp_path / "out" / "stage3.jsonl") if s["id"] == "img2-conversation")
+    conv = next(s for s in read(tmp_path / "out" / "stage3_conv.jsonl") if s["id"] == "img2-conversation")
     assert len(conv["boxes"]) == 1 and len(conv["messages"]) == 4  # the kept QA plus one location turn
 
 
@@ -129,7 +130,7 @@ def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
         rep = run(tmp_path, srv.url)
         assert not rep["complete"] and rep["call_errors"] == 1 and rep["retries"] == 3
         assert rep["stages"]["relate"] == {"done": 2, "resumed": 0, "unfinished": 1}
-        assert not (tmp_path / "out" / "stage2.jsonl").exists()
+        assert not (tmp_path / "out" / "stage2_tc.jsonl").exists()
         rep = run(tmp_path, srv.url)
         assert rep["complete"] and rep["samples"] == CLEAN
         assert rep["stages"]["relate"] == {"done": 3, "resumed": 2, "unfinished": 0}
@@ -142,7 +143,7 @@ def test_shards_partition_the_corpus(tmp_path: Path) -> None:
         run(tmp_path, srv.url)
         parts = [run(tmp_path, srv.url, out="sharded", shard=(i, 2)) for i in range(2)]
     assert sum(p["images"] for p in parts) == 3 and all(p["images"] for p in parts)
-    for stage in ("stage2", "stage3"):
-        whole = read(tmp_path / "out" / f"{stage}.jsonl")
-        split = [r for i in range(2) for r in read(tmp_path / "sharded" / f"{stage}.{i}-of-2.jsonl")]
+    for stem in CLEAN:
+        whole = read(tmp_path / "out" / f"{stem}.jsonl")
+        split = [r for i in range(2) for r in read(tmp_path / "sharded" / f"{stem}.{i}-of-2.jsonl")]
         assert sorted(json.dumps(r) for r in split) == sorted(json.dumps(r) for r in whole)

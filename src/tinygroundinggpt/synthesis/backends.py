@@ -145,9 +145,9 @@ class OpenAIChatBackend:
 class GroundingDinoGrounder:
     """GroundingDINO via ``AutoModelForZeroShotObjectDetection``; one forward pass per image for all names.
 
-    Each predicted box is given to the name whose tokens score highest for it (the max sigmoid over that
-    name's tokens), and each name keeps its best box. Doing the phrase assignment here rather than with
-    the processor's ``text_labels`` keeps a detection tied to exactly one name from the list.
+    Each name gets the predicted box that scores highest for it (a box's score for a name is the max
+    sigmoid over that name's tokens), which gives the paper's name → box dictionary S1. Scoring names
+    here rather than through the processor's ``text_labels`` ties every detection to one listed name.
     """
 
     def __init__(self, model: str, *, device: str = "cpu") -> None:
@@ -176,20 +176,20 @@ class GroundingDinoGrounder:
         with self._lock, self._torch.no_grad():
             out = self.model(**inputs)
         probs = out.logits[0].sigmoid()  # (queries, text tokens)
-        pred = out.pred_boxes[0].tolist()  # (queries, 4) centre-size, normalised to the image
-        best: dict[int, Detection] = {}
-        for q in range(probs.shape[0]):
-            scores = [float(probs[q, toks].max()) if toks else 0.0 for toks in token_sets]
-            k = max(range(len(names)), key=scores.__getitem__)
-            if k in best and best[k].score >= scores[k]:
-                continue
-            box = norm_to_pixel(cxcywh_to_xyxy(pred[q]), image.width, image.height)
+        pred = out.pred_boxes[0]  # (queries, 4) centre-size, normalised to the image
+        dets = []
+        for name, toks in zip(names, token_sets, strict=True):
+            if not toks:
+                continue  # the name was truncated away (max_text_len)
+            per_query = probs[:, toks].max(dim=1).values
+            q = int(per_query.argmax())
+            box = norm_to_pixel(cxcywh_to_xyxy(pred[q].tolist()), image.width, image.height)
             try:
                 box = validate_pixel_box(box, image.width, image.height, repair=True)
             except ValueError:
-                continue
-            best[k] = Detection(names[k], round_box(box, 2), round(scores[k], 4))
-        return [best[k] for k in sorted(best)]
+                continue  # the best box lies wholly outside the image
+            dets.append(Detection(name, round_box(box, 2), round(float(per_query[q]), 4)))
+        return dets
 
 
 class CachedModels:

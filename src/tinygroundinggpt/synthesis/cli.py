@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -98,3 +99,15 @@ def _synth(args: argparse.Namespace) -> int:
     report = pipe.run(read_manifest(args.manifest))
     print(json.dumps(report, indent=2))
     return 0 if report["complete"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tinygroundinggpt.synthesis.cli MANIFEST ...``: the synth command alone, without
+    importing the other commands (a synthesis worker needs none of them)."""
+    parser = argparse.ArgumentParser(prog="tgg-synth")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return _synth(parser.parse_args(["synth", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,9 @@ After each stage every image's state is appended to ``out/state/<stage>.jsonl``;
 those files, skips what is done and truncates a half-written last line, and all model calls are
 served from the disk cache, so a run killed at any point resumes to exactly the output of an
 uninterrupted run. Outputs are written in manifest order once every image has passed every stage:
-``stage2.jsonl`` and ``stage3.jsonl`` (project sample format, images relative to ``out``),
+one file per task named as the training recipes read them (``stage2_tc.jsonl``, ``stage2_ic.jsonl``,
+``stage2_ti.jsonl``, ``stage3_conv.jsonl``, ``stage3_desc.jsonl``; project sample format, images
+relative to ``out``),
 ``removed.jsonl``, ``failures.jsonl`` and ``report.json``.
 """
 
@@ -34,6 +36,7 @@ from tinygroundinggpt.boxes import BoxError, validate_pixel_box
 from tinygroundinggpt.images import ImageLoadError, load_image
 from tinygroundinggpt.synthesis.backends import CachedModels, ModelCallError
 from tinygroundinggpt.synthesis.cache import hash_inputs
+from tinygroundinggpt.synthesis.postprocess import OUTPUT_FILES
 from tinygroundinggpt.synthesis.replies import MalformedReply
 from tinygroundinggpt.synthesis.stages import STAGES, StageContext, SynthConfig, merge_counts
 
@@ -239,9 +242,9 @@ class Pipeline:
         final = [current[i] for i in order if i in current]
         report = self._report(len(order), stage_report, final, complete)
         if complete:
-            for stage_no in (2, 3):
-                rows = [s for st in final for s in st["samples"] if s["meta"]["stage"] == stage_no]
-                _write_jsonl_atomic(self._name(f"stage{stage_no}", "jsonl"), rows)
+            for task, stem in OUTPUT_FILES.items():
+                rows = [s for st in final for s in st["samples"] if s["meta"]["task"] == task]
+                _write_jsonl_atomic(self._name(stem, "jsonl"), rows)
             _write_jsonl_atomic(self._name("removed", "jsonl"), [r for st in final for r in st.get("removed", [])])
             _write_jsonl_atomic(self._name("failures", "jsonl"), [f for st in final for f in st.get("failures", [])])
         tmp = self._name("report", "json.tmp")
@@ -267,6 +270,7 @@ class Pipeline:
             "removed": {k[len("removed/") :]: v for k, v in counts.items() if k.startswith("removed/")},
             "failures": dict(sorted(failures.items())),
             "samples": {
-                f"stage{n}": sum(1 for st in final for s in st["samples"] if s["meta"]["stage"] == n) for n in (2, 3)
+                stem: sum(1 for st in final for s in st["samples"] if s["meta"]["task"] == task)
+                for task, stem in OUTPUT_FILES.items()
             },
         }

@@ -5,7 +5,7 @@ original width and height (the frame the prompts give them). Here every such box
 box in ``sample["boxes"]`` referenced as ``<box:i>``, and a highlighted object in a question becomes
 ``<object:i>``: the object image cut from its box at training time.
 
-Each sample's ``meta`` keeps ``task``, ``stage`` (2 or 3), ``image_id`` and ``scores`` (the grounding
+Each sample's ``meta`` keeps ``task`` (see :data:`OUTPUT_FILES`), ``image_id`` and ``scores`` (the grounding
 confidence of each box, ``None`` for a box the model wrote that matches no grounded object) — the
 filters read them.
 """
@@ -29,8 +29,14 @@ from tinygroundinggpt.boxes import (
 from tinygroundinggpt.synthesis.cache import hash_inputs
 from tinygroundinggpt.synthesis.replies import MalformedReply, normalise_name
 
-STAGE2_TASKS = ("text_coordinate", "image_coordinate", "text_image")
-STAGE3_TASKS = ("conversation", "description")
+# Each task's output file: the names the stage-2 and stage-3 training recipes read (and the world writes).
+OUTPUT_FILES = {
+    "text_coordinate": "stage2_tc",
+    "image_coordinate": "stage2_ic",
+    "text_image": "stage2_ti",
+    "conversation": "stage3_conv",
+    "description": "stage3_desc",
+}
 DESCRIBE_PROMPT = "Describe this image in detail, giving the coordinates of the objects you mention."
 # A highlighted object, optionally followed by its box; or a bare box.
 _SPAN_RE = re.compile(r"<([^<>]+)>(\s*\[[^\[\]]*\])?|(\[[^\[\]]*\])")
@@ -68,12 +74,11 @@ class _Builder:
         for n, (q, a) in enumerate(turns):
             messages.append({"role": "user", "content": ("<image>\n" + q) if n == 0 else q})
             messages.append({"role": "assistant", "content": a})
-        stage = 2 if task in STAGE2_TASKS else 3
         return {
             "id": sid,
             "boxes": self.boxes,
             "messages": messages,
-            "meta": {"task": task, "stage": stage, "image_id": image_id, "scores": self.scores},
+            "meta": {"task": task, "image_id": image_id, "scores": self.scores},
         }
 
 

@@ -1,0 +1,44 @@
+"""Kill the pipeline (SIGKILL, a real separate process) midway, twice, and resume: same dataset, no call repeated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fake_openai import FakeOpenAI
+from helpers import write_corpus
+
+
+def synth(root: Path, url: str, out: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tinygroundinggpt.synthesis.cli", str(root / "manifest.jsonl"), "--out",
+           str(root / out), "--model", "fake", "--base-url", url, "--timeout", "5", "--backoff", "0.01",
+           "--concurrency", "1", "--no-progress"]  # fmt: skip
+    # One worker: a kill then lands between calls, never between a paid reply and its cache write.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    return proc
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        ref = synth(tmp_path, srv.url, "ref")
+        assert ref.wait(timeout=60) == 0, ref.stderr.read().decode()
+        total = len(srv.requests)
+        srv.requests.clear()
+        srv.answered.clear()
+        # Kill once while generating and once while judging, then let the third run finish.
+        for kill_at in (8, 30):
+            proc = synth(tmp_path, srv.url, "out")
+            srv.kill = (kill_at, proc.pid)
+            assert proc.wait(timeout=60) == -9
+        srv.kill = None
+        proc = synth(tmp_path, srv.url, "out")
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+        # Each killed request went unanswered; every answered request was answered exactly once.
+        assert len(srv.answered) == len(set(srv.answered)) == total
+        assert len(srv.requests) == total + 2
+    names = ["stage2_tc", "stage2_ic", "stage2_ti", "stage3_conv", "stage3_desc", "removed", "failures"]
+    for name in (f"{n}.jsonl" for n in names):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
