@@ -1,0 +1,96 @@
+"""The paper's stage chain: 1a → 1b → 2 → 3, each stage starting from the previous stage's output.
+
+Each stage writes an ordinary checkpoint to ``<out>/<stage>``; a stage already marked complete is
+skipped, so a killed chain resumes where it stopped (inside a stage, from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
+from tinygroundinggpt.model.presets import CLIP_ID, DINO_ID, PAPER_LLMS, TINY_COMPONENTS, assemble
+from tinygroundinggpt.training.engine import is_complete, train_stage
+from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
+
+logger = logging.getLogger(__name__)
+
+
+def preset_components(preset: str) -> dict[str, Any]:
+    """Component checkpoints and assembly options of a preset ('tiny', '1.5b', '3b', '7b')."""
+    if preset == "tiny":
+        return {
+            "clip": TINY_COMPONENTS["clip"],
+            "dino": TINY_COMPONENTS["dino"],
+            "llm": TINY_COMPONENTS["llm"],
+            "object_grid": 4,
+            "projector_layernorm": True,
+        }
+    if preset in PAPER_LLMS:
+        return {"clip": CLIP_ID, "dino": DINO_ID, "llm": PAPER_LLMS[preset]}
+    raise ValueError(f"unknown preset {preset!r}; choose tiny or one of {sorted(PAPER_LLMS)}")
+
+
+def load_checkpoint(path: str | Path) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
+    return (
+        TinyGroundingGPTForConditionalGeneration.from_pretrained(str(path)),
+        TinyGroundingGPTProcessor.from_pretrained(str(path)),
+    )
+
+
+def run_chain(
+    out_dir: str | Path,
+    data_root: str | Path,
+    *,
+    preset: str = "tiny",
+    components: dict[str, Any] | None = None,
+    stages: tuple[str, ...] = STAGES,
+    overrides: dict[str, list[str]] | None = None,
+    use_tiny_overrides: bool | None = None,
+    init: str | Path | None = None,
+    **training_kwargs: Any,
+) -> dict[str, Any]:
+    """Run ``stages`` in order; returns {stage: report} and writes ``<out>/chain_report.json``.
+
+    ``components`` overrides the preset's checkpoints (keys clip, dino, llm and assembly options;
+    ``dino=None`` for the CLIP-only ablation). ``init`` starts the first stage from a checkpoint
+    instead of assembling. ``overrides`` maps a stage to ``key=value`` strings.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {**preset_components(preset), **(components or {})}
+    tiny = preset == "tiny" if use_tiny_overrides is None else use_tiny_overrides
+    per_stage = tiny_overrides() if tiny else {}
+    reports: dict[str, Any] = {}
+    previous: Path | None = Path(init) if init else None
+    t0 = time.perf_counter()
+    for stage in stages:
+        stage_out = out / stage
+        if is_complete(stage_out):
+            logger.info("%s already complete in %s; skipping", stage, stage_out)
+            reports[stage] = json.loads((stage_out / "train_report.json").read_text())
+            previous = stage_out
+            continue
+        recipe = load_recipe(
+            stage, {**per_stage.get(stage, {}), **dict(o.split("=", 1) for o in (overrides or {}).get(stage, []))}
+        )
+        if previous is None:
+            if recipe.init != "assemble":
+                raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
+            opts = {k: v for k, v in spec.items() if k not in ("clip", "dino", "llm")}
+            model, processor = assemble(spec["clip"], spec["dino"], spec["llm"], **opts)
+        else:
+            model, processor = load_checkpoint(previous)
+        reports[stage] = train_stage(recipe, model, processor, stage_out, data_root=data_root, **training_kwargs)
+        previous = stage_out
+    summary = {
+        "stages": {s: {"train_loss": r["train_loss"], "steps": r["global_step"]} for s, r in reports.items()},
+        "final": str(previous),
+        "wall_minutes": round((time.perf_counter() - t0) / 60, 2),
+    }
+    (out / "chain_report.json").write_text(json.dumps(summary, indent=2))
+    return {"reports": reports, **summary}

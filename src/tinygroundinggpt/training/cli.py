@@ -1,0 +1,82 @@
+"""``tgg train``: one stage or the whole 1a → 1b → 2 → 3 chain."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one stage (--recipe) or the whole chain (--chain)")
+    p.add_argument("--data-root", required=True, help="folder the recipes' data paths are relative to")
+    p.add_argument("--out", required=True, help="output folder (a stage's checkpoint, or one folder per stage)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--recipe", help="a shipped stage (stage1a, stage1b, stage2, stage3) or a recipe YAML")
+    what.add_argument("--chain", action="store_true", help="run stage1a → stage1b → stage2 → stage3")
+    p.add_argument("--init", help="checkpoint to start from (required for a single stage other than stage1a)")
+    p.add_argument("--preset", default="tiny", help="components for stage1a: tiny, 1.5b, 3b or 7b")
+    p.add_argument("--clip", help="CLIP checkpoint (Hub id or path) instead of the preset's")
+    p.add_argument("--dino", help="DINOv2 checkpoint instead of the preset's; 'none' for CLIP only")
+    p.add_argument("--llm", help="LLM checkpoint instead of the preset's")
+    p.add_argument("--stages", default=None, help="comma-separated subset of the chain")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON config")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.set_defaults(func=_train)
+
+
+def _deepspeed_config(name: str | None) -> str | None:
+    from pathlib import Path
+
+    if name in (None, "zero2", "zero3"):
+        return None if name is None else str(Path(__file__).resolve().parent / "configs" / f"{name}.json")
+    return name
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from tinygroundinggpt.training.chain import load_checkpoint, preset_components, run_chain
+    from tinygroundinggpt.training.engine import train_stage
+    from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    extra = {"deepspeed": _deepspeed_config(args.deepspeed)} if args.deepspeed else {}
+    components = {k: getattr(args, k) for k in ("clip", "dino", "llm") if getattr(args, k)}
+    if components.get("dino") == "none":
+        components["dino"] = None
+    if args.chain:
+        stages = tuple(args.stages.split(",")) if args.stages else STAGES
+        result = run_chain(
+            args.out,
+            args.data_root,
+            preset=args.preset,
+            components=components,
+            stages=stages,
+            overrides={s: args.set for s in stages},
+            init=args.init,
+            resume=not args.no_resume,
+            **extra,
+        )
+        print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
+        return 0
+    stage_overrides = tiny_overrides().get(args.recipe, {}) if args.preset == "tiny" else {}
+    recipe = load_recipe(args.recipe, {**stage_overrides, **dict(s.split("=", 1) for s in args.set)})
+    if args.init:
+        model, processor = load_checkpoint(args.init)
+    elif recipe.init == "assemble":
+        from tinygroundinggpt.model.presets import assemble
+
+        spec = {**preset_components(args.preset), **components}
+        opts = {k: v for k, v in spec.items() if k not in ("clip", "dino", "llm")}
+        model, processor = assemble(spec["clip"], spec["dino"], spec["llm"], **opts)
+    else:
+        raise SystemExit(f"recipe {recipe.name} starts from a previous stage: give --init CHECKPOINT")
+    report = train_stage(
+        recipe, model, processor, args.out, data_root=args.data_root, resume=not args.no_resume, **extra
+    )
+    print(json.dumps({k: report[k] for k in ("stage", "train_loss", "global_step", "wall_seconds")}, indent=2))
+    if report["skipped"] or report["replaced"]:
+        n_skip, n_repl = len(report["skipped"]), len(report["replaced"])
+        print(f"{n_skip} bad lines skipped, {n_repl} samples replaced (see train_report.json)")
+    return 0

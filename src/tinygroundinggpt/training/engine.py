@@ -1,0 +1,300 @@
+"""The training engine: transformers' ``Trainer`` with what grounding models need on top.
+
+* per-module modes from the recipe (frozen / full / LoRA through peft) and per-module learning rates;
+* length-grouped batches from lengths known before decoding images (little compute spent on padding);
+* logged health signals: tokens/s, padding fraction, the norms of projected visual features against
+  text embeddings, and the gradient norms of the projector and of any trainable vision module
+  (a from-scratch prototype failed silently when visual norms exploded and vision gradients vanished);
+* checkpoints that count only once complete (a marker written by atomic rename after the Trainer has
+  saved everything), so a run killed during a save resumes from the previous good one;
+* the same entry point under one CPU process, ``torchrun``, ``accelerate launch`` or ``deepspeed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
+from tinygroundinggpt.training.data import Collator, MixtureDataset
+from tinygroundinggpt.training.recipe import MODULES, Recipe, RecipeError
+
+logger = logging.getLogger(__name__)
+COMPLETE = "COMPLETE"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _mark_complete(folder: Path, info: dict[str, Any]) -> None:
+    tmp = folder / f".{COMPLETE}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, folder / COMPLETE)
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / COMPLETE).is_file()
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` that was saved to the end (incomplete ones are ignored)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and is_complete(p):
+            found.append((int(m.group(1)), p))
+    return str(max(found)[1]) if found else None
+
+
+def apply_module_modes(model: TinyGroundingGPTForConditionalGeneration, recipe: Recipe) -> None:
+    """Freeze, unfreeze or LoRA-wrap each top-level module as the recipe says."""
+    for name in MODULES:
+        mode = recipe.mode(name)
+        module = getattr(model, name)
+        if mode == "lora":
+            if name != "language_model":
+                raise RecipeError(f"recipe {recipe.name}: LoRA is supported for the language_model, not {name}")
+            from peft import LoraConfig, get_peft_model
+
+            module.requires_grad_(False)
+            cfg = LoraConfig(
+                r=int(recipe.lora["r"]),
+                lora_alpha=int(recipe.lora["alpha"]),
+                lora_dropout=float(recipe.lora["dropout"]),
+                target_modules=LORA_TARGETS,
+                task_type="CAUSAL_LM",
+            )
+            model.language_model = get_peft_model(module, cfg)
+        else:
+            module.requires_grad_(mode == "full")
+
+
+def merge_lora(model: TinyGroundingGPTForConditionalGeneration) -> None:
+    """Fold LoRA weights back so each stage's output is an ordinary checkpoint."""
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+
+
+class _Health:
+    """Running sums of the signals logged every ``logging_steps``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens = 0
+        self.slots = 0
+        self.visual_norm_sum = 0.0
+        self.visual_norm_n = 0
+        self.grad_norms: dict[str, list[float]] = {}
+        self.t0 = time.perf_counter()
+
+
+class GroundingTrainer(Trainer):
+    """``Trainer`` plus length grouping from precomputed lengths, module learning rates and health logs."""
+
+    def __init__(self, *args: Any, recipe: Recipe, lengths: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recipe = recipe
+        self.lengths = lengths
+        self.health = _Health()
+        base = self.model.module if hasattr(self.model, "module") else self.model
+        base.projector.register_forward_hook(self._record_visual_norm)
+
+    def _record_visual_norm(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            self.health.visual_norm_sum += float(output.detach().float().norm(dim=-1).mean())
+            self.health.visual_norm_n += 1
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        if self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        # Group by the *global* batch so the order, and each optimiser step's samples, do not depend on
+        # how many processes share the batch.
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthGroupedSampler(batch, lengths=self.lengths)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            base = self.model.module if hasattr(self.model, "module") else self.model
+            groups = []
+            for name in MODULES:
+                params = [p for p in getattr(base, name).parameters() if p.requires_grad]
+                if params:
+                    lr = self.recipe.module_learning_rates.get(name, self.args.learning_rate)
+                    groups.append({"params": params, "lr": lr, "weight_decay": self.args.weight_decay})
+            if not groups:
+                raise RecipeError(f"recipe {self.recipe.name} trains no parameters")
+            self.optimizer = torch.optim.AdamW(
+                groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
+            )
+        return self.optimizer
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        mask = inputs["attention_mask"]
+        self.health.tokens += int(mask.sum())
+        self.health.slots += mask.numel()
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        base = model.module if hasattr(model, "module") else model
+        for name in ("projector", "vision_tower"):
+            grads = [p.grad for p in getattr(base, name).parameters() if p.requires_grad and p.grad is not None]
+            if grads:
+                norm = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+                self.health.grad_norms.setdefault(name, []).append(norm)
+        return loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        h = self.health
+        if "loss" in logs and h.slots:
+            elapsed = max(time.perf_counter() - h.t0, 1e-9)
+            logs["tokens_per_s"] = round(h.tokens / elapsed, 1)
+            logs["padding_fraction"] = round(1 - h.tokens / h.slots, 4)
+            base = self.model.module if hasattr(self.model, "module") else self.model
+            emb = base.get_input_embeddings().weight
+            if emb.numel():  # ZeRO-3 leaves partitioned (empty) tensors here
+                logs["text_embed_norm"] = round(float(emb.detach().float().norm(dim=-1).mean()), 4)
+            if h.visual_norm_n:
+                logs["visual_feature_norm"] = round(h.visual_norm_sum / h.visual_norm_n, 4)
+            for name, vals in h.grad_norms.items():
+                logs[f"grad_norm_{name}"] = float(f"{sum(vals) / len(vals):.4g}")
+            h.reset()
+        super().log(logs, *args, **kwargs)
+
+
+class _CompleteMarker(TrainerCallback):
+    """Mark ``checkpoint-N`` complete once the Trainer has written all of it."""
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                _mark_complete(folder, {"global_step": state.global_step})
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> TrainingArguments:
+    """The recipe as ``TrainingArguments``; the recipe's batch size is the global batch."""
+    world = _world_size()
+    per_device, rem = divmod(recipe.batch_size, world * recipe.gradient_accumulation)
+    if rem or per_device == 0:
+        raise RecipeError(
+            f"batch_size {recipe.batch_size} is not divisible by {world} processes × "
+            f"{recipe.gradient_accumulation} accumulation steps"
+        )
+    cuda = torch.cuda.is_available()
+    args: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=recipe.gradient_accumulation,
+        learning_rate=recipe.learning_rate,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        warmup_steps=recipe.warmup,
+        weight_decay=recipe.weight_decay,
+        lr_scheduler_type=recipe.schedule,
+        bf16=recipe.bf16 and cuda and torch.cuda.is_bf16_supported(),
+        tf32=True if (recipe.tf32 and cuda and torch.cuda.get_device_capability()[0] >= 8) else None,
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0 if not cuda else 4,
+        report_to="none",
+        use_cpu=not cuda,
+        ddp_find_unused_parameters=False,
+    )
+    if recipe.gradient_checkpointing:  # renamed activation_checkpointing in later 5.x; the old name still works
+        args["gradient_checkpointing"] = True
+    args.update(extra)
+    return TrainingArguments(**args)
+
+
+def train_stage(
+    recipe: Recipe,
+    model: TinyGroundingGPTForConditionalGeneration,
+    processor: TinyGroundingGPTProcessor,
+    output_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = True,
+    callbacks: list[TrainerCallback] | None = None,
+    **training_kwargs: Any,
+) -> dict[str, Any]:
+    """Run one stage; the trained model and processor are saved to ``output_dir`` (ordinary checkpoint).
+
+    Returns the stage report (loss history, data mixture, skipped samples, wall time).
+    """
+    output_dir = Path(output_dir)
+    t0 = time.perf_counter()
+    processor.max_length = recipe.max_length
+    processor.object_margin = float(recipe.object_augment.get("margin", 0.0))
+    processor.object_jitter = float(recipe.object_augment.get("jitter", 0.0))
+    dataset = MixtureDataset(recipe.data, processor, data_root, augment=bool(recipe.object_augment), seed=recipe.seed)
+    apply_module_modes(model, recipe)
+    args = training_arguments(recipe, output_dir, **training_kwargs)
+    trainer = GroundingTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(processor),
+        processing_class=processor.tokenizer,
+        recipe=recipe,
+        lengths=dataset.lengths,
+        callbacks=[_CompleteMarker(), *(callbacks or [])],
+    )
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if checkpoint:
+        logger.info("resuming %s from %s", recipe.name, checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    merge_lora(model)
+    # inference defaults: no augmentation, the recipe's length limit kept
+    processor.object_margin = processor.object_jitter = 0.0
+    report = {
+        "stage": recipe.name,
+        "recipe": recipe.to_dict(),
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "log_history": trainer.state.log_history,
+        "data": dataset.report.counts,
+        "skipped": [list(s) for s in dataset.report.skipped],
+        "replaced": [list(s) for s in dataset.report.bad_at_runtime],
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    rank = trainer.args.process_index
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"data_rank{rank}.json").write_text(
+        json.dumps({"rank": rank, "world_size": trainer.args.world_size, "indices": dataset.fetched})
+    )
+    trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather the weights collectively
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(output_dir))
+        (output_dir / "train_report.json").write_text(json.dumps(report, indent=2, default=str))
+        _mark_complete(output_dir, {"stage": recipe.name, "global_step": trainer.state.global_step})
+    if not math.isfinite(result.training_loss):
+        raise FloatingPointError(f"stage {recipe.name} ended with a non-finite loss {result.training_loss}")
+    return report

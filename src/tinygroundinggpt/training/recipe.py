@@ -1,0 +1,129 @@
+"""Stage recipes: which modules train and how, the optimiser schedule, and the data mixture.
+
+A recipe is a YAML file (``recipes/stage*.yaml`` hold the paper's values, Table 5/6). Values can be
+overridden with ``key=value`` strings (``learning_rate=1e-4``, ``modules.language_model=lora``), which is
+how the tiny preset states its deviations (``recipes/tiny.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+STAGES = ("stage1a", "stage1b", "stage2", "stage3")
+MODULES = ("vision_tower", "projector", "language_model")
+MODES = ("frozen", "full", "lora")
+LORA_DEFAULTS = {"r": 64, "alpha": 128, "dropout": 0.05}
+
+
+class RecipeError(ValueError):
+    """A recipe that names an unknown key, module, mode or data file."""
+
+
+@dataclass
+class DataSource:
+    path: str
+    weight: float = 1.0
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str = ""
+    init: str = "previous"  # "assemble" | "previous" | a checkpoint path
+    modules: dict[str, str] = field(default_factory=lambda: {"vision_tower": "frozen", "projector": "full"})
+    learning_rate: float = 2e-5
+    module_learning_rates: dict[str, float] = field(default_factory=dict)  # e.g. a faster projector
+    batch_size: int = 32
+    gradient_accumulation: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1
+    warmup: float = 0.03
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    bf16: bool = True
+    tf32: bool = True
+    max_length: int = 2048
+    gradient_checkpointing: bool = False
+    object_augment: dict[str, float] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout over LORA_DEFAULTS
+    data: list[DataSource] = field(default_factory=list)
+    seed: int = 42
+    logging_steps: int = 10
+    save_steps: int = 500
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads "1e-3" as a string; numbers in recipes and overrides are coerced here.
+        for name in ("learning_rate", "epochs", "warmup", "weight_decay"):
+            setattr(self, name, float(getattr(self, name)))
+        for name in ("batch_size", "gradient_accumulation", "max_steps", "max_length", "seed", "logging_steps"):
+            setattr(self, name, int(getattr(self, name)))
+        self.save_steps = int(self.save_steps)
+        self.lora = {**LORA_DEFAULTS, **self.lora}
+        self.module_learning_rates = {k: float(v) for k, v in self.module_learning_rates.items()}
+        self.data = [d if isinstance(d, DataSource) else DataSource(**d) for d in self.data]
+        for mod, mode in self.modules.items():
+            if mod not in MODULES:
+                raise RecipeError(f"recipe {self.name}: unknown module {mod!r} (modules are {MODULES})")
+            if mode not in MODES:
+                raise RecipeError(f"recipe {self.name}: module {mod} has mode {mode!r}; choose one of {MODES}")
+        for mod in self.module_learning_rates:
+            if mod not in MODULES:
+                raise RecipeError(f"recipe {self.name}: learning rate for unknown module {mod!r}")
+        if not self.data:
+            raise RecipeError(f"recipe {self.name}: no data files")
+
+    def mode(self, module: str) -> str:
+        return self.modules.get(module, "frozen")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: str) -> Any:
+    return yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (or a nested dict) onto a raw recipe dict."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy
+    items = overrides.items() if isinstance(overrides, dict) else (o.split("=", 1) for o in overrides)
+    valid = {f.name for f in fields(Recipe)}
+    for item in items:
+        if len(item) != 2:
+            raise RecipeError(f"override must look like key=value, got {'='.join(item)!r}")
+        key, value = item
+        value = _coerce(value) if isinstance(value, str) else value
+        parts = key.split(".")
+        if parts[0] not in valid:
+            raise RecipeError(f"unknown recipe key {parts[0]!r}; keys are {sorted(valid)}")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return raw
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """A shipped stage by name (``stage2``) or a YAML file, with optional overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"no recipe {name_or_path!r}: {path} does not exist (shipped: {', '.join(STAGES)})")
+    raw = yaml.safe_load(path.read_text())
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    unknown = set(raw) - {f.name for f in fields(Recipe)}
+    if unknown:
+        raise RecipeError(f"{path}: unknown recipe key(s) {sorted(unknown)}")
+    return Recipe(**raw)
+
+
+def tiny_overrides() -> dict[str, dict[str, Any]]:
+    """Per-stage deviations of the tiny CPU preset from the paper's values (reasons in the YAML)."""
+    return yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from tinygroundinggpt.training.chain import load_checkpoint
+from tinygroundinggpt.training.engine import train_stage
+from tinygroundinggpt.training.recipe import STAGES, RecipeError, load_recipe, tiny_overrides
+
+
+def test_shipped_recipes_hold_the_papers_values():
+    r = {s: load_recipe(s) for s in STAGES}
+    assert r["stage1a"].learning_rate == 1e-3 and r["stage1a"].mode("language_model") == "frozen"
+    assert r["stage1a"].mode("projector") == "full" and r["stage1a"].init == "assemble"
+    for s in ("stage1b", "stage2", "stage3"):
+        assert r[s].learning_rate == 2e-5 and r[s].mode("language_model") == "full"
+    assert [r[s].batch_size for s in STAGES] == [32, 32, 32, 16]
+    assert [r[s].epochs for s in STAGES] == [1, 1, 1, 2]
+    assert all(r[s].warmup == 0.03 and r[s].weight_decay == 0 and r[s].schedule == "cosine" for s in STAGES)
+    assert all(r[s].mode("vision_tower") == "frozen" for s in STAGES)
+    assert {d.path for d in r["stage2"].data} == {"stage2_tc.jsonl", "stage2_ic.jsonl", "stage2_ti.jsonl"}
+    assert set(tiny_overrides()) <= set(STAGES)
+
+
+def test_overrides_and_errors():
+    r = load_recipe("stage2", ["learning_rate=1e-3", "modules.language_model=lora", "max_steps=3"])
+    assert r.learning_rate == 1e-3 and r.mode("language_model") == "lora" and r.max_steps == 3
+    with pytest.raises(RecipeError, match="unknown recipe key"):
+        load_recipe("stage2", ["lr=1"])
+    with pytest.raises(RecipeError, match="mode 'half'"):
+        load_recipe("stage2", ["modules.projector=half"])
+    with pytest.raises(RecipeError, match="no recipe"):
+        load_recipe("stage9")
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "stage,trained",
+    [
+        ("stage1a", {"projector"}),
+        ("stage1b", {"projector", "language_model"}),
+        ("stage2", {"projector", "language_model"}),
+        ("stage3", {"projector", "language_model"}),
+    ],
+)
+def test_one_step_changes_exactly_the_trained_modules(stage, trained, world, tiny_ckpt, tmp_path):
+    model, proc = load_checkpoint(tiny_ckpt)
+    before = _snapshot(model)
+    recipe = load_recipe(stage, ["batch_size=2", "max_steps=1", "learning_rate=1e-3", "warmup=0"])
+    train_stage(recipe, model, proc, tmp_path / stage, data_root=world, disable_tqdm=True)
+    after = _snapshot(model)
+    for key, value in before.items():
+        changed = not torch.equal(value, after[key])
+        top = key.split(".")[0]
+        if top in trained and key.endswith("weight") and "norm" not in key and "embed" not in key:
+            # every matrix of a trained module moves (embeddings only move for the tokens seen)
+            assert changed, f"{stage}: {key} did not change"
+        if top not in trained:
+            assert not changed, f"{stage}: {key} changed but {top} is frozen"
+    reloaded, _ = load_checkpoint(tmp_path / stage)
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, after[key])
+
+
+def test_lora_stage_trains_adapters_and_saves_a_merged_checkpoint(world, tiny_ckpt, tmp_path):
+    model, proc = load_checkpoint(tiny_ckpt)
+    before = _snapshot(model)
+    recipe = load_recipe(
+        "stage2", ["batch_size=2", "max_steps=2", "learning_rate=1e-2", "modules.language_model=lora", "lora.r=4"]
+    )
+    train_stage(recipe, model, proc, tmp_path / "lora", data_root=world, disable_tqdm=True)
+    reloaded, _ = load_checkpoint(tmp_path / "lora")
+    sd = reloaded.state_dict()
+    assert set(sd) == set(before)  # an ordinary checkpoint: no lora_A/lora_B keys
+    q = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(sd[q], before[q])  # merged adapter changed the base weight
+    assert torch.equal(sd["language_model.model.norm.weight"], before["language_model.model.norm.weight"])
