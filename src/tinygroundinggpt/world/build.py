@@ -35,7 +35,14 @@ from tqdm import tqdm
 
 from tinygroundinggpt.boxes import norm_to_pixel, pixel_to_norm
 from tinygroundinggpt.data.format import Sample
-from tinygroundinggpt.world.formats import POPE_STRATEGIES, REFS_FILE, EvalImage, write_pope, write_refer
+from tinygroundinggpt.world.formats import (
+    POPE_STRATEGIES,
+    REFS_FILE,
+    EvalImage,
+    visible_rles,
+    write_pope,
+    write_refer,
+)
 from tinygroundinggpt.world.language import KINDS, referring_expressions, relation_triples
 from tinygroundinggpt.world.scene import (
     BACKGROUNDS,
@@ -187,7 +194,8 @@ def _eval_images(
                 continue
             exprs += referring_expressions(scene, t, text_rng, require_colour=compositional)
         split = "val" if i < (n + 1) // 2 else "test"
-        images.append(EvalImage(i + 1, file_name, scene, render_scene(scene)[1], exprs, split))
+        rles = visible_rles(render_scene(scene)[1], len(scene.objects))
+        images.append(EvalImage(i + 1, file_name, scene, rles, exprs, split))
         bar.update()
     return images
 

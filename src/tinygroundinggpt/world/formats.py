@@ -39,14 +39,24 @@ REFS_FILE = "refs(unc).p"
 
 @dataclass
 class EvalImage:
-    """One evaluation scene: its image id, file name, scene graph, label map and expressions."""
+    """One evaluation scene: its image id, file name, scene graph, expressions and each object's visible
+    pixels as a COCO RLE (see :func:`visible_rles`)."""
 
     image_id: int
     file_name: str
     scene: Scene
-    labels: np.ndarray
+    rles: list[dict]
     expressions: list[Expression]
     split: str
+
+
+def visible_rles(labels: np.ndarray, n_objects: int) -> list[dict]:
+    """COCO compressed RLE of each object's visible pixels, from a label map of :func:`render_scene`."""
+    out = []
+    for i in range(n_objects):
+        rle = mask_utils.encode(np.asfortranarray(labels == i, dtype=np.uint8))
+        out.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+    return out
 
 
 def write_refer(folder: str | Path, images: Sequence[EvalImage]) -> dict[str, int]:
@@ -62,16 +72,16 @@ def write_refer(folder: str | Path, images: Sequence[EvalImage]) -> dict[str, in
         )
         for i, obj in enumerate(im.scene.objects):
             ann_id = len(annotations) + 1
-            rle = mask_utils.encode(np.asfortranarray(im.labels == i, dtype=np.uint8))
+            rle = im.rles[i]
             annotations.append(
                 {
                     "id": ann_id,
                     "image_id": im.image_id,
                     "category_id": CATEGORY_ID[obj.shape],
                     "bbox": list(xyxy_to_xywh(obj.box)),
-                    "area": int(mask_utils.area(rle)),
+                    "area": int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")})),
                     "iscrowd": 0,
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                    "segmentation": rle,
                 }
             )
             exprs = [e for e in im.expressions if e.target == i]
