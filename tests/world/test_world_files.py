@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from world_resolver import resolve
 
 from tinygroundinggpt.boxes import xywh_to_xyxy
 from tinygroundinggpt.data.format import LoadReport, iter_jsonl
 from tinygroundinggpt.world import cli as world_cli
 from tinygroundinggpt.world.build import write_world
 from tinygroundinggpt.world.language import plural
-from tinygroundinggpt.world.scene import DEFAULT_HELDOUT
-from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, STAGE_FILES
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, Scene, WorldObject
+from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, REC_PROMPTS, STAGE_FILES
 
 N_TRAIN, N_EVAL = 40, 16
 
@@ -67,6 +68,28 @@ def test_training_files_load_and_point_at_their_images(world):
         s.messages[0]["content"] for s in iter_jsonl(world / "stage2_tc.jsonl") if s.meta["task"].startswith("rec")
     ]
     assert any(p.startswith("<image>\n" + REC_EVAL_PROMPT.split("{")[0]) for p in prompts)
+
+
+def test_written_rec_samples_box_the_object_their_expression_denotes(world):
+    graphs = {}
+    for line in (world / "scenes.jsonl").read_text().splitlines():
+        g = json.loads(line)
+        objects = [
+            WorldObject(o["shape"], o["colour"], o["pattern"], o["size"], 0, 0, 0, 0, tuple(o["box"]))
+            for o in g["objects"]
+        ]
+        graphs[g["image"]] = Scene(g["width"], g["height"], g["background"], "flat", 0, objects)
+    templates = [re.compile("^" + re.escape(t).replace(re.escape("{expression}"), "(.+)") + "$") for t in REC_PROMPTS]
+    checked = 0
+    for s in iter_jsonl(world / "stage2_tc.jsonl"):
+        if not s.meta["task"].startswith("rec/"):
+            continue
+        prompt = s.messages[0]["content"].removeprefix("<image>\n")
+        expression = next(m.group(1) for t in templates if (m := t.match(prompt)))
+        scene = graphs[s.image]
+        assert [scene.objects[i].box for i in resolve(scene, expression)] == [s.boxes[0]], (s.id, expression)
+        checked += 1
+    assert checked >= N_TRAIN
 
 
 def test_no_heldout_combination_leaks_into_training(world):

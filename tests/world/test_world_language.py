@@ -13,8 +13,10 @@ from tinygroundinggpt.world.scene import SceneConfig, generate_scene
 
 def test_every_expression_refers_to_exactly_its_target():
     kinds: Counter[str] = Counter()
-    for seed in range(150):
-        _, scene = generate_scene(seed, 64, SceneConfig(min_objects=2, max_objects=6))
+    for seed in range(300):
+        _, scene = generate_scene(
+            seed, 64 if seed % 3 else 160, SceneConfig(min_objects=2, max_objects=6, occlusion=0.5)
+        )
         rng = random.Random(seed)
         for t in range(len(scene.objects)):
             for e in referring_expressions(scene, t, rng):
