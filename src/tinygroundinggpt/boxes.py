@@ -183,6 +183,14 @@ def cxcywh_to_xyxy(box: Sequence[float]) -> Box:
     return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
+def inclusive_to_pixel(box: Sequence[float], *, one_based: bool = True) -> Box:
+    """Inclusive corner pixels (PASCAL VOC style: ``xmax`` is the last pixel column, 1-based when
+    ``one_based``, as Flickr30K Entities' xml) → the pixel frame (0-based, exclusive right/bottom)."""
+    x1, y1, x2, y2 = _as_box(box)
+    shift = 1.0 if one_based else 0.0
+    return (x1 - shift, y1 - shift, x2 - shift + 1.0, y2 - shift + 1.0)
+
+
 def xyxy_to_xywh(box: Sequence[float]) -> Box:
     x1, y1, x2, y2 = _as_box(box)
     return (x1, y1, x2 - x1, y2 - y1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinygroundinggpt.boxes import cxcywh_to_xyxy
+from tinygroundinggpt.boxes import cxcywh_to_xyxy, inclusive_to_pixel
 from tinygroundinggpt.synthesis.cache import DiskCache, hash_inputs
 from tinygroundinggpt.synthesis.pipeline import StateFile
 from tinygroundinggpt.synthesis.replies import (
@@ -84,3 +84,9 @@ def test_state_file_drops_a_half_written_line(tmp_path: Path) -> None:
     assert StateFile(tmp_path / "s.jsonl").load() == {"a": {"id": "a", "x": 1}}
     store.append({"id": "b", "x": 2})
     assert set(StateFile(tmp_path / "s.jsonl").load()) == {"a", "b"}
+
+
+def test_inclusive_to_pixel() -> None:
+    # Flickr30K Entities xml: 1-based pixels 1..10 inclusive are 0-based columns 0..9, i.e. [0, 10).
+    assert inclusive_to_pixel([1, 1, 10, 20]) == (0.0, 0.0, 10.0, 20.0)
+    assert inclusive_to_pixel([0, 0, 9, 19], one_based=False) == (0.0, 0.0, 10.0, 20.0)

@@ -1,0 +1,1 @@
+"""Converters from published dataset files into the project sample format (one module per family)."""

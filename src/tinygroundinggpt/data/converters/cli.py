@@ -1,0 +1,92 @@
+"""``tgg convert <dataset>``: published dataset files → the project's JSONL sample format."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--image-prefix", default="", help="prepended to each image path (e.g. 'train2014/')")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    conv = sub.add_parser("convert", help="convert a published dataset into the project's JSONL samples")
+    ds = conv.add_subparsers(dest="dataset", required=True)
+
+    p = ds.add_parser("refcoco", aliases=["refcoco+", "refcocog"], help="refer API files: refs(*).p + instances.json")
+    p.add_argument("--refs", required=True, help="refs(unc).p, refs(umd).p or refs(google).p")
+    p.add_argument("--instances", required=True, help="instances.json next to it")
+    p.add_argument("--split", help="keep one split (train, val, testA, testB, test)")
+    p.add_argument("--tasks", default="rec,reg", help="rec (expression → box) and/or reg (box → expression)")
+    _common(p)
+    p.set_defaults(func=_refcoco)
+
+    for kind, help_ in (("regions", "region_descriptions.json"), ("relationships", "relationships.json")):
+        p = ds.add_parser(f"vg-{kind}", help=f"Visual Genome {help_} (+ image_data.json)")
+        p.add_argument("input", help=help_)
+        p.add_argument("--image-data", required=True, help="image_data.json (image sizes and folders)")
+        _common(p)
+        p.set_defaults(func=_vg, kind=kind)
+
+    p = ds.add_parser("flickr30k", help="Flickr30K Entities Sentences/ + Annotations/")
+    p.add_argument("--sentences", required=True, help="the Sentences folder")
+    p.add_argument("--annotations", required=True, help="the Annotations folder")
+    p.add_argument("--ids", help="an id list as published (train.txt, val.txt, test.txt); default: all")
+    p.add_argument("--manifest", action="store_true", help="write a synthesis manifest for `tgg synth` instead")
+    _common(p)
+    p.set_defaults(func=_flickr)
+
+    p = ds.add_parser(
+        "llava", aliases=["llava-pretrain", "llava-mix665k", "sharegpt4v"],
+        help="LLaVA-format JSON (LLaVA-Pretrain-595K, LLaVA-v1.5-mix665K, ShareGPT4V)",
+    )  # fmt: skip
+    p.add_argument("input", help="the JSON file")
+    p.add_argument("--id-prefix", help="prepended to record ids (default: the command name and '-')")
+    _common(p)
+    p.set_defaults(func=_llava)
+
+
+def _done(report: object) -> int:
+    print(report.summary())  # type: ignore[attr-defined]
+    return 0
+
+
+def _refcoco(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.data.converters.refcoco import TASKS, convert_refcoco
+
+    tasks = tuple(args.tasks.split(","))
+    if not set(tasks) <= set(TASKS):
+        raise SystemExit(f"--tasks must be drawn from {TASKS}, got {args.tasks!r}")
+    return _done(convert_refcoco(
+        args.refs, args.instances, args.out, dataset=args.dataset, split=args.split, tasks=tasks,
+        image_prefix=args.image_prefix, progress=not args.no_progress,
+    ))  # fmt: skip
+
+
+def _vg(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.data.converters.visual_genome import convert_vg
+
+    return _done(convert_vg(
+        args.kind, args.input, args.image_data, args.out, image_prefix=args.image_prefix,
+        progress=not args.no_progress,
+    ))  # fmt: skip
+
+
+def _flickr(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.data.converters.flickr30k import convert_flickr30k
+
+    return _done(convert_flickr30k(
+        args.sentences, args.annotations, args.out, manifest=args.manifest, ids_file=args.ids,
+        image_prefix=args.image_prefix, progress=not args.no_progress,
+    ))  # fmt: skip
+
+
+def _llava(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.data.converters.llava import convert_llava
+
+    prefix = args.id_prefix if args.id_prefix is not None else f"{args.dataset}-"
+    return _done(convert_llava(
+        args.input, args.out, prefix=prefix, image_prefix=args.image_prefix, progress=not args.no_progress
+    ))  # fmt: skip

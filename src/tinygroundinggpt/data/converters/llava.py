@@ -1,0 +1,70 @@
+"""LLaVA-format JSON: LLaVA-Pretrain-595K (``chat.json``/``blip_laion_cc_sbu_558k.json``),
+LLaVA-v1.5-mix665K (``llava_v1_5_mix665k.json``) and ShareGPT4V (``sharegpt4v_*.json``).
+
+Each file is one JSON array of ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}``;
+``<image>`` marks the image in a human turn; text-only records have no ``image``. Boxes that some of
+these texts hold as ``[0.12, 0.3, ...]`` stay text: the files do not say which frame they are in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tinygroundinggpt.data.converters.common import ConvertReport, iter_json_array, write_samples
+from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, Sample
+
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def llava_sample(rec: dict[str, Any], index: int, *, prefix: str = "", image_prefix: str = "") -> Sample | str:
+    """One record → a sample, or the reason it cannot be one."""
+    turns = rec.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        return "no conversations"
+    messages = []
+    for t in turns:
+        role = ROLES.get(t.get("from")) if isinstance(t, dict) else None
+        if role is None or not isinstance(t.get("value"), str):
+            return "turn with an unknown speaker or no text"
+        messages.append({"role": role, "content": t["value"]})
+    text = "".join(m["content"] for m in messages)
+    if BOX_REF_RE.search(text) or OBJECT_REF_RE.search(text):
+        return "text holds a <box:i>/<object:i> placeholder"
+    n_images = text.count(IMAGE_TOKEN)
+    image = rec.get("image")
+    if image is None and n_images:
+        return "<image> without an image"
+    if image is not None:
+        if n_images > 1:
+            return "more than one <image>"
+        if n_images == 0:
+            # LLaVA's loader puts the image first when the text does not place it.
+            first = next(m for m in messages if m["role"] == "user")
+            first["content"] = IMAGE_TOKEN + "\n" + first["content"]
+    rid = rec.get("id", index)
+    return Sample(
+        id=f"{prefix}{rid}",
+        image=None if image is None else image_prefix + image,
+        messages=messages,
+        meta={"source": prefix.rstrip("-") or "llava"},
+    )
+
+
+def iter_llava(
+    path: str | Path, report: ConvertReport, *, prefix: str = "", image_prefix: str = "", progress: bool = False
+) -> Iterator[Sample]:
+    for i, rec in enumerate(iter_json_array(path, progress=progress)):
+        out = (
+            llava_sample(rec, i, prefix=prefix, image_prefix=image_prefix) if isinstance(rec, dict) else "not an object"
+        )
+        if isinstance(out, str):
+            report.skipped[out] += 1
+            continue
+        yield out
+
+
+def convert_llava(path: str | Path, out: str | Path, **kwargs: Any) -> ConvertReport:
+    report = ConvertReport()
+    return write_samples(out, iter_llava(path, report, **kwargs), report)

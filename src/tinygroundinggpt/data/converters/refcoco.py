@@ -1,0 +1,97 @@
+"""RefCOCO / RefCOCO+ / RefCOCOg from the files the ``refer`` API ships: ``refs(unc).p`` (or
+``refs(umd).p``, ``refs(google).p``) and ``instances.json``.
+
+A refs file is a pickled list of ``{ref_id, ann_id, image_id, split, sentences: [{sent_id, sent, raw,
+tokens}], category_id, ...}``; ``ann_id`` indexes ``instances.json``'s COCO ``annotations`` whose
+``bbox`` is ``[x, y, w, h]`` in image pixels; ``images`` give ``file_name``, ``width``, ``height``.
+Each sentence becomes a REC sample (the paper's prompt, "Output the coordinate of <exp>") and/or a
+region-description sample (Fig. 10, post-process 1a).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tinygroundinggpt.boxes import BoxError, validate_pixel_box, xywh_to_xyxy
+from tinygroundinggpt.data.converters.common import ConvertReport, write_samples
+from tinygroundinggpt.data.format import Sample
+
+REC_PROMPT = "Output the coordinate of {exp}"
+REG_PROMPT = "Describe the object located within the region <box:0>."
+TASKS = ("rec", "reg")
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """refs files hold only lists, dicts, strings and numbers: refuse anything that would run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a refs file holds plain data only")
+
+
+def load_refs(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open("rb") as fh:
+        # The published files were pickled by Python 2; latin1 maps its byte strings one to one.
+        return _PlainDataUnpickler(fh, encoding="latin1").load()
+
+
+def iter_refcoco(
+    refs: Sequence[dict[str, Any]],
+    instances: dict[str, Any],
+    report: ConvertReport,
+    *,
+    dataset: str = "refcoco",
+    split: str | None = None,
+    tasks: Sequence[str] = TASKS,
+    image_prefix: str = "",
+    progress: bool = False,
+) -> Iterator[Sample]:
+    anns = {a["id"]: a for a in instances["annotations"]}
+    imgs = {i["id"]: i for i in instances["images"]}
+    for ref in tqdm(refs, desc=dataset, unit="ref", disable=not progress):
+        if split is not None and ref.get("split") != split:
+            continue
+        ann, img = anns.get(ref["ann_id"]), imgs.get(ref["image_id"])
+        if ann is None or img is None:
+            report.skipped["annotation or image missing from instances.json"] += 1
+            continue
+        w, h = int(img["width"]), int(img["height"])
+        try:
+            # COCO boxes are floats that can overshoot the border by a fraction of a pixel.
+            box = validate_pixel_box(xywh_to_xyxy(ann["bbox"]), w, h, repair=True)
+        except BoxError:
+            report.skipped["empty box"] += 1
+            continue
+        for sent in ref["sentences"]:
+            text = (sent.get("sent") or sent.get("raw") or "").strip()
+            if not text:
+                report.skipped["empty sentence"] += 1
+                continue
+            turns = {
+                "rec": (REC_PROMPT.format(exp=text), "<box:0>"),
+                "reg": (REG_PROMPT, text),
+            }
+            for task in tasks:
+                q, a = turns[task]
+                yield Sample(
+                    id=f"{dataset}-{ref['ref_id']}-{sent['sent_id']}-{task}",
+                    image=image_prefix + img["file_name"],
+                    width=w,
+                    height=h,
+                    boxes=[box],
+                    messages=[{"role": "user", "content": "<image>\n" + q}, {"role": "assistant", "content": a}],
+                    meta={"source": dataset, "split": ref.get("split"), "ref_id": ref["ref_id"]},
+                )
+
+
+def convert_refcoco(refs_path: str | Path, instances_path: str | Path, out: str | Path, **kwargs: Any) -> ConvertReport:
+    """Write the samples of one refs file (optionally one split) to ``out``; see :func:`iter_refcoco`."""
+    report = ConvertReport()
+    refs = load_refs(refs_path)
+    instances = json.loads(Path(instances_path).read_text(encoding="utf-8"))
+    return write_samples(out, iter_refcoco(refs, instances, report, **kwargs), report)

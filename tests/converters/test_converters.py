@@ -1,0 +1,216 @@
+"""Each converter reads a small file in its dataset's published layout and writes the expected samples."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from tinygroundinggpt.cli import main
+from tinygroundinggpt.data.converters import common
+from tinygroundinggpt.data.converters.common import iter_json_array
+from tinygroundinggpt.data.converters.refcoco import load_refs
+from tinygroundinggpt.data.format import LoadReport, iter_jsonl
+
+
+def read(path: Path) -> list[dict]:
+    report = LoadReport(str(path))
+    samples = [s.to_json() for s in iter_jsonl(path, report)]
+    assert not report.skipped
+    return samples
+
+
+def test_iter_json_array_streams_across_chunk_borders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = [{"a": "x" * 20, "b": [1, 2, {"c": "]"}]}, 3, "s,]", [], {"u": "é"}]
+    path = tmp_path / "a.json"
+    path.write_text(" \n" + json.dumps(data, indent=1, ensure_ascii=False))
+    monkeypatch.setattr(common, "_CHUNK", 5)
+    assert list(iter_json_array(path)) == data
+    path.write_text("[1, 2")
+    with pytest.raises(ValueError):
+        list(iter_json_array(path))
+
+
+def test_refcoco(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    refs = [
+        {"ref_id": 7, "ann_id": 100, "image_id": 1, "split": "train", "category_id": 1, "sent_ids": [70, 71],
+         "file_name": "COCO_train2014_000000000001_100.jpg",
+         "sentences": [{"sent_id": 70, "sent": "man on left", "raw": "Man on left.", "tokens": ["man", "on", "left"]},
+                       {"sent_id": 71, "sent": "guy in red", "raw": "guy in red", "tokens": ["guy", "in", "red"]}]},
+        {"ref_id": 8, "ann_id": 101, "image_id": 1, "split": "testA", "category_id": 1, "sent_ids": [80],
+         "file_name": "COCO_train2014_000000000001_101.jpg",
+         "sentences": [{"sent_id": 80, "sent": "right man", "raw": "right man", "tokens": ["right", "man"]}]},
+    ]  # fmt: skip
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    instances = {
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 640, "height": 480}],
+        "annotations": [
+            {"id": 100, "image_id": 1, "bbox": [10.5, 20.0, 100.0, 200.0], "category_id": 1, "area": 1, "iscrowd": 0},
+            {"id": 101, "image_id": 1, "bbox": [600.0, 0.0, 40.2, 50.0], "category_id": 1, "area": 1, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "person", "supercategory": "person"}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    out = tmp_path / "rc.jsonl"
+    args = [
+        "convert",
+        "refcoco+",
+        "--refs",
+        str(tmp_path / "refs(unc).p"),
+        "--instances",
+        str(tmp_path / "instances.json"),
+    ]
+    assert main([*args, "--split", "train", "--out", str(out), "--image-prefix", "train2014/", "--no-progress"]) == 0
+    assert "4 samples written" in capsys.readouterr().out
+    samples = read(out)
+    assert [s["id"] for s in samples] == [
+        "refcoco+-7-70-rec",
+        "refcoco+-7-70-reg",
+        "refcoco+-7-71-rec",
+        "refcoco+-7-71-reg",
+    ]
+    assert samples[0] == {
+        "id": "refcoco+-7-70-rec",
+        "image": "train2014/COCO_train2014_000000000001.jpg",
+        "width": 640, "height": 480,
+        "boxes": [[10.5, 20.0, 110.5, 220.0]],  # COCO xywh → pixel corners
+        "messages": [{"role": "user", "content": "<image>\nOutput the coordinate of man on left"},
+                     {"role": "assistant", "content": "<box:0>"}],
+        "meta": {"source": "refcoco+", "split": "train", "ref_id": 7},
+    }  # fmt: skip
+    assert samples[1]["messages"][1]["content"] == "man on left"
+    main([*args, "--split", "testA", "--tasks", "rec", "--out", str(out), "--no-progress"])
+    (s,) = read(out)
+    assert s["boxes"] == [[600.0, 0.0, 640.0, 50.0]]  # 0.2 px past the border: clamped
+
+
+def test_refs_loader_refuses_code(tmp_path: Path) -> None:
+    (tmp_path / "evil.p").write_bytes(pickle.dumps([Path("x")]))
+    with pytest.raises(pickle.UnpicklingError):
+        load_refs(tmp_path / "evil.p")
+
+
+def _vg_files(tmp_path: Path) -> None:
+    image_data = [
+        {"image_id": 1, "width": 800, "height": 600, "url": "https://cs.stanford.edu/people/rak248/VG_100K/1.jpg",
+         "coco_id": None, "flickr_id": None},
+        {"image_id": 2, "width": 400, "height": 300, "url": "https://cs.stanford.edu/people/rak248/VG_100K_2/2.jpg",
+         "coco_id": 5, "flickr_id": None},
+    ]  # fmt: skip
+    regions = [
+        {"id": 1, "regions": [
+            {"region_id": 11, "width": 100, "height": 50, "image_id": 1, "phrase": "a  white clock", "y": 10, "x": 20},
+            {"region_id": 12, "width": 0, "height": 50, "image_id": 1, "phrase": "nothing", "y": 10, "x": 20}]},
+        {"id": 2, "regions": [
+            {"region_id": 21, "width": 120, "height": 80, "image_id": 2, "phrase": "green tree", "y": 250, "x": 300}]},
+    ]  # fmt: skip
+    relationships = [
+        {"image_id": 1, "relationships": [
+            {"relationship_id": 5, "predicate": "ON", "synsets": ["along.r.01"],
+             "subject": {"object_id": 1, "x": 0, "y": 0, "w": 50, "h": 60, "name": "clock", "synsets": []},
+             "object": {"object_id": 2, "x": 10, "y": 40, "w": 300, "h": 100, "names": ["wall"], "synsets": []}}]},
+        {"image_id": 9, "relationships": [
+            {"relationship_id": 6, "predicate": "has", "subject": {"x": 0, "y": 0, "w": 5, "h": 5, "name": "a"},
+             "object": {"x": 0, "y": 0, "w": 5, "h": 5, "name": "b"}}]},
+    ]  # fmt: skip
+    for name, data in (("image_data", image_data), ("region_descriptions", regions), ("relationships", relationships)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+
+
+def test_visual_genome_regions_and_relationships(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _vg_files(tmp_path)
+    common_args = ["--image-data", str(tmp_path / "image_data.json"), "--no-progress"]
+    main(["convert", "vg-regions", str(tmp_path / "region_descriptions.json"), "--out", str(tmp_path / "r.jsonl"),
+          *common_args])  # fmt: skip
+    assert "skipped: box outside the image or empty 1" in capsys.readouterr().out
+    samples = read(tmp_path / "r.jsonl")
+    assert [s["id"] for s in samples] == ["vg-region-11-0", "vg-region-11-1", "vg-region-21-0", "vg-region-21-1"]
+    assert samples[0]["image"] == "VG_100K/1.jpg" and samples[0]["boxes"] == [[20.0, 10.0, 120.0, 60.0]]
+    assert samples[0]["messages"][1]["content"] == "a white clock"
+    assert samples[1]["messages"][0]["content"] == "<image>\nIn this image, where is a white clock located?"
+    assert samples[2]["image"] == "VG_100K_2/2.jpg"
+    assert samples[2]["boxes"] == [[300.0, 250.0, 400.0, 300.0]]  # crosses the border: clamped
+    main(["convert", "vg-relationships", str(tmp_path / "relationships.json"), "--out", str(tmp_path / "rel.jsonl"),
+          *common_args])  # fmt: skip
+    (rel,) = read(tmp_path / "rel.jsonl")
+    assert rel["boxes"] == [[0.0, 0.0, 50.0, 60.0], [10.0, 40.0, 310.0, 140.0]]
+    assert rel["messages"][1]["content"] == "clock <box:0> on wall <box:1>."
+
+
+FLICKR_SENTENCES = (
+    "[/EN#1/people Two young guys] with [/EN#3/bodyparts shaggy hair] look at [/EN#5/bodyparts their hands] "
+    "while hanging out in [/EN#8/scene the yard] .\n"
+    "[/EN#1/people Two friends] enjoy time spent together .\n"
+    "A photo in [/EN#8/scene the yard] .\n"
+)
+FLICKR_XML = """<annotation>
+<filename>1000092795.jpg</filename>
+<size><width>500</width><height>375</height><depth>3</depth></size>
+<object><name>1</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>100</xmax><ymax>200</ymax></bndbox></object>
+<object><name>1</name><bndbox><xmin>201</xmin><ymin>11</ymin><xmax>300</xmax><ymax>375</ymax></bndbox></object>
+<object><name>3</name><name>5</name><bndbox><xmin>51</xmin><ymin>11</ymin><xmax>80</xmax><ymax>40</ymax></bndbox></object>
+<object><name>8</name><nobndbox>0</nobndbox><scene>1</scene></object>
+</annotation>
+"""
+
+
+def test_flickr30k_entities(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "Sentences").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Sentences" / "1000092795.txt").write_text(FLICKR_SENTENCES)
+    (tmp_path / "Annotations" / "1000092795.xml").write_text(FLICKR_XML)
+    (tmp_path / "train.txt").write_text("1000092795\n")
+    args = ["convert", "flickr30k", "--sentences", str(tmp_path / "Sentences"), "--annotations",
+            str(tmp_path / "Annotations"), "--ids", str(tmp_path / "train.txt"), "--image-prefix", "flickr30k-images/",
+            "--no-progress"]  # fmt: skip
+    main([*args, "--out", str(tmp_path / "f.jsonl")])
+    assert "2 samples written; skipped: sentence without a boxed phrase 1" in capsys.readouterr().out
+    first, second = read(tmp_path / "f.jsonl")
+    # 1-based inclusive xml corners → 0-based exclusive pixels; one entity may have several boxes.
+    assert first["boxes"] == [[0.0, 0.0, 100.0, 200.0], [200.0, 10.0, 300.0, 375.0], [50.0, 10.0, 80.0, 40.0]]
+    assert first["messages"][1]["content"] == (
+        "Two young guys <box:0> <box:1> with shaggy hair <box:2> look at their hands <box:2> "
+        "while hanging out in the yard ."
+    )
+    assert first["image"] == "flickr30k-images/1000092795.jpg" and (first["width"], first["height"]) == (500, 375)
+    assert second["messages"][1]["content"] == "Two friends <box:0> <box:1> enjoy time spent together ."
+    main([*args, "--manifest", "--out", str(tmp_path / "m.jsonl")])
+    (rec,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert rec["objects"] == [
+        {"name": "two young guys", "box": [0.0, 0.0, 100.0, 200.0]},
+        {"name": "two young guys", "box": [200.0, 10.0, 300.0, 375.0]},
+        {"name": "shaggy hair", "box": [50.0, 10.0, 80.0, 40.0]},
+        {"name": "their hands", "box": [50.0, 10.0, 80.0, 40.0]},
+    ]
+    assert rec["captions"][1] == "Two friends enjoy time spent together ."
+
+
+def test_llava_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    records = [
+        {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat are the colors of the bus in the image?"},
+            {"from": "gpt", "value": "The bus in the image is white and red."},
+            {"from": "human", "value": "Where is the man? Give [x1, y1, x2, y2]."},
+            {"from": "gpt", "value": "[0.12, 0.30, 0.56, 0.91]"}]},
+        {"id": "text-1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"id": "GCC_1", "image": "GCC_1.jpg", "conversations": [
+            {"from": "human", "value": "Describe the image.\n<image>"}, {"from": "gpt", "value": "a dog"}]},
+        {"id": "noimg", "image": "a.jpg", "conversations": [
+            {"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "a cat"}]},
+        {"id": "bad", "conversations": [{"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}]},
+        {"id": "bad2", "image": "b.jpg", "conversations": [{"from": "robot", "value": "x"}]},
+    ]  # fmt: skip
+    (tmp_path / "mix.json").write_text(json.dumps(records, indent=2))
+    main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--out", str(tmp_path / "l.jsonl"), "--no-progress"])
+    assert "skipped: <image> without an image 1, turn with an unknown speaker or no text 1" in capsys.readouterr().out
+    samples = read(tmp_path / "l.jsonl")
+    assert [s["id"] for s in samples] == [
+        "llava-mix665k-000000033471", "llava-mix665k-text-1", "llava-mix665k-GCC_1", "llava-mix665k-noimg"
+    ]  # fmt: skip
+    assert samples[0]["messages"][3] == {"role": "assistant", "content": "[0.12, 0.30, 0.56, 0.91]"}  # stays text
+    assert samples[0]["boxes"] == [] and samples[0]["image"] == "coco/train2017/000000033471.jpg"
+    assert "image" not in samples[1]
+    assert samples[2]["messages"][0]["content"] == "Describe the image.\n<image>"
+    assert samples[3]["messages"][0]["content"] == "<image>\nWhat is it?"
