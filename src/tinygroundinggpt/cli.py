@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "tinygroundinggpt.model.cli",
     "tinygroundinggpt.world.cli",
     "tinygroundinggpt.synthesis.cli",
+    "tinygroundinggpt.data.converters.cli",
     "tinygroundinggpt.training.cli",
     "tinygroundinggpt.eval.cli",
 ]
