@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import pickle
 
 import httpx
 import openai
@@ -23,29 +22,7 @@ def _png(size=(32, 24)) -> bytes:
     return buf.getvalue()
 
 
-def write_refcoco(root, dataset="refcoco", refs_name="refs(unc).p"):
-    folder = root / dataset
-    folder.mkdir(parents=True)
-    refs = [
-        {"ref_id": 7, "ann_id": 70, "image_id": 1, "split": "testA", "category_id": 1, "file_name": "x",
-         "sentences": [{"sent_id": 100, "sent": "left man", "raw": "Left man", "tokens": ["left", "man"]},
-                       {"sent_id": 101, "sent": "man on left", "raw": "man on left", "tokens": []}]},
-        {"ref_id": 8, "ann_id": 71, "image_id": 1, "split": "val", "category_id": 1, "file_name": "x",
-         "sentences": [{"sent_id": 102, "sent": "dog", "raw": "dog", "tokens": ["dog"]}]},
-    ]  # fmt: skip
-    with (folder / refs_name).open("wb") as fh:
-        pickle.dump(refs, fh, protocol=2)
-    instances = {
-        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 640, "height": 480}],
-        "annotations": [
-            {"id": 70, "image_id": 1, "bbox": [10, 20, 100, 50]},
-            {"id": 71, "image_id": 1, "bbox": [0, 0, 5, 5]},
-        ],
-    }
-    (folder / "instances.json").write_text(json.dumps(instances))
-
-
-def test_refcoco_from_refer_files(tmp_path):
+def test_refcoco_from_refer_files(tmp_path, write_refcoco):
     write_refcoco(tmp_path)
     items = get_task("refcoco_testA").load(tmp_path)
     assert [it.id for it in items] == ["7-100", "7-101"]
@@ -57,7 +34,7 @@ def test_refcoco_from_refer_files(tmp_path):
     assert lmms.startswith("Bounding box coordinates are specified") and lmms.endswith("left man")
 
 
-def test_refcocog_reads_umd_refs_and_missing_files_say_where(tmp_path):
+def test_refcocog_reads_umd_refs_and_missing_files_say_where(tmp_path, write_refcoco):
     write_refcoco(tmp_path, "refcocog", "refs(umd).p")
     assert [it.id for it in get_task("refcocog_val").load(tmp_path)] == ["8-102"]
     with pytest.raises(DataError, match=r"refcoco\+/refs\(unc\)\.p"):
@@ -227,7 +204,7 @@ def test_judged_tasks_refuse_to_run_without_a_judge():
         get_task("desc_quality")
 
 
-def test_desc_quality_sends_the_image_and_the_table12_prompt(tmp_path):
+def test_desc_quality_sends_the_image_and_the_table12_prompt(tmp_path, write_refcoco):
     write_refcoco(tmp_path)
     (tmp_path / "coco" / "train2014").mkdir(parents=True)
     (tmp_path / "coco" / "train2014" / "COCO_train2014_000000000001.jpg").write_bytes(_png())

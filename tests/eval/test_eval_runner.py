@@ -1,0 +1,169 @@
+"""End to end: the tiny model through the real pipeline on the synthetic world's REC and POPE files,
+the prediction cache, failures, resume after a kill, and the frame handling of REC scoring."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tinygroundinggpt import boxes
+from tinygroundinggpt.api import TinyGroundingGPTPipeline
+from tinygroundinggpt.eval.runner import PredictionCache, evaluate
+from tinygroundinggpt.eval.task import get_task
+from tinygroundinggpt.world.build import write_world
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model):
+    path = tmp_path_factory.mktemp("ckpt")
+    model, processor = tiny_model
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    write_world(root, n_train=0, n_eval=4, n_compositional=0, progress=False)
+    return root
+
+
+def cache_rows(out: Path, task: str) -> list[dict]:
+    lines = []
+    for shard in sorted((out / "predictions" / task).glob("rank*.jsonl")):
+        lines += [json.loads(x) for x in shard.read_text().splitlines()]
+    return lines
+
+
+def test_world_rec_and_pope_failures_listed_cache_reused(tmp_path, checkpoint, world):
+    data = tmp_path / "world"
+    (data / "images").mkdir(parents=True)
+    for p in (world / "images").iterdir():
+        (data / "images" / p.name).write_bytes(p.read_bytes())
+    (data / "eval").symlink_to(world / "eval")
+    (data / "images" / "eval_000001.png").write_bytes(b"not a png")  # corrupt
+    (data / "images" / "eval_000002.png").unlink()  # missing
+    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
+    tasks = [get_task("world_rec_val"), get_task("world_pope_adversarial")]
+    out = tmp_path / "out"
+    res = evaluate(pipe, tasks, data, out, model_name="tiny", batch_size=4, progress=False)
+
+    rec = res["tasks"]["world_rec_val"]
+    assert rec["n_failed"] > 0 and rec["n_scored"] + rec["n_failed"] == rec["n_items"]
+    assert any("cannot decode" in f["error"] for f in rec["failed"])
+    pope = res["tasks"]["world_pope_adversarial"]
+    assert any("no such image file" in f["error"] for f in pope["failed"])
+    assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(pope["metrics"])
+    for name in ("world_rec_val", "world_pope_adversarial"):
+        rows = cache_rows(out, name)
+        assert len(rows) == len({r["id"] for r in rows}) == res["tasks"][name]["n_scored"]
+    md = (out / "results.md").read_text()
+    assert "## Synthetic world" in md and "Failed items:" in md
+    assert json.loads((out / "results.json").read_text())["tasks"]["world_rec_val"]["metrics"] == rec["metrics"]
+    scored = (out / "scores" / "world_rec_val.jsonl").read_text().splitlines()
+    assert len(scored) == rec["n_scored"]
+
+    # Rerun: nothing cached is generated again; the repaired image's items are retried and filled in.
+    (data / "images" / "eval_000001.png").write_bytes((world / "images" / "eval_000001.png").read_bytes())
+    again = evaluate(pipe, tasks[:1], data, out, model_name="tiny", batch_size=4, progress=False)
+    rec2 = again["tasks"]["world_rec_val"]
+    assert rec2["timing"]["answered"] == rec["n_failed"] and rec2["n_failed"] == 0
+    assert len(cache_rows(out, "world_rec_val")) == rec2["n_items"]
+
+
+def _refer_on_non_square_images(root: Path, write_refcoco) -> None:
+    """REC files on a 640x480 image, where the model frame differs from normalising by width/height."""
+    write_refcoco(root)  # testA: two expressions for one box in a 640x480 image
+    (root / "coco" / "train2014").mkdir(parents=True)
+    Image.new("RGB", (640, 480), "white").save(root / "coco" / "train2014" / "COCO_train2014_000000000001.jpg")
+
+
+class Oracle:
+    """Answers each REC prompt with the ground-truth box written in a given frame (checks the runner's
+    frame handling end to end, independently of any model)."""
+
+    def __init__(self, items, frame):
+        self.truth = {it.prompt: it.reference["box"] for it in items}
+        self.frame = frame
+
+    def generate_batch(self, images, prompts, max_new_tokens=64):
+        out = []
+        for img, prompt in zip(images, prompts, strict=True):
+            box = self.truth[prompt]
+            convert = boxes.pixel_to_model if self.frame == "model" else boxes.pixel_to_norm
+            out.append(f"It is {boxes.format_box(convert(box, img.width, img.height))}.")
+        return out
+
+
+def test_rec_scores_model_frame_answers_in_the_original_image(tmp_path, write_refcoco):
+    _refer_on_non_square_images(tmp_path, write_refcoco)
+    task = get_task("refcoco_testA")
+    items = task.load(tmp_path)
+    right = evaluate(Oracle(items, "model"), [task], tmp_path, tmp_path / "a", progress=False)
+    assert right["tasks"]["refcoco_testA"]["metrics"]["acc@0.5"] == 100.0
+    # The same boxes normalised to width/height (the frame mix-up) do not score as hits.
+    wrong = evaluate(Oracle(items, "norm"), [task], tmp_path, tmp_path / "b", progress=False)
+    assert wrong["tasks"]["refcoco_testA"]["metrics"]["miou"] < 90.0
+
+
+def test_prediction_cache_drops_a_line_cut_by_a_kill(tmp_path):
+    cache = PredictionCache(tmp_path)
+    with cache.writer(0) as fh:
+        fh.write(json.dumps({"id": "a", "answer": "x", "width": 1, "height": 1}) + "\n")
+        fh.write('{"id": "b", "answ')  # killed mid-write
+    assert set(cache.read()) == {"a"}
+    with cache.writer(0) as fh:
+        fh.write(json.dumps({"id": "b", "answer": "y", "width": 1, "height": 1}) + "\n")
+    assert set(cache.read()) == {"a", "b"}
+    assert (tmp_path / "rank0.jsonl").read_text().count("\n") == 2
+
+
+LIMIT = 6
+
+
+def _tgg_eval(
+    checkpoint,
+    world,
+    out,
+):
+    cmd = [sys.executable, "-m", "tinygroundinggpt.cli", "eval", "--model", str(checkpoint), "--tasks", "world_rec_val"]
+    return cmd + ["--data-root", str(world), "--out", str(out), "--batch-size", "1", "--limit", str(LIMIT)]
+
+
+def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoint, world):
+    out = tmp_path / "out"
+    shard = out / "predictions" / "world_rec_val" / "rank0.jsonl"
+    proc = subprocess.Popen(_tgg_eval(checkpoint, world, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while (
+        time.time() < deadline and proc.poll() is None and not (shard.exists() and shard.read_text().count("\n") >= 1)
+    ):
+        time.sleep(0.01)
+    assert proc.poll() is None, f"tgg eval ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_items = LIMIT
+    done_before = len(cache_rows(out, "world_rec_val"))
+    assert 1 <= done_before < n_items and not (out / "results.json").exists()
+
+    subprocess.run(_tgg_eval(checkpoint, world, out), check=True, capture_output=True)
+    rows = cache_rows(out, "world_rec_val")
+    assert len(rows) == len({r["id"] for r in rows}) == n_items  # every item answered exactly once
+    resumed = json.loads((out / "results.json").read_text())["tasks"]["world_rec_val"]
+    assert resumed["timing"]["answered"] == n_items - done_before and resumed["n_scored"] == n_items
+
+    # An uninterrupted run from scratch gives the same answers and metrics.
+    fresh_out = tmp_path / "fresh"
+    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
+    fresh = evaluate(pipe, [get_task("world_rec_val")], world, fresh_out, batch_size=1, limit=LIMIT, progress=False)
+    assert fresh["tasks"]["world_rec_val"]["metrics"] == resumed["metrics"]
+    by_id = {r["id"]: r["answer"] for r in cache_rows(fresh_out, "world_rec_val")}
+    assert {r["id"]: r["answer"] for r in rows} == by_id
