@@ -80,9 +80,11 @@ def test_mllm_recognition_then_grounding_dino_in_the_pipeline(tmp_path: Path, ti
             pipe = Pipeline(tmp_path / out, models, config, image_root=tmp_path, progress=False)
             return pipe.run(read_manifest(tmp_path / "manifest.jsonl"))
 
+        srv.faults = {"You are an expert in image recognition": ["I see a red thing."]}  # one malformed reply
         rep = run(0.0, "all")
-        assert rep["complete"] and rep["counts"]["objects"] == 6 and rep["counts"]["grounded"] == 6
-        assert rep["calls"] == 3 + 3 + 3 + 12  # recognition, grounding, relations, generation
+        assert rep["complete"] and rep["failures"] == {"recognise/not_list": 1}
+        assert rep["counts"]["objects"] == 4 and rep["counts"]["grounded"] == 4
+        assert rep["calls"] == 3 + 2 + 2 + 8  # recognition, grounding, relations, generation
         report = LoadReport("stage3_desc")
         samples = list(iter_jsonl(tmp_path / "all" / "stage3_desc.jsonl", report))
         assert not report.skipped and len(samples) == rep["samples"]["stage3_desc"] > 0
@@ -90,5 +92,5 @@ def test_mllm_recognition_then_grounding_dino_in_the_pipeline(tmp_path: Path, ti
         assert made - sum(rep["removed"].values()) == sum(rep["samples"].values())
         # Nothing passes an impossible threshold; the grounder's outputs come from the cache.
         rep = run(1.01, "none")
-        assert rep["counts"]["grounded"] == 0 and rep["counts"]["ground_dropped_low_confidence"] == 6
+        assert rep["counts"]["grounded"] == 0 and rep["counts"]["ground_dropped_low_confidence"] == 4
         assert rep["calls"] == 0 and not any(rep["samples"].values())

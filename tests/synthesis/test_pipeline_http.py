@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fake_openai import FakeOpenAI
 from helpers import write_corpus
 
@@ -13,6 +14,7 @@ from tinygroundinggpt.data.format import LoadReport, iter_jsonl
 from tinygroundinggpt.synthesis.backends import CachedModels, OpenAIChatBackend, RetryCounter
 from tinygroundinggpt.synthesis.cache import DiskCache
 from tinygroundinggpt.synthesis.pipeline import Pipeline, read_manifest
+from tinygroundinggpt.synthesis.stages import SynthConfig
 
 # Without faults the corpus gives: 3 images, 7 objects; per object 2 text–coordinate and 1-2
 # image–coordinate templates (14 + 7), 11 text–image QAs, and per image one conversation and one
@@ -21,11 +23,11 @@ CLEAN = {"stage2_tc": 14, "stage2_ic": 14, "stage2_ti": 11, "stage3_conv": 3, "s
 FILES = [f"{stem}.jsonl" for stem in CLEAN]
 
 
-def run(root: Path, url: str, out: str = "out", cache: str = "cache", concurrency: int = 2, **kw) -> dict:
+def run(root: Path, url: str, out: str = "out", cache: str = "cache", concurrency: int = 2, config=None, **kw) -> dict:
     counter = RetryCounter()
     chat = OpenAIChatBackend("fake", base_url=url, timeout=0.5, max_retries=3, backoff=0.01, counter=counter)
     models = CachedModels(DiskCache(root / cache), chat, None, counter)
-    pipe = Pipeline(root / out, models, image_root=root, concurrency=concurrency, progress=False, **kw)
+    pipe = Pipeline(root / out, models, config, image_root=root, concurrency=concurrency, progress=False, **kw)
     return pipe.run(read_manifest(root / "manifest.jsonl"))
 
 
@@ -147,3 +149,11 @@ def test_shards_partition_the_corpus(tmp_path: Path) -> None:
         whole = read(tmp_path / "out" / f"{stem}.jsonl")
         split = [r for i in range(2) for r in read(tmp_path / "sharded" / f"{stem}.{i}-of-2.jsonl")]
         assert sorted(json.dumps(r) for r in split) == sorted(json.dumps(r) for r in whole)
+
+
+def test_a_rerun_with_other_options_is_refused(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        run(tmp_path, srv.url)
+        with pytest.raises(ValueError, match="min_quality"):
+            run(tmp_path, srv.url, config=SynthConfig(min_quality=4))

@@ -19,6 +19,7 @@ relative to ``out``),
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -223,8 +224,26 @@ class Pipeline:
         bar.close()
         return done, unfinished
 
+    def _check_options(self) -> None:
+        """Saved states are only valid for the options that made them: refuse to mix two settings."""
+        options = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples → lists, as stored
+        options["grounder"] = self.models.grounder.name if self.models.grounder else None
+        options["chat"] = self.models.chat_backend.name if self.models.chat_backend else None
+        path = self._name("state/options", "json")
+        if path.exists():
+            before = json.loads(path.read_text(encoding="utf-8"))
+            if before != options:
+                changed = sorted(k for k in options.keys() | before.keys() if options.get(k) != before.get(k))
+                raise ValueError(
+                    f"{self.out} holds a run with other options ({', '.join(changed)}); use a new --out "
+                    "(the model-call cache can be shared)"
+                )
+        else:
+            path.write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")
+
     def run(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         (self.out / "state").mkdir(parents=True, exist_ok=True)
+        self._check_options()
         mine = [r for r in records if in_shard(r["id"], self.shard, self.num_shards)]
         order = [r["id"] for r in mine]
         current = {r["id"]: self._initial_state(r) for r in mine}

@@ -122,7 +122,9 @@ def recognise(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> N
 def ground(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
     """S1: one box per name, from the grounder (low-confidence ones dropped) or from the annotation."""
     names = state["objects"]
-    if ctx.models.grounder is not None:
+    if not names:
+        state["grounding"] = []
+    elif ctx.models.grounder is not None:
         dets = ctx.models.ground(image, names)
         kept = [d for d in dets if d.score >= ctx.config.box_threshold]
         _count(state, "ground_dropped_low_confidence", len(dets) - len(kept))
