@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "tinygroundinggpt.synthesis.cli",
     "tinygroundinggpt.data.converters.cli",
     "tinygroundinggpt.training.cli",
+    "tinygroundinggpt.components.cli",
     "tinygroundinggpt.eval.cli",
 ]
 

@@ -1,0 +1,247 @@
+"""How useful the tiny pretrained components are, measured on held-out synthetic-world scenes.
+
+    python benchmarks/bench_components.py [--assets DIR] [--scenes N] > benchmarks/results/components.txt
+
+Loads each checkpoint from disk with transformers' own classes (as the grounding model will) and reports:
+
+* tiny CLIP: image→caption and caption→image retrieval, top-1 / top-5 within galleries of 100 scenes
+  (chance 1 % / 5 %);
+* patch features (the paper's Fig. 6 / A.5 argument in miniature): linear probes on the 8×8 grid, for
+  whether a patch holds an object and that object's colour, pattern and shape, from the tiny DINOv2's
+  ``last_hidden_state`` against the tiny CLIP's ``hidden_states[-2]`` (the layers the grounding model
+  reads) and a randomly initialised DINOv2 of the same shape (what pretraining adds);
+* tiny Qwen2: held-out perplexity, and how many greedy answers to "Output the coordinate of ..." are
+  one well-formed box ``[0.xxx, 0.xxx, 0.xxx, 0.xxx]``, with sample answers.
+
+Probe and held-out scenes come from seed streams the components never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import re
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, CLIPModel, Dinov2Config, Dinov2Model
+
+from tinygroundinggpt.boxes import BoxError, pad_offsets, parse_first_box, square_side, validate_unit_box
+from tinygroundinggpt.components import corpus
+from tinygroundinggpt.components.qwen2 import pack
+from tinygroundinggpt.world import language
+from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES, render_scene
+
+GALLERY = 100
+PATCH = 8
+BOX_ANSWER = re.compile(r"^\[\d\.\d{3}, \d\.\d{3}, \d\.\d{3}, \d\.\d{3}\]$")
+
+
+def default_assets() -> Path:
+    return Path(str(resources.files("tinygroundinggpt") / "assets" / "tiny"))
+
+
+@torch.no_grad()
+def clip_retrieval(path: Path, samples: list[corpus.WorldSample], seed: int) -> dict[str, float]:
+    model = CLIPModel.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoImageProcessor.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    images = corpus.square_images(samples, processor.image_mean)
+    texts = [c[0] for c in corpus.captions(samples, seed)]
+    img = model.get_image_features(pixel_values=processor(images, return_tensors="pt").pixel_values)
+    txt = model.get_text_features(**tokenizer(texts, padding=True, return_tensors="pt"))
+    img, txt = _as_tensor(img), _as_tensor(txt)
+    img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    hits = {"image→caption R@1": [], "image→caption R@5": [], "caption→image R@1": [], "caption→image R@5": []}
+    for start in range(0, len(samples) - GALLERY + 1, GALLERY):
+        sim = img[start : start + GALLERY] @ txt[start : start + GALLERY].T
+        truth = torch.arange(GALLERY)
+        for name, s in (("image→caption", sim), ("caption→image", sim.T)):
+            rank = (s > s[truth, truth][:, None]).sum(1)  # how many candidates beat the right one
+            hits[f"{name} R@1"].append((rank < 1).float().mean().item())
+            hits[f"{name} R@5"].append((rank < 5).float().mean().item())
+    return {k: 100 * float(np.mean(v)) for k, v in hits.items()}
+
+
+def _as_tensor(out: torch.Tensor | object) -> torch.Tensor:
+    """``get_*_features`` return a tensor or (newer transformers) an output with ``pooler_output``."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def patch_labels(sample: corpus.WorldSample) -> np.ndarray:
+    """Per patch of the padded 64×64 image: the object covering most of its pixels, when that object
+    covers at least a quarter of the patch (objects are 7-24 px, so few patches are mostly object); else -1."""
+    scene = sample.scene
+    _, labels = render_scene(scene)
+    side = square_side(scene.width, scene.height)
+    dx, dy = pad_offsets(scene.width, scene.height)
+    square = np.full((side, side), -1, dtype=np.int64)
+    square[dy : dy + scene.height, dx : dx + scene.width] = labels
+    grid = side // PATCH
+    blocks = square.reshape(grid, PATCH, grid, PATCH).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    out = []
+    for b in blocks:
+        counts = np.bincount(b[b >= 0], minlength=1)
+        out.append(int(counts.argmax()) if counts.max() * 4 >= PATCH * PATCH else -1)
+    return np.array(out)
+
+
+def probe_targets(samples: list[corpus.WorldSample]) -> dict[str, np.ndarray]:
+    """Patch-level targets: objectness for every patch, colour/pattern/shape (-1 where no object)."""
+    obj, colour, pattern, shape = [], [], [], []
+    for s in samples:
+        for idx in patch_labels(s):
+            o = s.scene.objects[idx] if idx >= 0 else None
+            obj.append(int(o is not None))
+            colour.append(list(COLOURS).index(o.colour) if o else -1)
+            pattern.append(PATTERNS.index(o.pattern) if o else -1)
+            shape.append(SHAPES.index(o.shape) if o else -1)
+    return {k: np.array(v) for k, v in (("object", obj), ("colour", colour), ("pattern", pattern), ("shape", shape))}
+
+
+@torch.no_grad()
+def patch_features(kind: str, path: Path | None, samples: list[corpus.WorldSample]) -> torch.Tensor:
+    """``(scenes * 64, hidden)`` patch features of the layer the grounding model reads."""
+    if kind == "clip":
+        model = CLIPModel.from_pretrained(path, dtype=torch.float32).vision_model.eval()
+        processor = AutoImageProcessor.from_pretrained(path)
+    else:
+        trained = Dinov2Model.from_pretrained(path, dtype=torch.float32)
+        model = trained if kind == "dinov2" else Dinov2Model(Dinov2Config.from_pretrained(path)).float()
+        model.eval()
+        processor = AutoImageProcessor.from_pretrained(path)
+    feats = []
+    for start in range(0, len(samples), 256):
+        chunk = corpus.square_images(samples[start : start + 256], processor.image_mean)
+        pixels = processor(chunk, return_tensors="pt").pixel_values
+        if kind == "clip":
+            hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        else:
+            hidden = model(pixel_values=pixels).last_hidden_state
+        feats.append(hidden[:, 1:].reshape(-1, hidden.shape[-1]).float())
+    return torch.cat(feats)
+
+
+def linear_probe(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, y_test: np.ndarray) -> float:
+    """Balanced test accuracy (%, mean recall over classes) of a multinomial logistic regression on
+    standardised features (L-BFGS); balanced, because most patches are background."""
+    keep_tr, keep_te = y_train >= 0, y_test >= 0
+    xtr, xte = x_train[torch.from_numpy(keep_tr)], x_test[torch.from_numpy(keep_te)]
+    ytr, yte = torch.from_numpy(y_train[keep_tr]), torch.from_numpy(y_test[keep_te])
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    torch.manual_seed(0)
+    clf = torch.nn.Linear(xtr.shape[1], int(max(ytr.max(), yte.max())) + 1)
+    opt = torch.optim.LBFGS(clf.parameters(), lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(clf(xtr), ytr) + 1e-4 * clf.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = clf(xte).argmax(1)
+    return 100 * float(np.mean([(pred[yte == c] == c).float().mean().item() for c in yte.unique()]))
+
+
+@torch.no_grad()
+def qwen2_quality(path: Path, samples: list[corpus.WorldSample], seed: int, n_answers: int) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    blocks = pack(corpus.lm_documents(samples, seed), tokenizer, 128)
+    nll, count = 0.0, 0
+    for start in range(0, len(blocks), 64):
+        batch = blocks[start : start + 64]
+        loss = model(input_ids=batch, labels=batch).loss
+        n = batch.numel() - len(batch)  # every token but the first of each block is predicted
+        nll, count = nll + loss.item() * n, count + n
+
+    prompts, answers = [], []
+    rng = random.Random(seed)
+    for s in samples[:n_answers]:
+        e = rng.choice(language.all_referring_expressions(s.scene, rng))
+        chat = [{"role": "user", "content": f"<image>\nOutput the coordinate of {e.text}."}]
+        prompts.append(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+    tokenizer.padding_side = "left"
+    for start in range(0, len(prompts), 50):
+        enc = tokenizer(prompts[start : start + 50], return_tensors="pt", padding=True)
+        out = model.generate(**enc, max_new_tokens=40, do_sample=False)
+        answers += tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+    well_formed = sum(_valid_box_answer(a) for a in answers)
+    describe = [{"role": "user", "content": "<image>\nDescribe the image with the coordinates of every object."}]
+    enc = tokenizer.apply_chat_template(describe, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    desc = model.generate(**enc, max_new_tokens=120, do_sample=False)
+    return {
+        "perplexity": math.exp(nll / count),
+        "tokens": count,
+        "well_formed": 100 * well_formed / len(answers),
+        "n_answers": len(answers),
+        "samples": list(zip(prompts[:3], answers[:3], strict=True)),
+        "describe": tokenizer.decode(desc[0, enc["input_ids"].shape[1] :], skip_special_tokens=True),
+    }
+
+
+def _valid_box_answer(answer: str) -> bool:
+    """Exactly one box, three decimals, x1 < x2 and y1 < y2 inside [0, 1]."""
+    if not BOX_ANSWER.match(answer.strip()):
+        return False
+    try:
+        validate_unit_box(parse_first_box(answer))
+    except BoxError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=Path, default=default_assets(), help="folder with clip/ dinov2/ qwen2/")
+    parser.add_argument("--seed", type=int, default=0, help="the seed the components were trained with")
+    parser.add_argument("--scenes", type=int, default=1000, help="held-out scenes (probe: as many again to fit)")
+    parser.add_argument("--answers", type=int, default=200, help="greedy REC answers to check")
+    args = parser.parse_args()
+    t0 = time.time()
+    base = args.seed + corpus.HELDOUT_OFFSET
+    heldout = corpus.world_samples(base, args.scenes, desc="held-out scenes")
+    probe_fit = corpus.world_samples(base + 1, args.scenes, desc="probe-fit scenes")
+
+    print(f"# tiny components on held-out synthetic-world scenes ({args.assets})")
+    print(f"held-out scenes: {args.scenes} (seed stream {base}); probes fitted on {args.scenes} more ({base + 1})\n")
+
+    print(f"## tiny CLIP: retrieval within galleries of {GALLERY} (chance R@1 1 %, R@5 5 %)")
+    for k, v in clip_retrieval(args.assets / "clip", heldout, base).items():
+        print(f"{k:22s} {v:6.1f} %")
+
+    print("\n## patch features: linear-probe accuracy on the 8x8 grid (%), held-out patches")
+    y_fit, y_test = probe_targets(probe_fit), probe_targets(heldout)
+    encoders = {
+        "tiny CLIP hidden_states[-2]": ("clip", args.assets / "clip"),
+        "tiny DINOv2 last_hidden_state": ("dinov2", args.assets / "dinov2"),
+        "random-init DINOv2 (control)": ("random", args.assets / "dinov2"),
+    }
+    print(f"{'features':32s} {'object?':>8s} {'colour':>8s} {'pattern':>8s} {'shape':>8s}")
+    print(f"{'chance':32s} " + " ".join(f"{100 / len(np.unique(y_test[t][y_test[t] >= 0])):8.1f}" for t in y_fit))
+    for name, (kind, path) in encoders.items():
+        f_fit, f_test = patch_features(kind, path, probe_fit), patch_features(kind, path, heldout)
+        accs = [linear_probe(f_fit, y_fit[t], f_test, y_test[t]) for t in y_fit]
+        print(f"{name:32s} " + " ".join(f"{a:8.1f}" for a in accs))
+    print("(balanced accuracy; a patch holds an object when one covers >= 1/4 of it; colour / pattern / shape")
+    print(" are probed on those patches only)")
+
+    q = qwen2_quality(args.assets / "qwen2", heldout, base, args.answers)
+    print(f"\n## tiny Qwen2: held-out perplexity {q['perplexity']:.3f} over {q['tokens']} tokens")
+    print(f"well-formed single-box answers to 'Output the coordinate of': {q['well_formed']:.1f} % of {q['n_answers']}")
+    for prompt, answer in q["samples"]:
+        question = prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0].replace("\n", " ")
+        print(f"  Q: {question}\n  A: {answer}")
+    print(f"  Q: <image> Describe the image with the coordinates of every object.\n  A: {q['describe']}")
+    print(f"\n(benchmark ran in {time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Tiny CLIP: a ``CLIPModel`` trained contrastively on scene images and their captions.
+
+Saved as openai/clip-vit-large-patch14-336 is published: ``config.json`` + ``model.safetensors``, the
+image processor (``CLIPImageProcessor``: resize, centre crop, CLIP mean/std) and the tokenizer, so
+``CLIPModel.from_pretrained(path)`` / ``AutoImageProcessor.from_pretrained(path)`` load it offline.
+(The processor is built as transformers' PIL flavour, which needs no torchvision; its saved type is
+``CLIPImageProcessor`` all the same.)
+At 64 px with 8 px patches the vision tower gives the 8×8 grid the DINOv2 tower gives too.
+
+The tokenizer is the project's tiny byte-level BPE (trained on the captions) with a post-processor that
+appends ``<|endoftext|>`` to every text, as CLIP's tokenizer appends its end token: CLIP's text tower
+pools at the first end token (``text_config.eos_token_id``), so plain ``tokenizer(texts)`` is right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tokenizers import processors
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast
+
+from tinygroundinggpt.components.tokenizer import EOS, train_tokenizer
+from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+
+
+@dataclass
+class ClipRecipe:
+    """Sizes and optimisation of the tiny CLIP; the defaults are what the shipped checkpoint used."""
+
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    vocab_size: int = 512
+    max_text_len: int = 48
+    vision_hidden: int = 96
+    vision_layers: int = 4
+    text_hidden: int = 64
+    text_layers: int = 3
+    projection_dim: int = 64
+
+
+@dataclass
+class TrainedClip:
+    model: CLIPModel
+    image_processor: CLIPImageProcessorPil
+    tokenizer: PreTrainedTokenizerFast
+    losses: list[float]
+
+    def save(self, out: str | Path) -> None:
+        save_model_16bit(self.model, out)
+        self.image_processor.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+
+
+def clip_image_processor() -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+
+
+def clip_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    eos_id = tok.convert_tokens_to_ids(EOS)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
+    )
+    tok.eos_token = EOS
+    return tok
+
+
+def clip_config(recipe: ClipRecipe, vocab_size: int, eos_id: int) -> CLIPConfig:
+    return CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": recipe.text_hidden,
+            "intermediate_size": 4 * recipe.text_hidden,
+            "num_hidden_layers": recipe.text_layers,
+            "num_attention_heads": 4,
+            "max_position_embeddings": recipe.max_text_len,
+            "bos_token_id": eos_id,
+            "eos_token_id": eos_id,
+            "pad_token_id": eos_id,
+        },
+        vision_config={
+            "hidden_size": recipe.vision_hidden,
+            "intermediate_size": 4 * recipe.vision_hidden,
+            "num_hidden_layers": recipe.vision_layers,
+            "num_attention_heads": 4,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+        },
+        projection_dim=recipe.projection_dim,
+    )
+
+
+def train_clip(
+    images: Sequence[Image.Image], captions: Sequence[Sequence[str]], *, seed: int, recipe: ClipRecipe | None = None
+) -> TrainedClip:
+    """Train on ``images[i]`` paired with one of ``captions[i]`` (drawn afresh each step)."""
+    recipe = recipe or ClipRecipe()
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"need one caption list per image, got {len(images)} images and {len(captions)} lists")
+    gen = seed_everything(seed)
+    flat = [c for caps in captions for c in caps]
+    tokenizer = clip_tokenizer(flat, recipe.vocab_size)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    enc = tokenizer(flat, padding="max_length", truncation=True, max_length=recipe.max_text_len, return_tensors="pt")
+    # The call above leaves padding/truncation switched on in the backend, which would be saved into
+    # tokenizer.json; the published tokenizer must encode texts as they are.
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    # Truncation can cut the appended end token off; put it back so the text tower pools a real summary.
+    enc.input_ids[:, -1] = torch.where(enc.attention_mask[:, -1].bool(), eos_id, enc.input_ids[:, -1])
+    starts = torch.tensor([0] + [len(c) for c in captions]).cumsum(0)
+    counts = torch.tensor([len(c) for c in captions])
+
+    image_processor = clip_image_processor()
+    pixels = image_processor(list(images), return_tensors="pt").pixel_values
+    model = CLIPModel(clip_config(recipe, len(tokenizer), eos_id))
+    model.train()
+    n = len(images)
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = torch.randperm(n, generator=gen)[: recipe.batch_size]
+        pick = starts[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long()
+        out = model(
+            input_ids=enc.input_ids[pick],
+            attention_mask=enc.attention_mask[pick],
+            pixel_values=pixels[idx],
+            return_loss=True,
+        )
+        return out.loss
+
+    losses = train_steps(model.parameters(), loss_at, steps=recipe.steps, lr=recipe.lr, desc="tiny CLIP")
+    model.eval()
+    return TrainedClip(model, image_processor, tokenizer, losses)

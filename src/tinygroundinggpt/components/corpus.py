@@ -1,0 +1,100 @@
+"""Synthetic-world data for the component trainers: scene images, captions and LM documents.
+
+The trainers take plain images and texts; this module is the one place that turns world scenes into
+them. Images are padded to a square with the encoder's mean colour before its processor sees them,
+as the grounding model pads them (so nothing is cropped away and boxes keep the model frame).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from tinygroundinggpt.boxes import format_box, pixel_to_model
+from tinygroundinggpt.components.qwen2 import Document
+from tinygroundinggpt.data.format import IMAGE_TOKEN
+from tinygroundinggpt.images import mean_fill, pad_to_square
+from tinygroundinggpt.world import language
+from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES, SIZES, Scene, generate_scene
+
+IMAGE_SIZE = 64
+CAPTIONS_PER_SCENE = 3
+# Offset between the seed streams of training and held-out scenes (the benchmark's held-out set).
+HELDOUT_OFFSET = 1_000_003
+
+
+@dataclass
+class WorldSample:
+    image: Image.Image  # as rendered: long side IMAGE_SIZE, aspect ratio of the scene
+    scene: Scene
+
+
+def world_samples(seed: int, count: int, image_size: int = IMAGE_SIZE, desc: str = "scenes") -> list[WorldSample]:
+    """``count`` scenes drawn from one ``random.Random(seed)`` stream (deterministic by seed)."""
+    rng = random.Random(seed)
+    return [WorldSample(*generate_scene(rng, image_size)) for _ in tqdm(range(count), desc=desc, unit="scene")]
+
+
+def square_images(samples: Sequence[WorldSample], mean: Sequence[float]) -> list[Image.Image]:
+    """Each image centred on a square of the encoder's mean colour (reads as zero after normalising)."""
+    fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
+    return [pad_to_square(s.image, fill) for s in samples]
+
+
+def captions(samples: Sequence[WorldSample], seed: int) -> list[list[str]]:
+    """A few captions per scene (the template and phrasing vary between draws)."""
+    rng = random.Random(seed)
+    return [[language.caption(s.scene, rng) for _ in range(CAPTIONS_PER_SCENE)] for s in samples]
+
+
+def box_text(scene: Scene, i: int) -> str:
+    """Object ``i``'s box as the LLM reads and writes it (model frame, three decimals)."""
+    return format_box(pixel_to_model(scene.objects[i].box, scene.width, scene.height))
+
+
+def lm_documents(samples: Sequence[WorldSample], seed: int) -> list[Document]:
+    """Text of the world for the tiny Qwen2: captions, relations, expressions with boxes, and ChatML
+    dialogues in the shapes the grounding stages use (REC, box → object, grounded description, yes/no).
+
+    The boxes are the scenes' real ones, so the coordinates are well formed and plausibly distributed;
+    without the image the LM can only learn their form and prior, which is what stage 1 needs.
+    """
+    rng = random.Random(seed)
+    docs: list[Document] = []
+    for s in tqdm(samples, desc="LM documents", unit="scene"):
+        scene = s.scene
+        n = len(scene.objects)
+        grounded = ", ".join(f"{language.object_phrase(o)} {box_text(scene, i)}" for i, o in enumerate(scene.objects))
+        triples = language.relation_triples(scene)
+        relations = [language.triple_text(scene, t) for t in rng.sample(triples, min(3, len(triples)))]
+        docs.append(" ".join([language.caption(scene, rng).capitalize()] + [r.capitalize() + "." for r in relations]))
+        exprs = language.all_referring_expressions(scene, rng)
+        for e in rng.sample(exprs, min(3, len(exprs))):
+            docs.append(_chat(f"Output the coordinate of {e.text}.", box_text(scene, e.target)))
+        i = rng.randrange(n)
+        answer = f"It is {language.object_phrase(scene.objects[i])}."
+        docs.append(_chat(f"What is the object at {box_text(scene, i)}?", answer))
+        docs.append(_chat("Describe the image with the coordinates of every object.", grounded + "."))
+        # Half the yes/no questions ask about an object of the scene, half about random attributes.
+        attrs = rng.choice(scene.objects).attributes() if rng.random() < 0.5 else _random_attributes(rng)
+        present = any(o.attributes() == attrs for o in scene.objects)
+        asked = language.descriptor_text(attrs, attrs["shape"])
+        docs.append(_chat(f"Is there a {asked} in the image?", "Yes." if present else "No."))
+    return docs
+
+
+def _random_attributes(rng: random.Random) -> dict[str, str]:
+    return {
+        "shape": rng.choice(SHAPES),
+        "colour": rng.choice(list(COLOURS)),
+        "pattern": rng.choice(PATTERNS),
+        "size": rng.choice(SIZES),
+    }
+
+
+def _chat(question: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}, {"role": "assistant", "content": answer}]

@@ -1,0 +1,124 @@
+"""Tiny DINOv2: a ``Dinov2Model`` pretrained without labels by masked-patch modelling.
+
+Saved as facebook/dinov2-large is published: ``config.json`` + ``model.safetensors`` and a
+``BitImageProcessor`` config with ImageNet mean/std (built as its PIL flavour: no torchvision needed),
+so ``Dinov2Model.from_pretrained(path)`` and ``AutoImageProcessor.from_pretrained(path)`` load it
+offline. ``image_size`` is 64, so at 64 px the position embeddings are used as trained (no
+interpolation) and the grid is 8×8, like the tiny CLIP's.
+
+Objective (the masked-image-modelling half of iBOT, the part DINOv2 relies on for dense features): a
+random 30-60 % of the patches is replaced by DINOv2's own ``mask_token`` (``bool_masked_pos``), and a
+linear head on ``last_hidden_state`` — the layer the grounding model reads — must predict the normalised
+pixels of every masked patch from its context (SimMIM's target, in place of an EMA teacher's tokens, so
+nothing can collapse on a few-minute budget). Visible patches are also reconstructed, at a lower
+weight, so the features the downstream model sees unmasked keep their own patch's colour and texture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+VISIBLE_WEIGHT = 0.25
+
+
+@dataclass
+class Dinov2Recipe:
+    """Sizes and optimisation of the tiny DINOv2; the defaults are what the shipped checkpoint used."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    hidden: int = 96
+    layers: int = 4
+    mask_min: float = 0.3
+    mask_max: float = 0.6
+
+
+@dataclass
+class TrainedDinov2:
+    model: Dinov2Model
+    image_processor: BitImageProcessorPil
+    losses: list[float]
+
+    def save(self, out: str | Path) -> None:
+        save_model_16bit(self.model, out)
+        self.image_processor.save_pretrained(out)
+
+
+def dinov2_image_processor() -> BitImageProcessorPil:
+    """facebook/dinov2-*'s processor (resize shortest edge, centre crop, ImageNet mean/std) at 64 px."""
+    return BitImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_center_crop=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+
+
+def dinov2_config(recipe: Dinov2Recipe) -> Dinov2Config:
+    return Dinov2Config(
+        hidden_size=recipe.hidden,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=4,
+        mlp_ratio=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+
+
+def patchify(pixel_values: torch.Tensor, patch: int = PATCH_SIZE) -> torch.Tensor:
+    """``(B, C, H, W)`` → ``(B, H/p * W/p, C*p*p)`` in the row-major order of the patch tokens."""
+    b, c, _, _ = pixel_values.shape
+    x = pixel_values.unfold(2, patch, patch).unfold(3, patch, patch)  # B, C, gh, gw, p, p
+    return x.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * patch * patch)
+
+
+def random_patch_mask(batch: int, patches: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    """A boolean mask per image covering a uniformly drawn fraction in [lo, hi] of its patches."""
+    ratio = lo + (hi - lo) * torch.rand(batch, 1, generator=gen)
+    ranks = torch.rand(batch, patches, generator=gen).argsort(1).argsort(1)
+    return ranks < (ratio * patches).round()
+
+
+def train_dinov2(images: Sequence[Image.Image], *, seed: int, recipe: Dinov2Recipe | None = None) -> TrainedDinov2:
+    """Pretrain on ``images`` (no labels)."""
+    recipe = recipe or Dinov2Recipe()
+    if not images:
+        raise ValueError("need at least one image")
+    gen = seed_everything(seed)
+    image_processor = dinov2_image_processor()
+    pixels = image_processor(list(images), return_tensors="pt").pixel_values
+    model = Dinov2Model(dinov2_config(recipe))
+    head = torch.nn.Linear(recipe.hidden, 3 * PATCH_SIZE * PATCH_SIZE)
+    model.train()
+    n = len(images)
+
+    def loss_at(step: int) -> torch.Tensor:
+        x = pixels[torch.randperm(n, generator=gen)[: recipe.batch_size]]
+        # Horizontal flips: the only augmentation that cannot change a colour or a pattern.
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        target = patchify(x)
+        mask = random_patch_mask(len(x), target.shape[1], recipe.mask_min, recipe.mask_max, gen)
+        pred = head(model(pixel_values=x, bool_masked_pos=mask).last_hidden_state[:, 1:])
+        err = (pred - target).pow(2).mean(-1)
+        weight = torch.where(mask, 1.0, VISIBLE_WEIGHT)
+        return (err * weight).sum() / weight.sum()
+
+    params = list(model.parameters()) + list(head.parameters())
+    losses = train_steps(params, loss_at, steps=recipe.steps, lr=recipe.lr, desc="tiny DINOv2")
+    model.eval()
+    return TrainedDinov2(model, image_processor, losses)

@@ -1,0 +1,160 @@
+"""The tiny pretrained components: very short runs of the real trainers and of ``tgg components``.
+
+They check the published formats (each checkpoint loads with transformers' own classes, offline, from
+a local path), the 8×8 patch grid both encoders must share, determinism by seed and that training
+lowers the loss. Quality figures are the benchmark's job (benchmarks/bench_components.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPModel,
+    Dinov2Model,
+)
+
+from tinygroundinggpt.boxes import format_box
+from tinygroundinggpt.cli import main
+from tinygroundinggpt.components import clip, corpus, dinov2, qwen2
+from tinygroundinggpt.components.tokenizer import CHATML_TEMPLATE, EOS, IM_END
+
+GRID = 8 * 8
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[corpus.WorldSample]:
+    return corpus.world_samples(seed=7, count=48)
+
+
+def _saved_dtypes(path) -> set[str]:
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def _processor_type(path) -> str:
+    return json.loads((path / "preprocessor_config.json").read_text())["image_processor_type"]
+
+
+def _falls(losses: list[float], k: int = 5) -> bool:
+    return float(np.mean(losses[-k:])) < float(np.mean(losses[:k]))
+
+
+def test_clip_trains_and_loads_as_published(samples, tmp_path):
+    images = corpus.square_images(samples, clip.CLIP_MEAN)
+    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300)
+    trained = clip.train_clip(images, corpus.captions(samples, 1), seed=0, recipe=recipe)
+    assert _falls(trained.losses)
+    trained.save(tmp_path)
+
+    assert _saved_dtypes(tmp_path) == {"BF16"}
+    model = CLIPModel.from_pretrained(tmp_path, dtype=torch.float32, local_files_only=True)
+    processor = AutoImageProcessor.from_pretrained(tmp_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert _processor_type(tmp_path) == "CLIPImageProcessor"
+
+    pixels = processor(images[:2], return_tensors="pt").pixel_values
+    assert pixels.shape == (2, 3, 64, 64)
+    hidden = model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    assert hidden.shape[1] == 1 + GRID  # CLS + the 8×8 grid the grounding model reads
+
+    # The tokenizer ends every text with the token the text tower pools at.
+    ids = tokenizer("a red circle").input_ids
+    assert ids[-1] == model.config.text_config.eos_token_id == tokenizer.convert_tokens_to_ids(EOS)
+    assert ids == trained.tokenizer("a red circle").input_ids
+    with torch.no_grad():
+        before = trained.model.get_text_features(**trained.tokenizer(["a red circle"], return_tensors="pt"))
+        after = model.get_text_features(**tokenizer(["a red circle"], return_tensors="pt"))
+    before = before if isinstance(before, torch.Tensor) else before.pooler_output
+    after = after if isinstance(after, torch.Tensor) else after.pooler_output
+    assert torch.nn.functional.cosine_similarity(before, after).item() > 0.99  # bf16 round trip
+
+
+def test_dinov2_trains_and_loads_as_published(samples, tmp_path):
+    images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
+    trained = dinov2.train_dinov2(images, seed=0, recipe=dinov2.Dinov2Recipe(steps=30, batch_size=16, lr=2e-3))
+    assert _falls(trained.losses)
+    trained.save(tmp_path)
+
+    assert _saved_dtypes(tmp_path) == {"BF16"}
+    model = Dinov2Model.from_pretrained(tmp_path, dtype=torch.float32, local_files_only=True)
+    processor = AutoImageProcessor.from_pretrained(tmp_path, local_files_only=True)
+    assert _processor_type(tmp_path) == "BitImageProcessor"
+    assert model.config.image_size == 64 and model.config.patch_size == 8  # 8×8 grid, no interpolation at 64 px
+    pixels = processor(images[:2], return_tensors="pt").pixel_values
+    assert pixels.shape == (2, 3, 64, 64)
+    assert model(pixel_values=pixels).last_hidden_state.shape == (2, 1 + GRID, model.config.hidden_size)
+
+
+def test_patchify_follows_the_patch_token_order():
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    patches = dinov2.patchify(x, patch=8)
+    assert patches.shape == (2, 4, 3 * 64)
+    # token 1 is row 0, column 1: pixels [0:8, 8:16] of every channel
+    assert torch.equal(patches[1, 1], x[1, :, 0:8, 8:16].reshape(-1))
+    assert torch.equal(patches[0, 2], x[0, :, 8:16, 0:8].reshape(-1))
+
+
+def test_random_patch_mask_covers_the_drawn_share():
+    mask = dinov2.random_patch_mask(500, 64, 0.3, 0.6, torch.Generator().manual_seed(0))
+    share = mask.float().mean(1)
+    assert share.min() >= 0.29 and share.max() <= 0.61
+
+
+def test_qwen2_trains_and_loads_as_published(samples, tmp_path):
+    docs = corpus.lm_documents(samples, seed=1)
+    assert any(isinstance(d, list) for d in docs) and any(isinstance(d, str) for d in docs)
+    recipe = qwen2.Qwen2Recipe(steps=30, batch_size=8, block_size=64, vocab_size=400)
+    trained = qwen2.train_qwen2(docs, seed=0, recipe=recipe)
+    assert _falls(trained.losses)
+    trained.save(tmp_path)
+
+    assert _saved_dtypes(tmp_path) == {"BF16"}
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    assert model.config.eos_token_id == tokenizer.convert_tokens_to_ids(IM_END) == tokenizer.eos_token_id
+    box = format_box((0.1, 0.25, 0.5, 0.875))
+    assert tokenizer.tokenize(box).count("0") >= 4  # digits are single tokens
+    assert tokenizer(box).input_ids == trained.tokenizer(box).input_ids
+    assert tokenizer.decode(tokenizer(box).input_ids) == box
+
+    chat = [{"role": "user", "content": "<image>\nOutput the coordinate of the red circle."}]
+    enc = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_lm_documents_write_boxes_in_the_model_frame(samples):
+    sample = samples[0]
+    docs = corpus.lm_documents([sample], seed=3)
+    rec = [d for d in docs if isinstance(d, list) and d[0]["content"].startswith("<image>\nOutput the coordinate")]
+    boxes = {corpus.box_text(sample.scene, i) for i in range(len(sample.scene.objects))}
+    assert rec and all(d[1]["content"] in boxes for d in rec)
+
+
+def test_trainers_are_deterministic_by_seed(samples):
+    images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
+    recipe = dinov2.Dinov2Recipe(steps=3, batch_size=8)
+    a = dinov2.train_dinov2(images, seed=5, recipe=recipe)
+    b = dinov2.train_dinov2(images, seed=5, recipe=recipe)
+    c = dinov2.train_dinov2(images, seed=6, recipe=recipe)
+    assert a.losses == b.losses and a.losses != c.losses
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_tgg_components_all_writes_three_checkpoints(tmp_path):
+    assert main(["components", "all", "--out", str(tmp_path), "--seed", "1", "--scenes", "24", "--steps", "2"]) == 0
+    assert CLIPModel.from_pretrained(tmp_path / "clip", local_files_only=True).config.vision_config.image_size == 64
+    assert Dinov2Model.from_pretrained(tmp_path / "dinov2", local_files_only=True).config.image_size == 64
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "qwen2", local_files_only=True).config.model_type == "qwen2"
+    assert AutoTokenizer.from_pretrained(tmp_path / "qwen2", local_files_only=True).chat_template == CHATML_TEMPLATE
