@@ -214,3 +214,37 @@ def test_llava_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "image" not in samples[1]
     assert samples[2]["messages"][0]["content"] == "Describe the image.\n<image>"
     assert samples[3]["messages"][0]["content"] == "<image>\nWhat is it?"
+
+
+def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    instances = {
+        "images": [{"id": 9, "file_name": "COCO_train2014_000000000009.jpg", "width": 640, "height": 480},
+                   {"id": 10, "file_name": "COCO_train2014_000000000010.jpg", "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 2, "image_id": 9, "bbox": [1.0, 2.0, 30.0, 40.0], "category_id": 18, "iscrowd": 0},
+            {"id": 1, "image_id": 9, "bbox": [100.0, 50.0, 20.0, 20.0], "category_id": 1, "iscrowd": 0},
+            {"id": 3, "image_id": 9, "bbox": [0.0, 0.0, 640.0, 480.0], "category_id": 1, "iscrowd": 1},
+            {"id": 4, "image_id": 10, "bbox": [5.0, 5.0, 0.0, 10.0], "category_id": 1, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "person", "supercategory": "person"},
+                       {"id": 18, "name": "dog", "supercategory": "animal"}],
+    }  # fmt: skip
+    captions = {
+        "images": instances["images"],
+        "annotations": [{"id": 5, "image_id": 9, "caption": "A man  and a dog."}],
+    }
+    (tmp_path / "instances_train2014.json").write_text(json.dumps(instances))
+    (tmp_path / "captions_train2014.json").write_text(json.dumps(captions))
+    main(["convert", "coco-manifest", str(tmp_path / "instances_train2014.json"), "--captions",
+          str(tmp_path / "captions_train2014.json"), "--out", str(tmp_path / "m.jsonl"), "--no-progress"])  # fmt: skip
+    assert (
+        "1 samples written; skipped: crowd annotation 1, empty box 1, image without objects 1"
+        in capsys.readouterr().out
+    )
+    (rec,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert rec == {
+        "id": "coco-9", "image": "COCO_train2014_000000000009.jpg", "width": 640, "height": 480,
+        "objects": [{"name": "person", "box": [100.0, 50.0, 120.0, 70.0]},
+                    {"name": "dog", "box": [1.0, 2.0, 31.0, 42.0]}],
+        "captions": ["A man and a dog."],
+    }  # fmt: skip

@@ -45,6 +45,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_synth)
 
+    w = sub.add_parser("synth-world", help="a synthesis manifest of built-in synthetic-world scenes (for tgg synth)")
+    w.add_argument("--out", required=True, help="folder for images/ and manifest.jsonl")
+    w.add_argument("-n", type=int, default=100, help="number of scenes")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--image-size", type=int, default=96, help="long side in pixels")
+    w.set_defaults(func=_synth_world)
+
+
+def _synth_world(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.synthesis.world_manifest import write_world_manifest
+
+    print(write_world_manifest(args.out, args.n, seed=args.seed, image_size=args.image_size, progress=True))
+    return 0
+
 
 def _synth(args: argparse.Namespace) -> int:
     import json

@@ -6,7 +6,7 @@ import argparse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--out", required=True, help="output JSONL (samples, or a synthesis manifest)")
     p.add_argument("--image-prefix", default="", help="prepended to each image path (e.g. 'train2014/')")
     p.add_argument("--no-progress", action="store_true")
 
@@ -37,6 +37,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", action="store_true", help="write a synthesis manifest for `tgg synth` instead")
     _common(p)
     p.set_defaults(func=_flickr)
+
+    p = ds.add_parser("coco-manifest", help="COCO instances (+ captions) → a synthesis manifest for `tgg synth`")
+    p.add_argument("instances", help="instances_*.json")
+    p.add_argument("--captions", help="captions_*.json of the same images")
+    _common(p)
+    p.set_defaults(func=_coco)
 
     p = ds.add_parser(
         "llava", aliases=["llava-pretrain", "llava-mix665k", "sharegpt4v"],
@@ -80,6 +86,15 @@ def _flickr(args: argparse.Namespace) -> int:
     return _done(convert_flickr30k(
         args.sentences, args.annotations, args.out, manifest=args.manifest, ids_file=args.ids,
         image_prefix=args.image_prefix, progress=not args.no_progress,
+    ))  # fmt: skip
+
+
+def _coco(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.data.converters.coco import convert_coco_manifest
+
+    return _done(convert_coco_manifest(
+        args.instances, args.out, captions_path=args.captions, image_prefix=args.image_prefix,
+        progress=not args.no_progress,
     ))  # fmt: skip
 
 
