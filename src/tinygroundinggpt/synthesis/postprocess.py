@@ -57,9 +57,11 @@ class _Builder:
     boxes: list[list[float]] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
 
-    def add(self, box: Sequence[float], score: float | None = None) -> int:
+    def add(self, box: Sequence[float], score: float | None = None, *, dedupe: bool = True) -> int:
+        """Index of ``box`` in the sample. ``dedupe=False`` for boxes of *different* objects: two
+        objects grounded to one box then stay two, and the object-IoU filter removes the ambiguity."""
         box = list(round_box(box, 2))
-        if box in self.boxes:
+        if dedupe and box in self.boxes:
             return self.boxes.index(box)
         if score is None:
             matches = [(iou(box, g["box"]), g["score"]) for g in self.grounding]
@@ -82,75 +84,50 @@ class _Builder:
         }
 
 
-def find_object(name: str, grounding: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The grounded object called ``name`` (case and spacing ignored; a leading article may differ)."""
+def find_object(name: str, grounding: Sequence[dict[str, Any]]) -> int | None:
+    """Index of the grounded object called ``name`` (case and spacing ignored; a leading article may differ)."""
     key = normalise_name(name)
     bare = re.sub(r"^(the|a|an) ", "", key)
-    for g in grounding:
+    for i, g in enumerate(grounding):
         gk = normalise_name(g["name"])
         if key == gk or bare == re.sub(r"^(the|a|an) ", "", gk):
-            return g
+            return i
     return None
+
+
+# Fig. 10 steps 1 (text–coordinate, both directions) and 2 (image–coordinate), one object each.
+SINGLE_OBJECT_TEMPLATES = (
+    ("tc-{i}a", "text_coordinate", "Describe the object located within the region <box:0>.", "{name}"),
+    ("tc-{i}b", "text_coordinate", "In this image, where is {name} located?", "<box:0>"),
+    ("ic-{i}a", "image_coordinate", "What is the location of <object:0>?", "<box:0>"),
+)
+OPTION_TEMPLATE = ("Which is the item in region <box:0>? a. <object:{a}>; b. <object:{b}>.", "The answer is {letter}.")
 
 
 def template_samples(image_id: str, grounding: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fig. 10 steps 1 and 2: text–coordinate and image–coordinate pairs from the grounded objects alone."""
     out = []
     for i, obj in enumerate(grounding):
-        name = obj["name"]
-        b = _Builder(grounding)
-        k = b.add(obj["box"], obj["score"])
-        out.append(
-            b.sample(
-                f"{image_id}-tc-{i}a",
-                image_id,
-                "text_coordinate",
-                [(f"Describe the object located within the region <box:{k}>.", name)],
-            )
-        )
-        b = _Builder(grounding)
-        k = b.add(obj["box"], obj["score"])
-        out.append(
-            b.sample(
-                f"{image_id}-tc-{i}b",
-                image_id,
-                "text_coordinate",
-                [(f"In this image, where is {name} located?", f"<box:{k}>")],
-            )
-        )
-        b = _Builder(grounding)
-        k = b.add(obj["box"], obj["score"])
-        out.append(
-            b.sample(
-                f"{image_id}-ic-{i}a",
-                image_id,
-                "image_coordinate",
-                [(f"What is the location of <object:{k}>?", f"<box:{k}>")],
-            )
-        )
+        for suffix, task, q, a in SINGLE_OBJECT_TEMPLATES:
+            b = _Builder(grounding)
+            b.add(obj["box"], obj["score"])
+            turn = (q.format(name=obj["name"]), a.format(name=obj["name"]))
+            out.append(b.sample(f"{image_id}-{suffix.format(i=i)}", image_id, task, [turn]))
         others = [g for g in grounding if g is not obj]
         if not others:
             continue
         # The distractor overlaps the target least, so the two object images are easy to tell apart.
         other = min(others, key=lambda g: iou(g["box"], obj["box"]))
         b = _Builder(grounding)
-        k, j = b.add(obj["box"], obj["score"]), b.add(other["box"], other["score"])
-        first_is_target = seeded_rng(image_id, "ic-option", i).random() < 0.5
-        a_ref, b_ref = (k, j) if first_is_target else (j, k)
-        letter = "a" if first_is_target else "b"
-        out.append(
-            b.sample(
-                f"{image_id}-ic-{i}b",
-                image_id,
-                "image_coordinate",
-                [
-                    (
-                        f"Which is the item in region <box:{k}>? a. <object:{a_ref}>; b. <object:{b_ref}>.",
-                        f"The answer is {letter}.",
-                    )
-                ],
-            )
+        b.add(obj["box"], obj["score"])
+        b.add(other["box"], other["score"], dedupe=False)
+        target_first = seeded_rng(image_id, "ic-option", i).random() < 0.5
+        q, a = OPTION_TEMPLATE  # box 0 is the target, box 1 the distractor
+        turn = (
+            q.format(a=0, b=1) if target_first else q.format(a=1, b=0),
+            a.format(letter="a" if target_first else "b"),
         )
+        out.append(b.sample(f"{image_id}-ic-{i}b", image_id, "image_coordinate", [turn]))
     return out
 
 
@@ -169,12 +146,14 @@ def text_image_samples(
             names = _HIGHLIGHT_RE.findall(qa["question"])
             if not names:
                 raise MalformedReply("no_highlight", f"question highlights no <object>: {qa['question']!r}")
-            refs = {}
+            refs, slots = {}, {}  # name → box index; grounded object → box index
             for name in names:
-                obj = find_object(name, grounding)
-                if obj is None:
+                g = find_object(name, grounding)
+                if g is None:
                     raise MalformedReply("object_not_in_list", f"<{name}> is not a grounded object")
-                refs[name] = b.add(obj["box"], obj["score"])
+                if g not in slots:
+                    slots[g] = b.add(grounding[g]["box"], grounding[g]["score"], dedupe=False)
+                refs[name] = slots[g]
         except MalformedReply as exc:
             problems.append(exc)
             continue
