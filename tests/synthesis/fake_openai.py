@@ -2,8 +2,9 @@
 
 Replies come from :func:`default_reply`, a tiny "VLM" that reads the object names and boxes out of the
 paper's prompts and answers in the requested format. ``faults`` overrides replies for requests whose
-prompt contains a marker: a list of actions consumed one per matching request — ``429``, ``"timeout"``
-(sleep longer than the client waits) or a reply string (e.g. a malformed one). ``kill`` = (n, pid):
+prompt contains a marker: a list of actions consumed one per matching request — ``429``, ``(429, s)``
+(with ``Retry-After: s``), ``"timeout"`` (sleep longer than the client waits) or a reply string (e.g. a
+malformed one). ``kill`` = (n, pid):
 on the n-th request the server SIGKILLs the client process before answering.
 """
 
@@ -75,7 +76,7 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                status, text = server._handle(body)
+                status, text, headers = server._handle(body)
                 payload = json.dumps(
                     {
                         "id": "x",
@@ -93,6 +94,8 @@ class FakeOpenAI:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
@@ -103,7 +106,7 @@ class FakeOpenAI:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def _handle(self, body: bytes) -> tuple[int, str]:
+    def _handle(self, body: bytes) -> tuple[int, str, dict[str, str]]:
         req = json.loads(body)
         content = req["messages"][-1]["content"]
         prompt = next(c["text"] for c in content if c["type"] == "text")
@@ -112,21 +115,23 @@ class FakeOpenAI:
             self.images.append(sum(c["type"] == "image_url" for c in content))
             if self.kill is not None and len(self.requests) == self.kill[0]:
                 os.kill(self.kill[1], signal.SIGKILL)
-                return 500, "client killed"
+                return 500, "client killed", {}
             action = None
             for marker, actions in self.faults.items():
                 if marker in prompt and actions:
                     action = actions.pop(0)
                     break
         if action == 429:
-            return 429, "rate limited"
+            return 429, "rate limited", {}
+        if isinstance(action, tuple):  # (429, seconds): a rate limit that says when to come back
+            return 429, "rate limited", {"Retry-After": str(action[1])}
         if action == "timeout":
             time.sleep(self.timeout_sleep)
-            return 500, "too late"
+            return 500, "too late", {}
         text = action if isinstance(action, str) else self.reply(prompt)
         with self._lock:
             self.answered.append(hashlib.sha256(body).hexdigest())
-        return 200, text
+        return 200, text, {}
 
     def __enter__(self) -> FakeOpenAI:
         self._thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,13 @@ def test_a_rerun_with_other_options_is_refused(tmp_path: Path) -> None:
         run(tmp_path, srv.url)
         with pytest.raises(ValueError, match="min_quality"):
             run(tmp_path, srv.url, config=SynthConfig(min_quality=4))
+
+
+def test_backoff_honours_retry_after() -> None:
+    with FakeOpenAI(reply=lambda prompt: "fine") as srv:
+        srv.faults = {"hello": [(429, 0.5), 429]}
+        counter = RetryCounter()
+        chat = OpenAIChatBackend("fake", base_url=srv.url, timeout=5, max_retries=2, backoff=0.01, counter=counter)
+        start = time.monotonic()
+        assert chat.chat("hello", []) == "fine"
+        assert time.monotonic() - start >= 0.5 and counter.retries == 2 and len(srv.requests) == 3

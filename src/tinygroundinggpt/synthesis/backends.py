@@ -82,8 +82,18 @@ class RetryCounter:
             setattr(self, field, getattr(self, field) + n)
 
 
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds a rate-limited server asked us to wait (``Retry-After``), when it said so in seconds."""
+    response = getattr(exc, "response", None)
+    try:
+        return float(response.headers["retry-after"]) if response is not None else None
+    except (KeyError, ValueError):
+        return None
+
+
 class OpenAIChatBackend:
-    """Any OpenAI-compatible chat endpoint; retries rate limits, timeouts and 5xx with exponential back-off.
+    """Any OpenAI-compatible chat endpoint; retries rate limits, timeouts and 5xx with exponential back-off
+    (never shorter than a 429's ``Retry-After``).
 
     The key is read from the environment variable ``api_key_env`` (a local vLLM accepts any key). The
     client's own retries are off so that every retry is counted here and the back-off is ours.
@@ -138,7 +148,8 @@ class OpenAIChatBackend:
                     self.counter.add("errors")
                     raise ModelCallError(f"{type(exc).__name__} after {attempt + 1} attempts: {exc}") from exc
                 self.counter.add("retries")
-                time.sleep(min(self.max_backoff, self.backoff * 2**attempt))
+                delay = self.backoff * 2**attempt
+                time.sleep(min(self.max_backoff, max(delay, _retry_after(exc) or 0.0)))
         raise AssertionError("unreachable")
 
 
