@@ -154,7 +154,10 @@ def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoi
     done_before = len(cache_rows(out, "world_rec_val"))
     assert 1 <= done_before < n_items and not (out / "results.json").exists()
 
-    subprocess.run(_tgg_eval(checkpoint, world, out), check=True, capture_output=True)
+    # Rerun (in this process, the same code path as tgg eval after its argument parsing).
+    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
+    task = get_task("world_rec_val")
+    evaluate(pipe, [task], world, out, model_name=checkpoint.name, batch_size=1, limit=LIMIT, progress=False)
     rows = cache_rows(out, "world_rec_val")
     assert len(rows) == len({r["id"] for r in rows}) == n_items  # every item answered exactly once
     resumed = json.loads((out / "results.json").read_text())["tasks"]["world_rec_val"]
@@ -162,8 +165,21 @@ def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoi
 
     # An uninterrupted run from scratch gives the same answers and metrics.
     fresh_out = tmp_path / "fresh"
-    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
-    fresh = evaluate(pipe, [get_task("world_rec_val")], world, fresh_out, batch_size=1, limit=LIMIT, progress=False)
+    fresh = evaluate(pipe, [task], world, fresh_out, batch_size=1, limit=LIMIT, progress=False)
     assert fresh["tasks"]["world_rec_val"]["metrics"] == resumed["metrics"]
     by_id = {r["id"]: r["answer"] for r in cache_rows(fresh_out, "world_rec_val")}
     assert {r["id"]: r["answer"] for r in rows} == by_id
+
+
+@pytest.mark.slow
+def test_data_parallel_over_two_processes_shards_without_overlap(tmp_path, checkpoint, world):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tinygroundinggpt.cli"]
+    cmd += ["eval", "--model", str(checkpoint), "--tasks", "world_pope_random", "--data-root", str(world)]
+    subprocess.run([*cmd, "--out", str(out), "--limit", "8", "--batch-size", "2"], check=True, capture_output=True)
+    shards = sorted((out / "predictions" / "world_pope_random").glob("rank*.jsonl"))
+    ids = [[json.loads(x)["id"] for x in s.read_text().splitlines()] for s in shards]
+    assert [s.name for s in shards] == ["rank0.jsonl", "rank1.jsonl"] and all(len(i) == 4 for i in ids)
+    assert not set(ids[0]) & set(ids[1])
+    res = json.loads((out / "results.json").read_text())["tasks"]["world_pope_random"]
+    assert res["n_scored"] == 8 and res["n_failed"] == 0

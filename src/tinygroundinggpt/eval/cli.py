@@ -1,8 +1,11 @@
 """``tgg eval``: run benchmarks on a checkpoint.
 
-Data-parallel over processes/GPUs with accelerate::
+Data-parallel over processes/GPUs with accelerate (each process takes every N-th uncached item)::
 
     accelerate launch --num_processes 4 -m tinygroundinggpt.cli eval --model CKPT --tasks rec,pope --data-root data
+
+On CPU, ``accelerate launch --cpu`` starts one process only; start several with
+``torchrun --nproc_per_node 2 -m tinygroundinggpt.cli eval ...`` (gloo) instead.
 """
 
 from __future__ import annotations
@@ -75,9 +78,11 @@ def _eval(args: argparse.Namespace) -> int:
         raise SystemExit("tgg eval: --model and --tasks are required (see --list-tasks)")
     out = Path(args.out or Path("eval_results") / Path(args.model.rstrip("/")).name)
 
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without a GPU, accelerate only forms a process group when asked for CPU explicitly (gloo).
+    state = PartialState(cpu=not torch.cuda.is_available())
     judge = None
     if args.judge_model:
         from tinygroundinggpt.eval.judge import Judge
