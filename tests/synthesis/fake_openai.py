@@ -3,9 +3,9 @@
 Replies come from :func:`default_reply`, a tiny "VLM" that reads the object names and boxes out of the
 paper's prompts and answers in the requested format. ``faults`` overrides replies for requests whose
 prompt contains a marker: a list of actions consumed one per matching request — ``429``, ``(429, s)``
-(with ``Retry-After: s``), ``"timeout"`` (sleep longer than the client waits) or a reply string (e.g. a
-malformed one). ``kill`` = (n, pid):
-on the n-th request the server SIGKILLs the client process before answering.
+(with ``Retry-After: s``), ``(status, message)``, ``"timeout"`` (sleep longer than the client waits)
+or a reply string (e.g. a malformed one). ``kill`` = (n, pid): on the n-th request the server
+SIGKILLs the client process before answering.
 """
 
 from __future__ import annotations
@@ -123,8 +123,10 @@ class FakeOpenAI:
                     break
         if action == 429:
             return 429, "rate limited", {}
-        if isinstance(action, tuple):  # (429, seconds): a rate limit that says when to come back
+        if isinstance(action, tuple) and action[0] == 429:  # (429, seconds): says when to come back
             return 429, "rate limited", {"Retry-After": str(action[1])}
+        if isinstance(action, tuple):  # (status, message): any other HTTP error
+            return action[0], action[1], {}
         if action == "timeout":
             time.sleep(self.timeout_sleep)
             return 500, "too late", {}

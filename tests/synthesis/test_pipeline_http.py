@@ -129,14 +129,17 @@ def test_faults_are_counted_exactly_and_never_fatal(tmp_path: Path) -> None:
 def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
     write_corpus(tmp_path)
     with FakeOpenAI() as srv:
-        srv.faults = {"Given a list of instances: [green box, red box]": [429] * 4}
+        srv.faults = {
+            "Given a list of instances: [green box, red box]": [429] * 4,  # more than 3 retries
+            "Given a list of instances: [blue box, green box, red box]": [(400, "image too large")],  # not retried
+        }
         rep = run(tmp_path, srv.url)
-        assert not rep["complete"] and rep["call_errors"] == 1 and rep["retries"] == 3
-        assert rep["stages"]["relate"] == {"done": 2, "resumed": 0, "unfinished": 1}
+        assert not rep["complete"] and rep["call_errors"] == 2 and rep["retries"] == 3
+        assert rep["stages"]["relate"] == {"done": 1, "resumed": 0, "unfinished": 2}
         assert not (tmp_path / "out" / "stage2_tc.jsonl").exists()
         rep = run(tmp_path, srv.url)
         assert rep["complete"] and rep["samples"] == CLEAN
-        assert rep["stages"]["relate"] == {"done": 3, "resumed": 2, "unfinished": 0}
+        assert rep["stages"]["relate"] == {"done": 3, "resumed": 1, "unfinished": 0}
         assert len(set(srv.answered)) == len(srv.answered)
 
 

@@ -150,6 +150,10 @@ class OpenAIChatBackend:
                 self.counter.add("retries")
                 delay = self.backoff * 2**attempt
                 time.sleep(min(self.max_backoff, max(delay, _retry_after(exc) or 0.0)))
+            except self._openai.APIError as exc:
+                # Not worth retrying now (a 400 for one image, a bad key): leave the image for a rerun.
+                self.counter.add("errors")
+                raise ModelCallError(f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
 
