@@ -11,6 +11,7 @@ from fake_openai import FakeOpenAI
 from helpers import write_corpus
 
 from tinygroundinggpt.boxes import format_box, pixel_to_norm
+from tinygroundinggpt.cli import main
 from tinygroundinggpt.data.format import LoadReport, iter_jsonl
 from tinygroundinggpt.synthesis.backends import CachedModels, OpenAIChatBackend, RetryCounter
 from tinygroundinggpt.synthesis.cache import DiskCache
@@ -143,16 +144,22 @@ def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
         assert len(set(srv.answered)) == len(srv.answered)
 
 
-def test_shards_partition_the_corpus(tmp_path: Path) -> None:
+def test_shards_partition_the_corpus_and_merge_to_the_unsharded_output(tmp_path: Path) -> None:
     write_corpus(tmp_path)
     with FakeOpenAI() as srv:
-        run(tmp_path, srv.url)
-        parts = [run(tmp_path, srv.url, out="sharded", shard=(i, 2)) for i in range(2)]
+        # Once for the whole run, once for the shard holding img0 (each run has its own cache).
+        srv.faults = {judge_marker((10, 10, 60, 60), 160, 120): ['"Quality": "1", "Correct": "No"'] * 2}
+        whole = run(tmp_path, srv.url)
+        parts = [run(tmp_path, srv.url, out=f"shard{i}", cache=f"cache{i}", shard=(i, 2)) for i in range(2)]
+        assert not any(srv.faults.values())
     assert sum(p["images"] for p in parts) == 3 and all(p["images"] for p in parts)
-    for stem in CLEAN:
-        whole = read(tmp_path / "out" / f"{stem}.jsonl")
-        split = [r for i in range(2) for r in read(tmp_path / "sharded" / f"{stem}.{i}-of-2.jsonl")]
-        assert sorted(json.dumps(r) for r in split) == sorted(json.dumps(r) for r in whole)
+    assert main(["synth-merge", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "merged"), "--shards",
+                 str(tmp_path / "shard0"), str(tmp_path / "shard1")]) == 0  # fmt: skip
+    for name in [*FILES, "removed.jsonl", "failures.jsonl"]:
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    for key in ("images", "calls", "samples", "removed", "counts", "failures"):
+        assert merged[key] == whole[key], key
 
 
 def test_a_rerun_with_other_options_is_refused(tmp_path: Path) -> None:

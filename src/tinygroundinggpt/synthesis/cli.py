@@ -45,12 +45,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_synth)
 
+    m = sub.add_parser("synth-merge", help="join the outputs of tgg synth --shard i/N runs")
+    m.add_argument("manifest", help="the manifest the shards ran on (gives the order)")
+    m.add_argument("--shards", nargs="+", required=True, help="the shards' --out folders")
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=_synth_merge)
+
     w = sub.add_parser("synth-world", help="a synthesis manifest of built-in synthetic-world scenes (for tgg synth)")
     w.add_argument("--out", required=True, help="folder for images/ and manifest.jsonl")
     w.add_argument("-n", type=int, default=100, help="number of scenes")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--image-size", type=int, default=96, help="long side in pixels")
     w.set_defaults(func=_synth_world)
+
+
+def _synth_merge(args: argparse.Namespace) -> int:
+    import json
+
+    from tinygroundinggpt.synthesis.pipeline import merge_shards, read_manifest
+
+    report = merge_shards(read_manifest(args.manifest), args.shards, args.out)
+    print(json.dumps(report, indent=2))
+    return 0 if report.get("complete") else 1
 
 
 def _synth_world(args: argparse.Namespace) -> int:

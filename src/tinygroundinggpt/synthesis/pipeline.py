@@ -293,3 +293,47 @@ class Pipeline:
                 for task, stem in OUTPUT_FILES.items()
             },
         }
+
+
+def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers add up; nested dicts add up key by key."""
+    out: dict[str, Any] = {}
+    for rep in reports:
+        for k, v in rep.items():
+            if isinstance(v, dict):
+                out[k] = _sum_reports([out.get(k, {}), v])
+            elif isinstance(v, bool):
+                out[k] = out.get(k, True) and v
+            elif isinstance(v, int | float):
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+def merge_shards(records: list[dict[str, Any]], shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Join the outputs of ``--shard i/N`` runs (one folder each, or one shared folder) into ``out_dir``,
+    in manifest order with image paths made relative to ``out_dir``: the files an unsharded run writes.
+    Returns the summed report (``calls``, ``cache_hits`` and ``retries`` are the shards' totals)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = {r["id"]: k for k, r in enumerate(records)}
+    folders = list(dict.fromkeys(Path(d).resolve() for d in shard_dirs))
+    reports = [json.loads(p.read_text()) for d in folders for p in sorted(d.glob("report.*-of-*.json"))]
+    shards_seen = {r["shard"] for r in reports}
+    num_shards = {int(s.split("/")[1]) for s in shards_seen}
+    if len(num_shards) != 1 or len(shards_seen) != next(iter(num_shards)):
+        raise ValueError(f"need the reports of every shard i/N of one N, found {sorted(shards_seen)}")
+    for stem in [*OUTPUT_FILES.values(), "removed", "failures"]:
+        rows = []
+        for d in folders:
+            for path in sorted(d.glob(f"{stem}.*-of-*.jsonl")):
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    row = json.loads(line)
+                    if "image" in row:
+                        row["image"] = os.path.relpath(d / row["image"], out.resolve())
+                    rows.append(row)
+        # A stable sort by image keeps each image's samples in the order its shard wrote them.
+        rows.sort(key=lambda r: rank[r.get("image_id") or r["meta"]["image_id"]])
+        _write_jsonl_atomic(out / f"{stem}.jsonl", rows)
+    report = {**_sum_reports(reports), "shard": f"merged {len(reports)}"}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report

@@ -236,7 +236,7 @@ def postprocess(state: dict[str, Any], image: Image.Image, ctx: StageContext) ->
 def filter_samples(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
     kept, removed, counts = apply_filters(state["samples"], state["width"], state["height"], ctx.config.filters)
     state["samples"] = kept
-    state.setdefault("removed", []).extend(removed)
+    state.setdefault("removed", []).extend({**r, "image_id": state["id"]} for r in removed)
     for k, n in counts.items():
         _count(state, f"removed/{k}", n)
 
@@ -274,7 +274,9 @@ def judge(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
         if reason is None:
             kept.append(s)
             continue
-        state.setdefault("removed", []).append({"id": s["id"], "filter": "judge", "reason": reason})
+        state.setdefault("removed", []).append(
+            {"id": s["id"], "filter": "judge", "reason": reason, "image_id": state["id"]}
+        )
         _count(state, f"removed/judge/{reason}")
     state["samples"] = kept
 
