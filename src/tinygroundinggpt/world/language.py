@@ -38,8 +38,7 @@ from tinygroundinggpt.world.scene import Scene, WorldObject
 
 KINDS = ("attribute", "size", "relation", "ordinal", "position")
 RELATIONS = ("left of", "right of", "above", "below")
-INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
-           "in front of": "behind", "behind": "in front of"}  # fmt: skip
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 ORDINALS = ("first", "second", "third", "fourth")
 POSITIONS = ("top left corner", "top right corner", "bottom left corner", "bottom right corner",
              "left", "right", "top", "bottom", "center")  # fmt: skip
