@@ -1,0 +1,88 @@
+"""Run lmms-eval's tasks on TinyGroundingGPT (optional: needs ``pip install lmms-eval``).
+
+lmms-eval does not import third-party models by itself, so hand it an instance::
+
+    from lmms_eval.evaluator import simple_evaluate
+    from tinygroundinggpt.eval.lmms_adapter import TinyGroundingGPTLMMs
+
+    results = simple_evaluate(model=TinyGroundingGPTLMMs(pretrained="path/to/ckpt"), tasks=["mmmu_val"])
+
+Importing this module also registers the model as ``tinygroundinggpt`` in lmms-eval's registry for
+code that imports it before calling lmms-eval. Generation tasks only: the model is greedy and
+single-image, so a request's first image is used; log-likelihood and multi-round requests are refused.
+Data parallelism is lmms-eval's own (``accelerate launch -m lmms_eval``): each process takes its rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from lmms_eval.api.model import lmms
+    from lmms_eval.api.registry import register_model
+except ImportError as exc:  # lmms-eval is optional; nothing else in the package imports this module
+    raise ImportError("the lmms-eval adapter needs lmms-eval: pip install lmms-eval") from exc
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+IMAGE_PLACEHOLDER = "<image>"  # some lmms-eval prompts carry it; our pipeline inserts the image itself
+
+
+def cut_at_stop(text: str, until: str | list[str] | None) -> str:
+    """The text up to the first stop string (lmms-eval's ``until``)."""
+    stops = [until] if isinstance(until, str) else list(until or [])
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text
+
+
+@register_model("tinygroundinggpt")
+class TinyGroundingGPTLMMs(lmms):
+    def __init__(
+        self, pretrained: str, batch_size: int | str = 8, device: str | None = None, max_new_tokens: int = 128, **_: Any
+    ) -> None:
+        super().__init__()
+        from accelerate import PartialState
+
+        from tinygroundinggpt.api import TinyGroundingGPTPipeline
+
+        state = PartialState()
+        self._rank, self._world_size = state.process_index, state.num_processes
+        self.pretrained = pretrained
+        self.pipe = TinyGroundingGPTPipeline.from_pretrained(pretrained, device=device or str(state.device))
+        self.batch_size = int(batch_size)
+        self.default_max_new_tokens = max_new_tokens
+
+    def _first_image(self, request: Any) -> Image.Image | None:
+        _, _, doc_to_visual, doc_id, task, split = request.args
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
+        images = [v for v in visuals or [] if isinstance(v, Image.Image)]
+        return images[0].convert("RGB") if images else None
+
+    def generate_until(self, requests: list[Any]) -> list[str]:
+        answers: list[str | None] = [None] * len(requests)
+        # Requests with the same generation settings share batches; answers return in request order.
+        groups: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            gen = req.args[1] or {}
+            groups.setdefault(int(gen.get("max_new_tokens", self.default_max_new_tokens)), []).append(i)
+        bar = tqdm(total=len(requests), desc="tinygroundinggpt", disable=self.rank != 0)
+        for max_new_tokens, indices in groups.items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                prompts = [requests[i].args[0].replace(IMAGE_PLACEHOLDER, "").strip() for i in chunk]
+                images = [self._first_image(requests[i]) for i in chunk]
+                outs = self.pipe.generate_batch(images, prompts, max_new_tokens=max_new_tokens)
+                for i, out in zip(chunk, outs, strict=True):
+                    answers[i] = cut_at_stop(out, (requests[i].args[1] or {}).get("until"))
+                bar.update(len(chunk))
+        bar.close()
+        return [a or "" for a in answers]
+
+    def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("TinyGroundingGPTLMMs runs generation tasks only (output_type: generate_until)")
+
+    def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
+        raise NotImplementedError("TinyGroundingGPTLMMs runs single-round generation tasks only")
