@@ -128,6 +128,8 @@ class Pipeline:
             raise ValueError(f"shard must be i/N with 0 <= i < N, got {self.shard}/{self.num_shards}")
         self.progress = progress
         self.ctx = StageContext(models, self.config)
+        if models.chat_backend is None:
+            raise ValueError("relation extraction, QA generation and the judge need a chat model (--model)")
         if self.config.recogniser == "mllm" and models.grounder is None:
             raise ValueError("MLLM recognition gives names without boxes: a grounder is needed")
 
