@@ -218,3 +218,10 @@ def test_desc_quality_sends_the_image_and_the_table12_prompt(tmp_path, write_ref
     assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
     assert text_part["text"].startswith("Evaluate the image description based on the following criteria:")
     assert "A man stands left of a dog." in text_part["text"]
+
+
+def test_task_groups_expand_in_order_without_repeats():
+    from tinygroundinggpt.eval.cli import expand_tasks
+
+    names = expand_tasks("pope_random, rec,pope")
+    assert names[0] == "pope_random" and len(names) == 1 + 8 + 2 and len(set(names)) == len(names)

@@ -68,7 +68,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tinygroundinggpt.eval.task import EvalOptions, get_task, task_names
+    from tinygroundinggpt.eval.task import DataError, EvalOptions, get_task, task_names
 
     if args.list_tasks:
         print("\n".join(task_names()))
@@ -90,23 +90,29 @@ def _eval(args: argparse.Namespace) -> int:
         # Each process keeps its own judge cache; only the main process scores, so only it writes one.
         judge = Judge(args.judge_model, base_url=args.judge_base_url, cache_path=out / "judge_cache.jsonl")
     options = EvalOptions(rec_prompt=args.rec_prompt, judge=judge, llava_rules=args.llava_rules)
-    tasks = [get_task(n, options) for n in names]
+    try:
+        tasks = [get_task(n, options) for n in names]
+    except (KeyError, DataError) as exc:
+        raise SystemExit(f"tgg eval: {exc.args[0]}") from exc
 
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
     from tinygroundinggpt.eval.runner import evaluate
 
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model, device=str(state.device))
-    results = evaluate(
-        pipe,
-        tasks,
-        args.data_root,
-        out,
-        model_name=Path(args.model.rstrip("/")).name,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
-        state=state,
-    )
+    try:
+        results = evaluate(
+            pipe,
+            tasks,
+            args.data_root,
+            out,
+            model_name=Path(args.model.rstrip("/")).name,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            state=state,
+        )
+    except DataError as exc:  # a benchmark's files are missing: say which and where, no traceback
+        raise SystemExit(f"tgg eval: {exc}") from exc
     if state.is_main_process:
         print((out / "results.md").read_text())
         print(f"results: {out / 'results.json'}")
