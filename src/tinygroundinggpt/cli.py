@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "tinygroundinggpt.training.cli",
     "tinygroundinggpt.components.cli",
     "tinygroundinggpt.eval.cli",
+    "tinygroundinggpt.demo",
 ]
 
 
