@@ -15,8 +15,8 @@ from PIL import Image
 
 from tinygroundinggpt import boxes
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
-from tinygroundinggpt.eval.runner import PredictionCache, evaluate
-from tinygroundinggpt.eval.task import get_task
+from tinygroundinggpt.eval.runner import OutputConflict, PredictionCache, evaluate
+from tinygroundinggpt.eval.task import EvalOptions, get_task
 from tinygroundinggpt.world.build import write_world
 
 
@@ -117,13 +117,28 @@ def test_rec_scores_model_frame_answers_in_the_original_image(tmp_path, write_re
 def test_prediction_cache_drops_a_line_cut_by_a_kill(tmp_path):
     cache = PredictionCache(tmp_path)
     with cache.writer(0) as fh:
-        fh.write(json.dumps({"id": "a", "answer": "x", "width": 1, "height": 1}) + "\n")
-        fh.write('{"id": "b", "answ')  # killed mid-write
-    assert set(cache.read()) == {"a"}
+        fh.write(json.dumps({"id": "a", "key": "k", "answer": "x", "width": 1, "height": 1}) + "\n")
+        fh.write('{"id": "b", "key": "k", "answ')  # killed mid-write
+    assert set(cache.read()) == {("a", "k")}
     with cache.writer(0) as fh:
-        fh.write(json.dumps({"id": "b", "answer": "y", "width": 1, "height": 1}) + "\n")
-    assert set(cache.read()) == {"a", "b"}
+        fh.write(json.dumps({"id": "b", "key": "k", "answer": "y", "width": 1, "height": 1}) + "\n")
+    assert set(cache.read()) == {("a", "k"), ("b", "k")}
     assert (tmp_path / "rank0.jsonl").read_text().count("\n") == 2
+
+
+def test_cached_answers_are_tied_to_their_prompt_and_model(tmp_path, write_refcoco):
+    _refer_on_non_square_images(tmp_path, write_refcoco)
+    paper, lmms = get_task("refcoco_testA"), get_task("refcoco_testA", EvalOptions(rec_prompt="lmms"))
+    items = paper.load(tmp_path) + lmms.load(tmp_path)
+    out = tmp_path / "out"
+    first = evaluate(Oracle(items, "model"), [paper], tmp_path, out, model_id="ckpt-1", progress=False)
+    assert first["tasks"]["refcoco_testA"]["timing"]["answered"] == 2
+    # Another prompt is another answer: generated again, not read from the paper prompt's cache.
+    other = evaluate(Oracle(items, "model"), [lmms], tmp_path, out, model_id="ckpt-1", progress=False)
+    assert other["tasks"]["refcoco_testA"]["timing"]["answered"] == 2
+    assert other["tasks"]["refcoco_testA"]["metrics"]["acc@0.5"] == 100.0
+    with pytest.raises(OutputConflict, match="ckpt-1"):
+        evaluate(Oracle(items, "model"), [paper], tmp_path, out, model_id="ckpt-2", progress=False)
 
 
 LIMIT = 6

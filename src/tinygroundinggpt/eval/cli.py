@@ -96,7 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise SystemExit(f"tgg eval: {exc.args[0]}") from exc
 
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
-    from tinygroundinggpt.eval.runner import evaluate
+    from tinygroundinggpt.eval.runner import OutputConflict, evaluate
 
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model, device=str(state.device))
     try:
@@ -106,12 +106,13 @@ def _eval(args: argparse.Namespace) -> int:
             args.data_root,
             out,
             model_name=Path(args.model.rstrip("/")).name,
+            model_id=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
             limit=args.limit,
             state=state,
         )
-    except DataError as exc:  # a benchmark's files are missing: say which and where, no traceback
+    except (DataError, OutputConflict) as exc:  # missing benchmark files, another model's --out: no traceback
         raise SystemExit(f"tgg eval: {exc}") from exc
     if state.is_main_process:
         print((out / "results.md").read_text())

@@ -4,13 +4,16 @@ Each process (``accelerate launch`` starts several; a plain run is one) answers 
 item that has no cached answer yet and appends each answer to its own JSONL shard
 ``<out>/predictions/<task>/rank<r>.jsonl`` as soon as its batch is done. A rerun reads all shards,
 skips what is there and answers the rest, so a killed run resumes where it stopped and no item is
-answered or scored twice. An item whose image is missing or corrupt is listed as failed, not fatal,
-and is retried on the next run. The main process then scores every cached answer once and writes
-``results.json`` and ``results.md`` (see :mod:`tinygroundinggpt.eval.report`).
+answered or scored twice. Each answer is stored with a key of its prompt and generation length, so a
+rerun with another prompt (``--rec-prompt``) or length regenerates instead of reusing stale answers,
+and an output folder refuses answers of a different model. An item whose image is missing or corrupt
+is listed as failed, not fatal, and is retried on the next run. The main process then scores every
+cached answer once and writes ``results.json`` and ``results.md`` (see :mod:`tinygroundinggpt.eval.report`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -40,22 +43,27 @@ class _SingleProcess:
         pass
 
 
+def answer_key(item: Item, max_new_tokens: int) -> str:
+    """What an answer depends on besides the model: the prompt and the generation length."""
+    return hashlib.sha256(f"{item.prompt}\0{max_new_tokens}".encode()).hexdigest()[:16]
+
+
 class PredictionCache:
-    """Append-only answers of one task: ``<folder>/rank<r>.jsonl``, one ``{"id", "answer", ...}`` a line."""
+    """Append-only answers of one task: ``<folder>/rank<r>.jsonl``, one ``{"id", "key", "answer", ...}`` a line."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        """Every cached answer by item id (the first one wins if a crash ever left two)."""
-        rows: dict[str, dict[str, Any]] = {}
+    def read(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every cached answer by (item id, answer key); the first one wins if a crash ever left two."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
         for shard in sorted(self.folder.glob("rank*.jsonl")):
             for line in shard.read_text(encoding="utf-8").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # the tail of a line a killed process did not finish
-                rows.setdefault(str(row["id"]), row)
+                rows.setdefault((str(row["id"]), row["key"]), row)
         return rows
 
     def writer(self, rank: int):
@@ -101,9 +109,10 @@ def generate(
     progress: bool = True,
 ) -> tuple[list[dict[str, str]], dict[str, float]]:
     """Answer this process's share of the uncached items; returns (failures, timing)."""
+    n_tokens = max_new_tokens or task.max_new_tokens
     done = cache.read()
     state.wait_for_everyone()  # every process must see the same cache before anyone appends to it
-    pending = [it for it in items if it.id not in done]
+    pending = [it for it in items if (it.id, answer_key(it, n_tokens)) not in done]
     mine = pending[state.process_index :: state.num_processes]
     failures: list[dict[str, str]] = []
     answered, seconds = 0, 0.0
@@ -121,13 +130,12 @@ def generate(
             ]
             if ok:
                 start = time.perf_counter()
-                answers = generator.generate_batch(
-                    [img for _, img in ok], [it.prompt for it, _ in ok], max_new_tokens or task.max_new_tokens
-                )
+                answers = generator.generate_batch([img for _, img in ok], [it.prompt for it, _ in ok], n_tokens)
                 seconds += time.perf_counter() - start
                 answered += len(ok)
                 for (it, img), answer in zip(ok, answers, strict=True):
-                    row = {"id": it.id, "answer": answer, "width": img.width, "height": img.height}
+                    key = answer_key(it, n_tokens)
+                    row = {"id": it.id, "key": key, "answer": answer, "width": img.width, "height": img.height}
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 out.flush()
             bar.update(len(batch))
@@ -135,13 +143,15 @@ def generate(
     return failures, {"answered": answered, "generate_seconds": seconds}
 
 
-def score(task: Task, items: list[Item], cache: PredictionCache, failures: list[dict[str, str]]) -> dict[str, Any]:
+def score(
+    task: Task, items: list[Item], cache: PredictionCache, failures: list[dict[str, str]], max_new_tokens: int
+) -> dict[str, Any]:
     """Score every cached answer once; items without one are listed as failed."""
     rows = cache.read()
     reasons = {f["id"]: f["error"] for f in failures}
     per_item, failed = [], []
     for it in items:
-        row = rows.get(it.id)
+        row = rows.get((it.id, answer_key(it, max_new_tokens)))
         if row is None:
             failed.append({"id": it.id, "error": reasons.get(it.id, "no answer was produced")})
             continue
@@ -160,6 +170,20 @@ def score(task: Task, items: list[Item], cache: PredictionCache, failures: list[
     }
 
 
+class OutputConflict(RuntimeError):
+    """The output folder already holds another model's answers."""
+
+
+def _claim(out_dir: Path, model_id: str) -> None:
+    marker = out_dir / "predictions" / "model.txt"
+    if marker.exists() and marker.read_text().strip() != model_id:
+        raise OutputConflict(
+            f"{out_dir} holds answers of {marker.read_text().strip()}, not {model_id}; choose another --out"
+        )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(model_id + "\n")
+
+
 def evaluate(
     generator: Generator,
     tasks: list[Task],
@@ -167,6 +191,7 @@ def evaluate(
     out_dir: str | Path,
     *,
     model_name: str = "model",
+    model_id: str | None = None,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
     limit: int | None = None,
@@ -175,7 +200,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``generator`` on ``tasks``; returns the results (on the main process; ``{}`` elsewhere).
 
-    ``limit`` keeps the first N items of each task (quick checks; results say so).
+    ``limit`` keeps the first N items of each task (quick checks; results say so). ``model_id`` (the
+    checkpoint path) is recorded in ``out_dir`` and a later run with another one is refused, so answers of
+    two models never mix in one cache.
     """
     from accelerate.utils import gather_object
 
@@ -183,6 +210,8 @@ def evaluate(
 
     state = state or _SingleProcess()
     out_dir = Path(out_dir)
+    if model_id is not None:
+        _claim(out_dir, model_id)
     results: dict[str, Any] = {"model": model_name, "limit": limit, "tasks": {}}
     for task in tasks:
         items = task.load(Path(data_root))[:limit]
@@ -203,7 +232,7 @@ def evaluate(
         failures = gather_object(failures) if state.num_processes > 1 else failures
         state.wait_for_everyone()
         if state.is_main_process:
-            res = score(task, items, cache, failures)
+            res = score(task, items, cache, failures, max_new_tokens or task.max_new_tokens)
             res["timing"] = timing
             results["tasks"][task.name] = res
     if not state.is_main_process:
