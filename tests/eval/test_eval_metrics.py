@@ -167,7 +167,14 @@ class TestChoice:
 class TestMME:
     @pytest.mark.parametrize(
         ("answer", "parsed"),
-        [("Yes", "yes"), ("no", "no"), ("No, it is not.", "no"), ("yes.", "yes"), ("There is a dog", "other")],
+        [
+            ("Yes", "yes"),
+            ("no", "no"),
+            ("No, it is not.", "no"),
+            ("yes.", "yes"),
+            ("There is a dog", "other"),
+            (" yes", "yes"),
+        ],
     )
     def test_parse(self, answer, parsed):
         assert mme_parse(answer) == parsed

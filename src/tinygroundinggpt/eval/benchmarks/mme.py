@@ -28,7 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 def mme_parse(answer: str) -> str:
     """MME's reading of an answer: "yes", "no" or "other"."""
-    text = answer.lower()
+    text = answer.strip().lower()
     if text in ("yes", "no"):
         return text
     head = text[:4]
