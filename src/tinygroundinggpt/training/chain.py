@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+
+import torch
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ def preset_components(preset: str) -> dict[str, Any]:
             "llm": TINY_COMPONENTS["llm"],
             "object_grid": 4,
             "projector_layernorm": True,
+            "dtype": torch.float32,  # the components ship in bf16; CPU training wants fp32
         }
     if preset in PAPER_LLMS:
         return {"clip": CLIP_ID, "dino": DINO_ID, "llm": PAPER_LLMS[preset]}
