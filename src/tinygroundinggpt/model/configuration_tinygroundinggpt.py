@@ -41,8 +41,11 @@ class TinyGroundingGPTConfig(PreTrainedConfig):
         image_size: side of the square image both encoders see (after pad-to-square and resize).
         object_grid: object-image features are average-pooled to ``object_grid``×``object_grid`` tokens
             (``None`` keeps the full patch grid).
-        projector_layernorm: LayerNorm on the projector input (keeps visual-token norms near text-embedding
-            norms when training small models from scratch; off for the paper presets).
+        projector_layernorm: LayerNorm on the projector input (off for the paper presets).
+        projector_output_norm: LayerNorm on the projector output, its gain initialised so visual tokens start
+            at the LLM's mean text-embedding norm. Small models trained for minutes otherwise grow visual
+            norms far past the text's while the projector's gradients vanish (the LLM learns to ignore
+            the image); off for the paper presets.
         image_token_id / object_token_id: ids of ``<image>`` and ``<object>`` in the tokenizer.
     """
 
@@ -66,6 +69,7 @@ class TinyGroundingGPTConfig(PreTrainedConfig):
         object_grid: int | None = None,
         projector_hidden_act: str = "gelu",
         projector_layernorm: bool = False,
+        projector_output_norm: bool = False,
         freeze_vision_tower: bool = True,
         image_token_id: int | None = None,
         object_token_id: int | None = None,
@@ -86,6 +90,7 @@ class TinyGroundingGPTConfig(PreTrainedConfig):
         self.object_grid = object_grid
         self.projector_hidden_act = projector_hidden_act
         self.projector_layernorm = projector_layernorm
+        self.projector_output_norm = projector_output_norm
         self.freeze_vision_tower = freeze_vision_tower
         self.image_token_id = image_token_id
         self.object_token_id = object_token_id

@@ -66,7 +66,7 @@ class MultiScaleVisionEncoder(nn.Module):
 
 
 class MultiModalProjector(nn.Module):
-    """LLaVA-1.5's two-layer GELU MLP, optionally with a LayerNorm on its input."""
+    """LLaVA-1.5's two-layer GELU MLP, optionally with LayerNorms on its input and output."""
 
     def __init__(self, config: TinyGroundingGPTConfig) -> None:
         super().__init__()
@@ -75,9 +75,17 @@ class MultiModalProjector(nn.Module):
         self.linear_1 = nn.Linear(config.vision_feature_size, width)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(width, width)
+        self.out_norm = nn.LayerNorm(width) if config.projector_output_norm else nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(self.norm(features))))
+        return self.out_norm(self.linear_2(self.act(self.linear_1(self.norm(features)))))
+
+    @torch.no_grad()
+    def match_output_norm(self, embeddings: torch.Tensor) -> None:
+        """Start visual tokens at the mean norm of the LLM's text embeddings (LayerNorm output has norm √d)."""
+        if isinstance(self.out_norm, nn.LayerNorm):
+            target = embeddings.float().norm(dim=-1).mean()
+            self.out_norm.weight.fill_(float(target) / embeddings.shape[-1] ** 0.5)
 
 
 class TinyGroundingGPTPreTrainedModel(PreTrainedModel):
@@ -224,6 +232,7 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
         model.language_model = language_model
         model.projector = MultiModalProjector(config).to(dtype=language_model.dtype)
         model._init_weights(model.projector)
+        model.projector.match_output_norm(language_model.get_input_embeddings().weight)
         if config.freeze_vision_tower:
             model.vision_tower.requires_grad_(False)
         return model

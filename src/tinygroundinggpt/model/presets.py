@@ -125,6 +125,7 @@ def assemble(
     image_size: int | None = None,
     object_grid: int | None = None,
     projector_layernorm: bool = False,
+    projector_output_norm: bool = False,
     dtype: torch.dtype | None = None,
     processor_kwargs: dict[str, Any] | None = None,
 ) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
@@ -155,6 +156,7 @@ def assemble(
         dino_image_std=dino_std,
         object_grid=object_grid,
         projector_layernorm=projector_layernorm,
+        projector_output_norm=projector_output_norm,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         object_token_id=tokenizer.convert_tokens_to_ids(OBJECT_TOKEN),
     )
@@ -162,14 +164,34 @@ def assemble(
     return model, build_processor(tokenizer, config, **(processor_kwargs or {}))
 
 
-def assemble_tiny(**kwargs: Any) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
-    """The tiny preset: the shipped tiny CLIP / DINOv2 / Qwen2 assembled by path, exactly like the real ones."""
-    missing = [str(p) for p in TINY_COMPONENTS.values() if not (p / "config.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"tiny components not found: {missing}; build them with `tgg components all`")
-    kwargs.setdefault("object_grid", 4)
-    kwargs.setdefault("projector_layernorm", True)
-    return assemble(TINY_COMPONENTS["clip"], TINY_COMPONENTS["dino"], TINY_COMPONENTS["llm"], **kwargs)
+def preset_components(preset: str) -> dict[str, Any]:
+    """Component checkpoints and assembly options of a preset ('tiny', '1.5b', '3b', '7b')."""
+    if preset == "tiny":
+        return {
+            **TINY_COMPONENTS,
+            "object_grid": 4,
+            "projector_layernorm": True,
+            "projector_output_norm": True,
+            "dtype": torch.float32,  # the components ship in bf16; CPU training wants fp32
+            "processor_kwargs": {"image_position": "last"},  # the question first: image tokens can read it
+        }
+    if preset in PAPER_LLMS:
+        return {"clip": CLIP_ID, "dino": DINO_ID, "llm": PAPER_LLMS[preset]}
+    raise ValueError(f"unknown preset {preset!r}; choose tiny or one of {sorted(PAPER_LLMS)}")
+
+
+def assemble_preset(
+    preset: str, **overrides: Any
+) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
+    """Assemble a preset's components (``overrides`` replace checkpoints or options; ``dino=None`` drops DINOv2)."""
+    spec = {**preset_components(preset), **overrides}
+    if preset == "tiny":
+        missing = [
+            str(spec[k]) for k in ("clip", "dino", "llm") if spec[k] and not Path(spec[k], "config.json").is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(f"tiny components not found: {missing}; build them with `tgg components all`")
+    return assemble(spec.pop("clip"), spec.pop("dino"), spec.pop("llm"), **spec)
 
 
 def tiny_random(

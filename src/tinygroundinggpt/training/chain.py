@@ -9,33 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-
-import torch
 from pathlib import Path
 from typing import Any
 
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
-from tinygroundinggpt.model.presets import CLIP_ID, DINO_ID, PAPER_LLMS, TINY_COMPONENTS, assemble
+from tinygroundinggpt.model.presets import assemble_preset
 from tinygroundinggpt.training.engine import is_complete, train_stage
 from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
 
 logger = logging.getLogger(__name__)
-
-
-def preset_components(preset: str) -> dict[str, Any]:
-    """Component checkpoints and assembly options of a preset ('tiny', '1.5b', '3b', '7b')."""
-    if preset == "tiny":
-        return {
-            "clip": TINY_COMPONENTS["clip"],
-            "dino": TINY_COMPONENTS["dino"],
-            "llm": TINY_COMPONENTS["llm"],
-            "object_grid": 4,
-            "projector_layernorm": True,
-            "dtype": torch.float32,  # the components ship in bf16; CPU training wants fp32
-        }
-    if preset in PAPER_LLMS:
-        return {"clip": CLIP_ID, "dino": DINO_ID, "llm": PAPER_LLMS[preset]}
-    raise ValueError(f"unknown preset {preset!r}; choose tiny or one of {sorted(PAPER_LLMS)}")
 
 
 def load_checkpoint(path: str | Path) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
@@ -65,7 +47,6 @@ def run_chain(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = {**preset_components(preset), **(components or {})}
     tiny = preset == "tiny" if use_tiny_overrides is None else use_tiny_overrides
     per_stage = tiny_overrides() if tiny else {}
     reports: dict[str, Any] = {}
@@ -84,8 +65,7 @@ def run_chain(
         if previous is None:
             if recipe.init != "assemble":
                 raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
-            opts = {k: v for k, v in spec.items() if k not in ("clip", "dino", "llm")}
-            model, processor = assemble(spec["clip"], spec["dino"], spec["llm"], **opts)
+            model, processor = assemble_preset(preset, **(components or {}))
         else:
             model, processor = load_checkpoint(previous)
         reports[stage] = train_stage(recipe, model, processor, stage_out, data_root=data_root, **training_kwargs)

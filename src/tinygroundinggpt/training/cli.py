@@ -36,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from tinygroundinggpt.training.chain import load_checkpoint, preset_components, run_chain
+    from tinygroundinggpt.training.chain import load_checkpoint, run_chain
     from tinygroundinggpt.training.engine import train_stage
     from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
 
@@ -65,11 +65,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.init:
         model, processor = load_checkpoint(args.init)
     elif recipe.init == "assemble":
-        from tinygroundinggpt.model.presets import assemble
+        from tinygroundinggpt.model.presets import assemble_preset
 
-        spec = {**preset_components(args.preset), **components}
-        opts = {k: v for k, v in spec.items() if k not in ("clip", "dino", "llm")}
-        model, processor = assemble(spec["clip"], spec["dino"], spec["llm"], **opts)
+        model, processor = assemble_preset(args.preset, **components)
     else:
         raise SystemExit(f"recipe {recipe.name} starts from a previous stage: give --init CHECKPOINT")
     report = train_stage(
