@@ -28,3 +28,27 @@ def tiny_model(tiny_tokenizer):
     torch.manual_seed(0)
     model, processor = tiny_random(tiny_tokenizer)
     return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model, tmp_path_factory):
+    """A CLIPModel, a Dinov2Model and a Qwen2 LM + tokenizer saved in their published formats."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+
+    model, proc = tiny_model
+    root = tmp_path_factory.mktemp("components")
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=CLIPTextConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+            ),
+            vision_config=model.config.clip_config.to_dict(),
+            projection_dim=16,
+        )
+    )
+    clip.vision_model.load_state_dict(model.vision_tower.clip.state_dict(), strict=False)
+    clip.save_pretrained(root / "clip")
+    model.vision_tower.dino.save_pretrained(root / "dino")
+    model.language_model.save_pretrained(root / "llm")
+    proc.tokenizer.save_pretrained(root / "llm")
+    return {"clip": root / "clip", "dino": root / "dino", "llm": root / "llm"}

@@ -103,33 +103,15 @@ def test_save_load_round_trip_identical_logits_via_auto_classes(tiny_model, tmp_
         torch.testing.assert_close(model(**b1).logits, loaded(**b2).logits, rtol=0, atol=0)
 
 
-def test_assemble_from_three_checkpoints_offline(tiny_model, tmp_path):
-    """Save a CLIPModel, a Dinov2Model and a Qwen2 LM + tokenizer as their real formats; assemble offline."""
-    model, proc = tiny_model
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
-
-    cfg = model.config
-    clip_full = CLIPModel(
-        CLIPConfig(
-            text_config=CLIPTextConfig(
-                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
-            ),
-            vision_config=cfg.clip_config.to_dict(),
-            projection_dim=16,
-        )
-    )
-    clip_full.vision_model.load_state_dict(model.vision_tower.clip.state_dict(), strict=False)
-    clip_full.save_pretrained(tmp_path / "clip")
-    model.vision_tower.dino.save_pretrained(tmp_path / "dino")
-    model.language_model.save_pretrained(tmp_path / "llm")
-    proc.tokenizer.save_pretrained(tmp_path / "llm")
+def test_assemble_from_three_checkpoints_offline(tiny_components):
+    """A CLIPModel, a Dinov2Model and a Qwen2 LM + tokenizer in their real formats, assembled offline."""
+    paths = {k: str(v) for k, v in tiny_components.items()}
     script = textwrap.dedent(
         f"""
         import torch
         from PIL import Image
         from tinygroundinggpt.model.presets import assemble
-        m, p = assemble({str(tmp_path / "clip")!r}, {str(tmp_path / "dino")!r}, {str(tmp_path / "llm")!r},
-                        object_grid=2)
+        m, p = assemble({paths["clip"]!r}, {paths["dino"]!r}, {paths["llm"]!r}, object_grid=2)
         assert m.config.image_size == 64 and m.config.use_dino
         b = p(["Output the coordinate of <object:0>."], [Image.new("RGB", (64, 32))], boxes=[[(0, 0, 10, 10)]])
         out = m.generate(**b, max_new_tokens=3, do_sample=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +24,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.set_defaults(func=_train)
 
+    a = sub.add_parser("ablate", help="a paper ablation in miniature: table3, table4 or table10")
+    a.add_argument("name", choices=("table3", "table4", "table10"))
+    a.add_argument("--data-root", required=True, help="training world (or converted data)")
+    a.add_argument("--eval-root", required=True, help="held-out world with the REC and POPE sets")
+    a.add_argument("--out", required=True)
+    a.add_argument("--preset", default="tiny")
+    for name in ("clip", "dino", "llm"):
+        a.add_argument(f"--{name}", help=f"{name} checkpoint instead of the preset's")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every stage's recipe")
+    a.set_defaults(func=_ablate)
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from tinygroundinggpt.training.ablations import run_ablation
+
+    components = {k: getattr(args, k) for k in ("clip", "dino", "llm") if getattr(args, k)}
+    result = run_ablation(
+        args.name, args.out, args.data_root, args.eval_root, preset=args.preset, components=components,
+        overrides=args.set,
+    )  # fmt: skip
+    print(Path(args.out, "ablation.md").read_text())
+    return 0 if result["results"] else 1
+
 
 def _deepspeed_config(name: str | None) -> str | None:
-    from pathlib import Path
-
     if name in (None, "zero2", "zero3"):
         return None if name is None else str(Path(__file__).resolve().parent / "configs" / f"{name}.json")
     return name

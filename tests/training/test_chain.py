@@ -1,0 +1,44 @@
+import json
+
+from tinygroundinggpt.cli import main
+from tinygroundinggpt.training.engine import is_complete
+from tinygroundinggpt.world import write_world
+
+QUICK = ["--set", "max_steps=1", "--set", "batch_size=2", "--set", "save_steps=100"]
+
+
+def _components(paths):
+    return ["--clip", str(paths["clip"]), "--dino", str(paths["dino"]), "--llm", str(paths["llm"])]
+
+
+def test_chain_runs_four_stages_from_three_checkpoints_and_resumes(world, tiny_components, tmp_path, capsys):
+    out = tmp_path / "chain"
+    args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), *QUICK]
+    assert main([*args, *_components(tiny_components)]) == 0
+    for stage in ("stage1a", "stage1b", "stage2", "stage3"):
+        assert is_complete(out / stage)
+    summary = json.loads((out / "chain_report.json").read_text())
+    assert summary["final"] == str(out / "stage3") and set(summary["stages"]) == {
+        "stage1a",
+        "stage1b",
+        "stage2",
+        "stage3",
+    }
+    stamp = (out / "stage2" / "model.safetensors").stat().st_mtime_ns
+    assert main([*args, *_components(tiny_components)]) == 0  # a finished chain skips every stage
+    assert (out / "stage2" / "model.safetensors").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+
+
+def test_table10_ablation_reports_both_encoders_side_by_side(world, tiny_components, tmp_path, capsys):
+    heldout = tmp_path / "heldout"
+    write_world(heldout, n_train=0, n_eval=2, seed=11, image_size=64, progress=False)
+    out = tmp_path / "ablation"
+    args = ["ablate", "table10", "--data-root", str(world), "--eval-root", str(heldout), "--out", str(out)]
+    assert main([*args, *QUICK, *_components(tiny_components)]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["results"]) == {"CLIP", "CLIP + DINOv2"}
+    clip_only = json.loads((out / "CLIP" / "stage1a" / "config.json").read_text())
+    assert clip_only["use_dino"] is False
+    assert "| CLIP + DINOv2 |" in (out / "ablation.md").read_text()
+    capsys.readouterr()
