@@ -111,6 +111,7 @@ def patch_features(kind: str, path: Path | None, samples: list[corpus.WorldSampl
         processor = AutoImageProcessor.from_pretrained(path)
     else:
         trained = Dinov2Model.from_pretrained(path, dtype=torch.float32)
+        torch.manual_seed(0)  # the same random control for the probe-fit and the held-out scenes
         model = trained if kind == "dinov2" else Dinov2Model(Dinov2Config.from_pretrained(path)).float()
         model.eval()
         processor = AutoImageProcessor.from_pretrained(path)
@@ -126,16 +127,34 @@ def patch_features(kind: str, path: Path | None, samples: list[corpus.WorldSampl
     return torch.cat(feats)
 
 
+def same_object_auc(features: torch.Tensor, labels: np.ndarray) -> float:
+    """Fig. 6 in miniature: for each object patch, how often (%) a patch of the same object is more
+    cosine-similar to it than a patch elsewhere in the image (an AUC; 50 = no locality)."""
+    feats = features.view(len(labels), labels.shape[1], -1)
+    feats = torch.nn.functional.normalize(feats - feats.mean((0, 1)), dim=-1)
+    aucs = []
+    for f, lab in zip(feats, torch.from_numpy(labels), strict=True):
+        sim = f @ f.T
+        for p in torch.nonzero(lab >= 0).flatten():
+            same = lab == lab[p]
+            same[p] = False
+            other = lab != lab[p]
+            if same.any():
+                aucs.append((sim[p][same][:, None] > sim[p][other][None, :]).float().mean().item())
+    return 100 * float(np.mean(aucs))
+
+
 def linear_probe(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, y_test: np.ndarray) -> float:
     """Balanced test accuracy (%, mean recall over classes) of a multinomial logistic regression on
     standardised features (L-BFGS); balanced, because most patches are background."""
     keep_tr, keep_te = y_train >= 0, y_test >= 0
-    xtr, xte = x_train[torch.from_numpy(keep_tr)], x_test[torch.from_numpy(keep_te)]
+    # float64: L-BFGS's line search is fragile in float32 on badly conditioned (e.g. random) features.
+    xtr, xte = x_train[torch.from_numpy(keep_tr)].double(), x_test[torch.from_numpy(keep_te)].double()
     ytr, yte = torch.from_numpy(y_train[keep_tr]), torch.from_numpy(y_test[keep_te])
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     torch.manual_seed(0)
-    clf = torch.nn.Linear(xtr.shape[1], int(max(ytr.max(), yte.max())) + 1)
+    clf = torch.nn.Linear(xtr.shape[1], int(max(ytr.max(), yte.max())) + 1).double()
     opt = torch.optim.LBFGS(clf.parameters(), lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -176,7 +195,7 @@ def qwen2_quality(path: Path, samples: list[corpus.WorldSample], seed: int, n_an
     well_formed = sum(_valid_box_answer(a) for a in answers)
     describe = [{"role": "user", "content": "<image>\nDescribe the image with the coordinates of every object."}]
     enc = tokenizer.apply_chat_template(describe, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    desc = model.generate(**enc, max_new_tokens=120, do_sample=False)
+    desc = model.generate(**enc, max_new_tokens=160, do_sample=False)
     return {
         "perplexity": math.exp(nll / count),
         "tokens": count,
@@ -224,14 +243,17 @@ def main() -> None:
         "tiny DINOv2 last_hidden_state": ("dinov2", args.assets / "dinov2"),
         "random-init DINOv2 (control)": ("random", args.assets / "dinov2"),
     }
-    print(f"{'features':32s} {'object?':>8s} {'colour':>8s} {'pattern':>8s} {'shape':>8s}")
-    print(f"{'chance':32s} " + " ".join(f"{100 / len(np.unique(y_test[t][y_test[t] >= 0])):8.1f}" for t in y_fit))
+    test_labels = np.stack([patch_labels(s) for s in heldout])
+    print(f"{'features':32s} {'object?':>8s} {'colour':>8s} {'pattern':>8s} {'shape':>8s} {'same-obj':>8s}")
+    chance = [100 / len(np.unique(y_test[t][y_test[t] >= 0])) for t in y_fit] + [50.0]
+    print(f"{'chance':32s} " + " ".join(f"{c:8.1f}" for c in chance))
     for name, (kind, path) in encoders.items():
         f_fit, f_test = patch_features(kind, path, probe_fit), patch_features(kind, path, heldout)
         accs = [linear_probe(f_fit, y_fit[t], f_test, y_test[t]) for t in y_fit]
+        accs.append(same_object_auc(f_test, test_labels))
         print(f"{name:32s} " + " ".join(f"{a:8.1f}" for a in accs))
     print("(balanced accuracy; a patch holds an object when one covers >= 1/4 of it; colour / pattern / shape")
-    print(" are probed on those patches only)")
+    print(" are probed on those patches only; same-obj: Fig. 6's cosine-similarity map as an AUC, see same_object_auc)")
 
     q = qwen2_quality(args.assets / "qwen2", heldout, base, args.answers)
     print(f"\n## tiny Qwen2: held-out perplexity {q['perplexity']:.3f} over {q['tokens']} tokens")

@@ -102,10 +102,19 @@ def test_patchify_follows_the_patch_token_order():
     assert torch.equal(patches[0, 2], x[0, :, 8:16, 0:8].reshape(-1))
 
 
-def test_random_patch_mask_covers_the_drawn_share():
-    mask = dinov2.random_patch_mask(500, 64, 0.3, 0.6, torch.Generator().manual_seed(0))
+def test_block_patch_mask_covers_the_drawn_share_in_blocks():
+    mask = dinov2.block_patch_mask(300, 8, 0.5, 0.8, torch.Generator().manual_seed(0))
     share = mask.float().mean(1)
-    assert share.min() >= 0.29 and share.max() <= 0.61
+    # the last block may overshoot the drawn share by at most one block (16 patches)
+    assert share.min() >= 0.5 and share.max() <= 0.8 + 16 / 64
+    # blocks, not scattered patches: most masked patches have a masked 4-neighbour
+    grid = mask.view(-1, 8, 8)
+    neighbour = torch.zeros_like(grid)
+    neighbour[:, 1:] |= grid[:, :-1]
+    neighbour[:, :-1] |= grid[:, 1:]
+    neighbour[:, :, 1:] |= grid[:, :, :-1]
+    neighbour[:, :, :-1] |= grid[:, :, 1:]
+    assert (grid & neighbour).sum() / grid.sum() > 0.95
 
 
 def test_qwen2_trains_and_loads_as_published(samples, tmp_path):

@@ -36,8 +36,8 @@ PATCH_SIZE = 8
 class ClipRecipe:
     """Sizes and optimisation of the tiny CLIP; the defaults are what the shipped checkpoint used."""
 
-    steps: int = 1500
-    batch_size: int = 128
+    steps: int = 800
+    batch_size: int = 64
     lr: float = 1e-3
     vocab_size: int = 512
     max_text_len: int = 48

@@ -28,7 +28,7 @@ Document = str | list[dict[str, str]]
 class Qwen2Recipe:
     """Sizes and optimisation of the tiny Qwen2; the defaults are what the shipped checkpoint used."""
 
-    steps: int = 1500
+    steps: int = 600
     batch_size: int = 32
     block_size: int = 128
     lr: float = 3e-3
