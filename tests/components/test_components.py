@@ -167,3 +167,7 @@ def test_tgg_components_all_writes_three_checkpoints(tmp_path):
     assert Dinov2Model.from_pretrained(tmp_path / "dinov2", local_files_only=True).config.image_size == 64
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "qwen2", local_files_only=True).config.model_type == "qwen2"
     assert AutoTokenizer.from_pretrained(tmp_path / "qwen2", local_files_only=True).chat_template == CHATML_TEMPLATE
+    # 'all' trains each component exactly as its own command does (each reseeds from --seed).
+    one = tmp_path / "dinov2_alone"
+    assert main(["components", "dinov2", "--out", str(one), "--seed", "1", "--scenes", "24", "--steps", "2"]) == 0
+    assert (one / "model.safetensors").read_bytes() == (tmp_path / "dinov2" / "model.safetensors").read_bytes()

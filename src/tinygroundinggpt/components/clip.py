@@ -77,6 +77,7 @@ def clip_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizer
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
     )
     tok.eos_token = EOS
+    tok.chat_template = None  # a text encoder has no chat turns (CLIP's tokenizer ships none)
     return tok
 
 
