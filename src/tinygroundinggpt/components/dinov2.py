@@ -48,12 +48,8 @@ class Dinov2Recipe:
     lr: float = 1e-3
     hidden: int = 96
     layers: int = 4
-    mask_min: float = 0.3
-    mask_max: float = 0.6
-    prototypes: int = 64
-    ibot_weight: float = 1.0
-    block_mask: bool = False
-    ema_start: float = 0.99
+    mask_min: float = 0.5
+    mask_max: float = 0.8
 
 
 @dataclass
