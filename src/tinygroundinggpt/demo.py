@@ -100,7 +100,7 @@ def run_demo(
     *,
     model: str | Path | None = None,
     train: bool = False,
-    n_eval: int = 100,
+    n_eval: int = 40,
     seed: int = DEMO_SEED,
     batch_size: int = 32,
     progress: bool = True,
@@ -144,7 +144,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (report.json, report.md, predictions.png)")
     p.add_argument("--train", action="store_true", help="first reproduce the checkpoint from the tiny components")
     p.add_argument("--model", help="evaluate this checkpoint instead of the shipped one")
-    p.add_argument("--n-eval", type=int, default=100, help="fresh evaluation scenes (half val, half test)")
+    p.add_argument("--n-eval", type=int, default=40, help="fresh evaluation scenes (half val, half test)")
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.set_defaults(func=_demo)
 
