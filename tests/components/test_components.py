@@ -29,6 +29,16 @@ from tinygroundinggpt.components.tokenizer import CHATML_TEMPLATE, EOS, IM_END
 GRID = 8 * 8
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small gain nothing from a second thread, and a second thread slows them 10-20x
+    when the cores are shared with other jobs (measured: 15 s vs 6 min for this file)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def samples() -> list[corpus.WorldSample]:
     return corpus.world_samples(seed=7, count=48)
