@@ -62,13 +62,18 @@ class TinyGroundingGPTPipeline:
     ) -> None:
         self.model = model.eval()
         self.processor = processor
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else next(model.parameters()).device
+        self.device = torch.device(device)
         self.model.to(self.device)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None
     ) -> TinyGroundingGPTPipeline:
+        if dtype is None:  # checkpoints may ship in bf16; CPUs compute fp32 faster and exactly
+            on_gpu = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+            dtype = torch.bfloat16 if on_gpu else torch.float32
         model = TinyGroundingGPTForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
         processor = TinyGroundingGPTProcessor.from_pretrained(str(path))
         return cls(model, processor, device)

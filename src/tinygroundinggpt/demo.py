@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.eval.runner import PredictionCache, evaluate
+from tinygroundinggpt.eval.runner import evaluate
 from tinygroundinggpt.eval.task import get_task
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "tiny" / "tinygroundinggpt"
@@ -70,7 +70,8 @@ def markdown(summary: dict[str, Any]) -> str:
 def prediction_sheet(world_dir: Path, eval_dir: Path, task_name: str, n: int = 12, cell: int = 224) -> Image.Image:
     """The first ``n`` REC items drawn: true box green, predicted box red, expression underneath."""
     items = get_task(task_name).load(world_dir)[:n]
-    answers = PredictionCache(eval_dir / "predictions" / task_name).read()
+    scored = (eval_dir / "scores" / f"{task_name}.jsonl").read_text(encoding="utf-8").splitlines()
+    answers = {row["id"]: row["answer"] for row in map(json.loads, scored)}
     cols = 4
     rows = (len(items) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * cell, rows * (cell + 28)), (255, 255, 255))
@@ -83,7 +84,7 @@ def prediction_sheet(world_dir: Path, eval_dir: Path, task_name: str, n: int = 1
         sheet.paste(img.resize((w, h), Image.NEAREST), (ox, oy))
 
         drawn = [(tuple(item.reference["box"]), (0, 200, 0))]
-        pred = bx.parse_first_box(answers.get(item.id, {}).get("answer", ""))
+        pred = bx.parse_first_box(answers.get(item.id, ""))
         if pred is not None:
             drawn.append((bx.model_to_pixel(pred, img.width, img.height), (230, 0, 0)))
         for box, colour in drawn:
