@@ -38,12 +38,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _ablate(args: argparse.Namespace) -> int:
     from tinygroundinggpt.training.ablations import run_ablation
+    from tinygroundinggpt.training.engine import finish_distributed
 
     components = {k: getattr(args, k) for k in ("clip", "dino", "llm") if getattr(args, k)}
     result = run_ablation(
         args.name, args.out, args.data_root, args.eval_root, preset=args.preset, components=components,
         overrides=args.set,
     )  # fmt: skip
+    finish_distributed()
     print(Path(args.out, "ablation.md").read_text())
     return 0 if result["results"] else 1
 
@@ -59,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
     import logging
 
     from tinygroundinggpt.training.chain import load_checkpoint, run_chain
-    from tinygroundinggpt.training.engine import train_stage
+    from tinygroundinggpt.training.engine import finish_distributed, train_stage
     from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -80,6 +82,7 @@ def _train(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             **extra,
         )
+        finish_distributed()
         print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
         return 0
     stage_overrides = tiny_overrides().get(args.recipe, {}) if args.preset == "tiny" else {}
@@ -95,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     report = train_stage(
         recipe, model, processor, args.out, data_root=args.data_root, resume=not args.no_resume, **extra
     )
+    finish_distributed()
     print(json.dumps({k: report[k] for k in ("stage", "train_loss", "global_step", "wall_seconds")}, indent=2))
     if report["skipped"] or report["replaced"]:
         n_skip, n_repl = len(report["skipped"]), len(report["replaced"])

@@ -190,6 +190,14 @@ class _CompleteMarker(TrainerCallback):
                 _mark_complete(folder, {"global_step": state.global_step})
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then tear the process group down: a rank leaving early while rank 0 still
+    saves was seen to abort at exit ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
