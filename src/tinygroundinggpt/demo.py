@@ -25,8 +25,10 @@ TRAIN_SEED = 7
 REC_TASKS = {"heldout": ("world_rec_val", "world_rec_test"),
              "compositional": ("world_rec_compositional_val", "world_rec_compositional_test")}  # fmt: skip
 POPE_TASKS = ("world_pope_random", "world_pope_popular", "world_pope_adversarial")
-# What `tgg demo --train` trains on; the shipped checkpoint was made with exactly these.
+# What `tgg demo --train` trains on; the shipped checkpoint was made with exactly these. The tiny
+# recipes read the one-object world from <train world>/easy (recipes/tiny.yaml, stage 2).
 TRAIN_WORLD = {"n_train": 6000, "n_eval": 0, "image_size": 64}
+EASY_WORLD = {"n_train": 3000, "n_eval": 0, "image_size": 64, "min_objects": 1, "max_objects": 1}
 
 
 def _pooled(results: dict[str, Any], tasks: tuple[str, ...], metric: str) -> float:
@@ -119,6 +121,7 @@ def run_demo(
         t0 = time.perf_counter()
         train_world = out / "train_world"
         write_world(train_world, seed=TRAIN_SEED, progress=progress, **TRAIN_WORLD)
+        write_world(train_world / "easy", seed=TRAIN_SEED + 1, progress=progress, **EASY_WORLD)
         chain = run_chain(out / "train", train_world, preset="tiny", disable_tqdm=not progress)
         model = chain["final"]
         summary["train_minutes"] = round((time.perf_counter() - t0) / 60, 2)

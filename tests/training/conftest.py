@@ -14,6 +14,8 @@ from tinygroundinggpt.world import STAGE_FILES, write_world
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     write_world(root, n_train=24, n_eval=4, seed=3, image_size=64, progress=False)
+    # the tiny recipes' stage 2 also reads a one-object world from <root>/easy
+    write_world(root / "easy", n_train=8, n_eval=0, seed=4, image_size=64, min_objects=1, max_objects=1, progress=False)
     return root
 
 
