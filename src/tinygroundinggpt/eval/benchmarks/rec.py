@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import functools
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 from tinygroundinggpt import boxes
+from tinygroundinggpt.data.converters.refcoco import load_refs
 from tinygroundinggpt.eval.task import Item, Task, register, require
 
 THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
@@ -79,9 +79,7 @@ def _read_refer(folder: str, refs_name: str) -> tuple[list[dict], dict[int, dict
     root = Path(folder)
     refs_path = require(root / refs_name, "REC refs")
     inst_path = require(root / "instances.json", "REC instances")
-    with refs_path.open("rb") as fh:
-        # The published pickles were written by Python 2; latin1 reads their byte strings as text.
-        refs = pickle.load(fh, encoding="latin1")
+    refs = load_refs(refs_path)  # plain data only: a refs pickle cannot run code here
     inst = json.loads(inst_path.read_text(encoding="utf-8"))
     anns = {a["id"]: a for a in inst["annotations"]}
     images = {im["id"]: im for im in inst["images"]}
