@@ -25,9 +25,8 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTraine
 
 from tinygroundinggpt.components.tokenizer import EOS, train_tokenizer
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
+from tinygroundinggpt.model.configuration_tinygroundinggpt import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 

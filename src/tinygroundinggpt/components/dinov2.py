@@ -30,9 +30,8 @@ from PIL import Image
 from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
+from tinygroundinggpt.model.configuration_tinygroundinggpt import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 VISIBLE_WEIGHT = 0.25
