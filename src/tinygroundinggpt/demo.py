@@ -3,7 +3,7 @@
 ``tgg demo`` generates held-out scenes from a seed no training run used, answers their REC and POPE
 questions through the evaluation suite, and writes ``report.json``, ``report.md`` and
 ``predictions.png`` (true boxes green, predicted boxes red). ``tgg demo --train`` first reproduces the
-shipped checkpoint: world → stages 1a → 1b → 2 → 3 from the shipped tiny components.
+shipped checkpoint: world → stages 1a → 1b → 2 (one-object scenes first) → 3 from the shipped tiny components.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ REC_TASKS = {"heldout": ("world_rec_val", "world_rec_test"),
              "compositional": ("world_rec_compositional_val", "world_rec_compositional_test")}  # fmt: skip
 POPE_TASKS = ("world_pope_random", "world_pope_popular", "world_pope_adversarial")
 # What `tgg demo --train` trains on; the shipped checkpoint was made with exactly these. The tiny
-# recipes read the one-object world from <train world>/easy (recipes/tiny.yaml, stage 2).
-TRAIN_WORLD = {"n_train": 6000, "n_eval": 0, "image_size": 64}
-EASY_WORLD = {"n_train": 3000, "n_eval": 0, "image_size": 64, "min_objects": 1, "max_objects": 1}
+# recipes read the one-object world from <train world>/easy (recipes/tiny.yaml, stage2_easy).
+TRAIN_WORLD = {"n_train": 12000, "n_eval": 0, "image_size": 64}
+EASY_WORLD = {"n_train": 20000, "n_eval": 0, "image_size": 64, "min_objects": 1, "max_objects": 1}
 
 
 def _pooled(results: dict[str, Any], tasks: tuple[str, ...], metric: str) -> float:

@@ -11,19 +11,16 @@ def _components(paths):
     return ["--clip", str(paths["clip"]), "--dino", str(paths["dino"]), "--llm", str(paths["llm"])]
 
 
-def test_chain_runs_four_stages_from_three_checkpoints_and_resumes(world, tiny_components, tmp_path, capsys):
+def test_tiny_chain_runs_every_stage_from_three_checkpoints_and_resumes(world, tiny_components, tmp_path, capsys):
     out = tmp_path / "chain"
     args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), *QUICK]
     assert main([*args, *_components(tiny_components)]) == 0
-    for stage in ("stage1a", "stage1b", "stage2", "stage3"):
-        assert is_complete(out / stage)
+    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage3")
+    assert all(is_complete(out / stage) for stage in stages)
     summary = json.loads((out / "chain_report.json").read_text())
-    assert summary["final"] == str(out / "stage3") and set(summary["stages"]) == {
-        "stage1a",
-        "stage1b",
-        "stage2",
-        "stage3",
-    }
+    assert summary["final"] == str(out / "stage3") and set(summary["stages"]) == set(stages)
+    easy = json.loads((out / "stage2_easy" / "train_report.json").read_text())
+    assert easy["stage"] == "stage2_easy" and list(easy["data"]) == [str(world / "easy" / "stage2_tc.jsonl")]
     stamp = (out / "stage2" / "model.safetensors").stat().st_mtime_ns
     assert main([*args, *_components(tiny_components)]) == 0  # a finished chain skips every stage
     assert (out / "stage2" / "model.safetensors").stat().st_mtime_ns == stamp

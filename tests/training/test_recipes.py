@@ -3,7 +3,7 @@ import torch
 
 from tinygroundinggpt.training.chain import load_checkpoint
 from tinygroundinggpt.training.engine import train_stage
-from tinygroundinggpt.training.recipe import STAGES, RecipeError, load_recipe, tiny_overrides
+from tinygroundinggpt.training.recipe import STAGES, RecipeError, chain_stages, load_recipe, stage_recipe
 
 
 def test_shipped_recipes_hold_the_papers_values():
@@ -17,7 +17,20 @@ def test_shipped_recipes_hold_the_papers_values():
     assert all(r[s].warmup == 0.03 and r[s].weight_decay == 0 and r[s].schedule == "cosine" for s in STAGES)
     assert all(r[s].mode("vision_tower") == "frozen" for s in STAGES)
     assert {d.path for d in r["stage2"].data} == {"stage2_tc.jsonl", "stage2_ic.jsonl", "stage2_ti.jsonl"}
-    assert set(tiny_overrides()) <= set(STAGES)
+
+
+def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
+    chain = chain_stages(tiny=True)
+    assert chain_stages() == STAGES and [s for s in chain if s in STAGES] == list(STAGES)
+    assert chain.index("stage2_easy") == chain.index("stage2") - 1
+    easy, stage2 = stage_recipe("stage2_easy", tiny=True), stage_recipe("stage2", tiny=True)
+    # a variant of the paper's stage 2 under its own name: same modules, one-object data only
+    assert easy.name == "stage2_easy" and easy.modules == stage2.modules == load_recipe("stage2").modules
+    assert [d.path for d in easy.data] == ["easy/stage2_tc.jsonl"]
+    assert stage_recipe("stage2_easy", ["max_steps=7"], tiny=True).max_steps == 7
+    assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
+    with pytest.raises(RecipeError, match="no recipe"):
+        stage_recipe("stage2_easy")  # only the tiny preset has it
 
 
 def test_overrides_and_errors():

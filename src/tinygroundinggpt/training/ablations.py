@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygroundinggpt.training.chain import run_chain
-from tinygroundinggpt.training.recipe import STAGES
+from tinygroundinggpt.training.recipe import chain_stages
 
 # variant name → (first stage that differs, per-stage overrides, component overrides)
 ABLATIONS: dict[str, dict[str, tuple[str, dict[str, list[str]], dict[str, Any]]]] = {
@@ -57,26 +57,27 @@ def run_ablation(
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
     out = Path(out_dir)
-    common = {s: list(overrides or []) for s in STAGES}
+    stages = chain_stages(preset == "tiny")
+    common = {s: list(overrides or []) for s in stages}
     rows: dict[str, dict[str, float]] = {}
     for variant, (first, stage_overrides, variant_components) in ABLATIONS[name].items():
         slug = variant.replace(" ", "_").replace(",", "").replace("+", "plus")
-        split = STAGES.index(first)
+        split = stages.index(first)
         shared = out / "shared"
         if split:
             run_chain(
-                shared, data_root, preset=preset, stages=STAGES[:split], overrides=common, components=components,
+                shared, data_root, preset=preset, stages=stages[:split], overrides=common, components=components,
                 **training_kwargs,
             )  # fmt: skip
-        ov = {s: common[s] + stage_overrides.get(s, []) for s in STAGES}
+        ov = {s: common[s] + stage_overrides.get(s, []) for s in stages}
         result = run_chain(
             out / slug,
             data_root,
             preset=preset,
-            stages=STAGES[split:],
+            stages=stages[split:],
             overrides=ov,
             components={**(components or {}), **variant_components},
-            init=shared / STAGES[split - 1] if split else None,
+            init=shared / stages[split - 1] if split else None,
             **training_kwargs,
         )
         pipe = TinyGroundingGPTPipeline.from_pretrained(result["final"])

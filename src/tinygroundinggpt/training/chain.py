@@ -1,4 +1,5 @@
-"""The paper's stage chain: 1a → 1b → 2 → 3, each stage starting from the previous stage's output.
+"""The paper's stage chain: 1a → 1b → 2 → 3, each stage starting from the previous stage's output
+(the tiny preset's chain adds easier stages; ``recipes/tiny.yaml``).
 
 Each stage writes an ordinary checkpoint to ``<out>/<stage>``; a stage already marked complete is
 skipped, so a killed chain resumes where it stopped (inside a stage, from its last checkpoint).
@@ -15,7 +16,7 @@ from typing import Any
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 from tinygroundinggpt.model.presets import assemble_preset
 from tinygroundinggpt.training.engine import is_complete, train_stage
-from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
+from tinygroundinggpt.training.recipe import chain_stages, stage_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,14 @@ def run_chain(
     *,
     preset: str = "tiny",
     components: dict[str, Any] | None = None,
-    stages: tuple[str, ...] = STAGES,
+    stages: tuple[str, ...] | None = None,
     overrides: dict[str, list[str]] | None = None,
     use_tiny_overrides: bool | None = None,
     init: str | Path | None = None,
     **training_kwargs: Any,
 ) -> dict[str, Any]:
-    """Run ``stages`` in order; returns {stage: report} and writes ``<out>/chain_report.json``.
+    """Run ``stages`` (default: the preset's whole chain) in order; returns {stage: report} and writes
+    ``<out>/chain_report.json``.
 
     ``components`` overrides the preset's checkpoints (keys clip, dino, llm and assembly options;
     ``dino=None`` for the CLIP-only ablation). ``init`` starts the first stage from a checkpoint
@@ -48,7 +50,7 @@ def run_chain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tiny = preset == "tiny" if use_tiny_overrides is None else use_tiny_overrides
-    per_stage = tiny_overrides() if tiny else {}
+    stages = chain_stages(tiny) if stages is None else stages
     reports: dict[str, Any] = {}
     previous: Path | None = Path(init) if init else None
     t0 = time.perf_counter()
@@ -59,9 +61,7 @@ def run_chain(
             reports[stage] = json.loads((stage_out / "train_report.json").read_text())
             previous = stage_out
             continue
-        recipe = load_recipe(
-            stage, {**per_stage.get(stage, {}), **dict(o.split("=", 1) for o in (overrides or {}).get(stage, []))}
-        )
+        recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
         if previous is None:
             if recipe.init != "assemble":
                 raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")

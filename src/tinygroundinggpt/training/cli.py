@@ -11,8 +11,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, help="folder the recipes' data paths are relative to")
     p.add_argument("--out", required=True, help="output folder (a stage's checkpoint, or one folder per stage)")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--recipe", help="a shipped stage (stage1a, stage1b, stage2, stage3) or a recipe YAML")
-    what.add_argument("--chain", action="store_true", help="run stage1a → stage1b → stage2 → stage3")
+    what.add_argument(
+        "--recipe",
+        help="a shipped stage (stage1a, stage1b, stage2, stage3), a tiny-chain stage (stage2_easy) or a recipe YAML",
+    )
+    what.add_argument("--chain", action="store_true", help="run stage1a → 1b → 2 → 3 (tiny preset: → 2_easy → 2 → 3)")
     p.add_argument("--init", help="checkpoint to start from (required for a single stage other than stage1a)")
     p.add_argument("--preset", default="tiny", help="components for stage1a: tiny, 1.5b, 3b or 7b")
     p.add_argument("--clip", help="CLIP checkpoint (Hub id or path) instead of the preset's")
@@ -62,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from tinygroundinggpt.training.chain import load_checkpoint, run_chain
     from tinygroundinggpt.training.engine import finish_distributed, train_stage
-    from tinygroundinggpt.training.recipe import STAGES, load_recipe, tiny_overrides
+    from tinygroundinggpt.training.recipe import chain_stages, stage_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     extra = {"deepspeed": _deepspeed_config(args.deepspeed)} if args.deepspeed else {}
@@ -70,7 +73,7 @@ def _train(args: argparse.Namespace) -> int:
     if components.get("dino") == "none":
         components["dino"] = None
     if args.chain:
-        stages = tuple(args.stages.split(",")) if args.stages else STAGES
+        stages = tuple(args.stages.split(",")) if args.stages else chain_stages(args.preset == "tiny")
         result = run_chain(
             args.out,
             args.data_root,
@@ -85,8 +88,7 @@ def _train(args: argparse.Namespace) -> int:
         finish_distributed()
         print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
         return 0
-    stage_overrides = tiny_overrides().get(args.recipe, {}) if args.preset == "tiny" else {}
-    recipe = load_recipe(args.recipe, {**stage_overrides, **dict(s.split("=", 1) for s in args.set)})
+    recipe = stage_recipe(args.recipe, args.set, tiny=args.preset == "tiny")
     if args.init:
         model, processor = load_checkpoint(args.init)
     elif recipe.init == "assemble":

@@ -124,6 +124,30 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | dict[str, Any] 
     return Recipe(**raw)
 
 
+def _tiny_yaml() -> dict[str, Any]:
+    return yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
+
+
 def tiny_overrides() -> dict[str, dict[str, Any]]:
     """Per-stage deviations of the tiny CPU preset from the paper's values (reasons in the YAML)."""
-    return yaml.safe_load((RECIPES_DIR / "tiny.yaml").read_text())
+    return {k: v for k, v in _tiny_yaml().items() if k != "chain"}
+
+
+def chain_stages(tiny: bool = False) -> tuple[str, ...]:
+    """The stages a chain runs: the paper's four, or the tiny preset's list (which adds easier stages)."""
+    return tuple(_tiny_yaml()["chain"]) if tiny else STAGES
+
+
+def stage_recipe(
+    stage: str | Path, overrides: list[str] | dict[str, Any] | None = None, *, tiny: bool = False
+) -> Recipe:
+    """A chain stage's recipe: the shipped stage (or a YAML file), with the tiny preset's deviations when
+    ``tiny``, then ``overrides``. A stage only the tiny chain has (e.g. ``stage2_easy``) names the shipped
+    stage it is a variant of with ``recipe:`` in tiny.yaml, and keeps its own name."""
+    tiny_stage = dict(tiny_overrides().get(str(stage), {})) if tiny else {}
+    base = tiny_stage.pop("recipe", stage)
+    extra = overrides.items() if isinstance(overrides, dict) else (o.split("=", 1) for o in overrides or [])
+    recipe = load_recipe(base, {**tiny_stage, **dict(extra)})
+    if base != stage:
+        recipe.name = str(stage)
+    return recipe
