@@ -31,6 +31,8 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
     with pytest.raises(RecipeError, match="no recipe"):
         stage_recipe("stage2_easy")  # only the tiny preset has it
+    with pytest.raises(RecipeError, match="key=value"):
+        stage_recipe("stage2", ["max_steps"], tiny=True)
 
 
 def test_overrides_and_errors():

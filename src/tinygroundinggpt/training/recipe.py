@@ -146,8 +146,14 @@ def stage_recipe(
     stage it is a variant of with ``recipe:`` in tiny.yaml, and keeps its own name."""
     tiny_stage = dict(tiny_overrides().get(str(stage), {})) if tiny else {}
     base = tiny_stage.pop("recipe", stage)
-    extra = overrides.items() if isinstance(overrides, dict) else (o.split("=", 1) for o in overrides or [])
-    recipe = load_recipe(base, {**tiny_stage, **dict(extra)})
+    if isinstance(overrides, dict):
+        extra = overrides
+    else:
+        bad = [o for o in overrides or [] if "=" not in o]
+        if bad:
+            raise RecipeError(f"override must look like key=value, got {bad[0]!r}")
+        extra = dict(o.split("=", 1) for o in overrides or [])
+    recipe = load_recipe(base, {**tiny_stage, **extra})
     if base != stage:
         recipe.name = str(stage)
     return recipe
