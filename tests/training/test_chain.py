@@ -15,7 +15,7 @@ def test_tiny_chain_runs_every_stage_from_three_checkpoints_and_resumes(world, t
     out = tmp_path / "chain"
     args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), *QUICK]
     assert main([*args, *_components(tiny_components)]) == 0
-    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage3")
+    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage2_more", "stage3")
     assert all(is_complete(out / stage) for stage in stages)
     summary = json.loads((out / "chain_report.json").read_text())
     assert summary["final"] == str(out / "stage3") and set(summary["stages"]) == set(stages)

@@ -28,6 +28,8 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     assert easy.name == "stage2_easy" and easy.modules == stage2.modules == load_recipe("stage2").modules
     assert [d.path for d in easy.data] == ["easy/stage2_tc.jsonl"]
     assert stage_recipe("stage2_easy", ["max_steps=7"], tiny=True).max_steps == 7
+    more = stage_recipe("stage2_more", tiny=True)  # stage 2 again, same data, lower learning rate
+    assert more.data == stage2.data and more.learning_rate < stage2.learning_rate
     assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
     with pytest.raises(RecipeError, match="no recipe"):
         stage_recipe("stage2_easy")  # only the tiny preset has it

@@ -13,9 +13,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--recipe",
-        help="a shipped stage (stage1a, stage1b, stage2, stage3), a tiny-chain stage (stage2_easy) or a recipe YAML",
+        help="a shipped stage (stage1a, stage1b, stage2, stage3), a stage of the tiny chain (stage2_easy, …) or a YAML",
     )
-    what.add_argument("--chain", action="store_true", help="run stage1a → 1b → 2 → 3 (tiny preset: → 2_easy → 2 → 3)")
+    what.add_argument("--chain", action="store_true", help="run the chain: 1a → 1b → 2 → 3 (tiny: recipes/tiny.yaml)")
     p.add_argument("--init", help="checkpoint to start from (required for a single stage other than stage1a)")
     p.add_argument("--preset", default="tiny", help="components for stage1a: tiny, 1.5b, 3b or 7b")
     p.add_argument("--clip", help="CLIP checkpoint (Hub id or path) instead of the preset's")
