@@ -19,17 +19,15 @@ Objects are 7-24 px in 64 px images (8 px patches), so Acc@0.5 needs sub-patch p
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
+import random
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from tinygroundinggpt.boxes import iou, pixel_to_model
 from tinygroundinggpt.model.presets import assemble_preset
-from tinygroundinggpt.world import write_world
+from tinygroundinggpt.world import SceneConfig, generate_scene
 
 GRID = 64
 
@@ -49,15 +47,31 @@ class BoxProbe(torch.nn.Module):
 
 
 def one_object_scenes(n: int, seed: int) -> tuple[list[Image.Image], torch.Tensor]:
-    with tempfile.TemporaryDirectory() as tmp:
-        write_world(tmp, n, 0, seed=seed, min_objects=1, max_objects=1, progress=False)
-        images, targets = [], []
-        for line in Path(tmp, "scenes.jsonl").read_text().splitlines():
-            scene = json.loads(line)
-            images.append(Image.open(Path(tmp, scene["image"])).convert("RGB"))
-            box = scene["objects"][0]["box"]
-            targets.append(pixel_to_model(box, scene["width"], scene["height"]))
+    """``n`` one-object scenes rendered in memory, with their boxes in the model frame."""
+    rng, config = random.Random(seed), SceneConfig(min_objects=1, max_objects=1)
+    images, targets = [], []
+    for _ in range(n):
+        image, scene = generate_scene(rng, 64, config)
+        images.append(image)
+        targets.append(pixel_to_model(scene.objects[0].box, scene.width, scene.height))
     return images, torch.tensor(targets)
+
+
+def cell_r2(fit_feats: torch.Tensor, test_feats: torch.Tensor) -> tuple[float, float]:
+    """Held-out R² of least-squares linear probes for a patch's grid row and column, from its features alone."""
+    side = int(GRID**0.5)
+    rows, cols = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
+    cell = torch.stack([rows.flatten(), cols.flatten()], -1)
+
+    def design(feats: torch.Tensor) -> torch.Tensor:
+        flat = feats.reshape(-1, feats.shape[-1])
+        return torch.cat([flat, torch.ones(len(flat), 1)], 1)
+
+    weights = torch.linalg.lstsq(design(fit_feats), cell.repeat(len(fit_feats), 1)).solution
+    target = cell.repeat(len(test_feats), 1)
+    err = (design(test_feats) @ weights - target).pow(2).sum(0)
+    r2 = 1 - err / (target - target.mean(0)).pow(2).sum(0)
+    return float(r2[0]), float(r2[1])
 
 
 def scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
@@ -99,11 +113,13 @@ def main() -> None:
     print(f"# box probes on frozen tiny-encoder patch features: {args.scenes} one-object scenes (seed {args.seed}),")
     print(f"# fitted on {n_fit}, scored on {len(images) - n_fit} held out; {args.epochs} epochs; Acc@0.5 / mIoU in %\n")
     base = scores(boxes[:n_fit].mean(0).expand(len(images) - n_fit, 4), boxes[n_fit:])
-    print(f"{'features':24s} {'features only':>20s} {'+ token order':>20s}")
+    print(f"{'features':24s} {'features only':>20s} {'+ token order':>20s} {'row/col R2':>14s}")
     print(f"{'(mean box baseline)':24s} {base[0]:9.1f} / {base[1]:5.1f}      {'':>20s}")
     for name, f in (("CLIP", feats[..., :clip_dim]), ("DINOv2", feats[..., clip_dim:]), ("CLIP + DINOv2", feats)):
         cells = [fit(f, boxes, n_fit, order, args.epochs) for order in (False, True)]
-        print(f"{name:24s} " + " ".join(f"{a:9.1f} / {m:5.1f}     " for a, m in cells))
+        row, col = cell_r2(f[: min(n_fit, 1000)], f[n_fit:])
+        print(f"{name:24s} " + " ".join(f"{a:9.1f} / {m:5.1f}     " for a, m in cells) + f" {row:6.2f} / {col:4.2f}")
+    print("(row/col R2: a least-squares linear probe of each patch's grid row and column from its features alone)")
     print(f"\n(benchmark ran in {time.time() - t0:.0f} s)")
 
 
