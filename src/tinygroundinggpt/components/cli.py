@@ -8,8 +8,9 @@ the captions, the initialisation and the batches all derive from it.
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tinygroundinggpt.components.clip import TrainedClip
@@ -29,6 +30,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenes", type=int, default=DEFAULT_SCENES, help="training scenes to render")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the component's recipe (ClipRecipe, Dinov2Recipe, Qwen2Recipe)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -45,10 +53,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     which = COMPONENTS if args.which == "all" else (args.which,)
+    try:  # before rendering thousands of scenes
+        overrides = parse_overrides(args.set)
+        if args.steps is not None:
+            overrides["steps"] = args.steps
+        for name in which:
+            _recipe(recipe_class(name), overrides)
+    except ValueError as exc:
+        raise SystemExit(f"tgg components: {exc}") from exc
     samples = world_samples(args.seed, args.scenes)
     for name in which:
         out = args.out / name if args.which == "all" else args.out
-        trained = train_component(name, samples, seed=args.seed, steps=args.steps)
+        trained = train_component(name, samples, seed=args.seed, overrides=overrides)
         trained.save(out)
         tail = trained.losses[-20:]
         print(
@@ -57,22 +73,51 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` → ``{key: value}``, values read as YAML scalars (``1``, ``0.5``, ``true``)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set must look like key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def recipe_class(name: str) -> type:
+    """The recipe dataclass of component ``name``."""
+    from tinygroundinggpt.components import clip, dinov2, qwen2
+
+    classes = {"clip": clip.ClipRecipe, "dinov2": dinov2.Dinov2Recipe, "qwen2": qwen2.Qwen2Recipe}
+    if name not in classes:
+        raise ValueError(f"unknown component {name!r}; choose from {COMPONENTS}")
+    return classes[name]
+
+
+def _recipe(cls: type, overrides: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields are {sorted(known)}")
+    return cls(**overrides)
+
+
 def train_component(
-    name: str, samples: list[WorldSample], *, seed: int, steps: int | None = None
+    name: str, samples: list[WorldSample], *, seed: int, overrides: dict[str, Any] | None = None
 ) -> TrainedClip | TrainedDinov2 | TrainedQwen2:
-    """Train one component on world ``samples``; returns its ``Trained*`` (``.save(out)``, ``.losses``)."""
+    """Train one component on world ``samples``; returns its ``Trained*`` (``.save(out)``, ``.losses``).
+
+    ``overrides`` replace fields of the component's recipe (an unknown field is a ValueError naming it).
+    """
     from tinygroundinggpt.components import clip, corpus, dinov2, qwen2
 
-    overrides = {} if steps is None else {"steps": steps}
+    recipe = _recipe(recipe_class(name), overrides or {})
     if name == "clip":
         images = corpus.square_images(samples, clip.CLIP_MEAN)
-        return clip.train_clip(
-            images, corpus.captions(samples, seed + 1), seed=seed, recipe=clip.ClipRecipe(**overrides)
-        )
+        return clip.train_clip(images, corpus.captions(samples, seed + 1), seed=seed, recipe=recipe)
     if name == "dinov2":
         images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
-        return dinov2.train_dinov2(images, seed=seed, recipe=dinov2.Dinov2Recipe(**overrides))
-    if name == "qwen2":
-        docs = corpus.lm_documents(samples, seed + 1)
-        return qwen2.train_qwen2(docs, seed=seed, recipe=qwen2.Qwen2Recipe(**overrides))
-    raise ValueError(f"unknown component {name!r}; choose from {COMPONENTS}")
+        return dinov2.train_dinov2(images, seed=seed, recipe=recipe)
+    return qwen2.train_qwen2(corpus.lm_documents(samples, seed + 1), seed=seed, recipe=recipe)
