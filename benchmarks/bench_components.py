@@ -5,7 +5,8 @@
 Loads each checkpoint from disk with transformers' own classes (as the grounding model will) and reports:
 
 * tiny CLIP: image→caption and caption→image retrieval, top-1 / top-5 within galleries of 100 scenes
-  (chance 1 % / 5 %);
+  (chance 1 % / 5 %), and how often an image prefers its caption to the same caption with one shape word
+  swapped (chance 50 %: retrieval can succeed on colours alone, this cannot);
 * patch features (the paper's Fig. 6 / A.5 argument in miniature): linear probes on the 8×8 grid, for
   whether a patch holds an object and that object's colour, pattern and shape, from the tiny DINOv2's
   ``last_hidden_state`` against the tiny CLIP's ``hidden_states[-2]`` (the layers the grounding model
@@ -31,7 +32,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, CLIPModel, Dinov2Config, Dinov2Model
 
 from tinygroundinggpt.boxes import BoxError, pad_offsets, parse_first_box, square_side, validate_unit_box
-from tinygroundinggpt.components import corpus
+from tinygroundinggpt.components import clip, corpus
 from tinygroundinggpt.components.qwen2 import pack
 from tinygroundinggpt.world import language
 from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES, render_scene
@@ -64,6 +65,12 @@ def clip_retrieval(path: Path, samples: list[corpus.WorldSample], seed: int) -> 
             rank = (s > s[truth, truth][:, None]).sum(1)  # how many candidates beat the right one
             hits[f"{name} R@1"].append((rank < 1).float().mean().item())
             hits[f"{name} R@5"].append((rank < 5).float().mean().item())
+    # Shape: does the image prefer its caption to the same caption with one shape word swapped?
+    swapped = [clip.swap_one_shape(t, random.Random(i)) for i, t in enumerate(texts)]
+    neg = torch.nn.functional.normalize(
+        _as_tensor(model.get_text_features(**tokenizer(swapped, padding=True, return_tensors="pt"))), dim=-1
+    )
+    hits["caption over its shape-swapped copy"] = [((img * txt).sum(-1) > (img * neg).sum(-1)).float().mean().item()]
     return {k: 100 * float(np.mean(v)) for k, v in hits.items()}
 
 
@@ -232,7 +239,7 @@ def main() -> None:
     print(f"# tiny components on held-out synthetic-world scenes ({args.assets})")
     print(f"held-out scenes: {args.scenes} (seed stream {base}); probes fitted on {args.scenes} more ({base + 1})\n")
 
-    print(f"## tiny CLIP: retrieval within galleries of {GALLERY} (chance R@1 1 %, R@5 5 %)")
+    print(f"## tiny CLIP: retrieval within galleries of {GALLERY} (chance R@1 1 %, R@5 5 %; shape-swapped copy 50 %)")
     for k, v in clip_retrieval(args.assets / "clip", heldout, base).items():
         print(f"{k:22s} {v:6.1f} %")
 

@@ -8,6 +8,8 @@ lowers the loss. Quality figures are the benchmark's job (benchmarks/bench_compo
 from __future__ import annotations
 
 import json
+import math
+import random
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from tinygroundinggpt.boxes import format_box
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.components import clip, corpus, dinov2, qwen2
 from tinygroundinggpt.components.tokenizer import CHATML_TEMPLATE, EOS, IM_END
+from tinygroundinggpt.world.scene import SHAPES
 
 GRID = 8 * 8
 
@@ -85,6 +88,26 @@ def test_clip_trains_and_loads_as_published(samples, tmp_path):
     before = before if isinstance(before, torch.Tensor) else before.pooler_output
     after = after if isinstance(after, torch.Tensor) else after.pooler_output
     assert torch.nn.functional.cosine_similarity(before, after).item() > 0.99  # bf16 round trip
+
+
+def test_swap_one_shape_names_exactly_one_wrong_shape():
+    text = "three shapes on a dark background: a small red cross, a green cross and a large pink circle."
+    for seed in range(20):
+        swapped = clip.swap_one_shape(text, random.Random(seed))
+        changed = [(a, b) for a, b in zip(text.split(), swapped.split(), strict=True) if a != b]
+        assert len(changed) == 1  # "shapes" is not a shape word
+        ((was, now),) = changed
+        assert was.strip(",.") in SHAPES and now.strip(",.") in SHAPES and was != now
+    assert clip.swap_one_shape("an image of nothing.", random.Random(0)) == "an image of nothing."
+
+
+def test_clip_with_shape_negatives_trains(samples):
+    images = corpus.square_images(samples, clip.CLIP_MEAN)
+    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300, shape_negatives=True)
+    trained = clip.train_clip(images, corpus.captions(samples, 1), seed=0, recipe=recipe)
+    assert _falls(trained.losses)
+    # the first loss is over twice the texts: about log(2B) for image→text, log(B) back
+    assert abs(trained.losses[0] - (math.log(32) + math.log(16)) / 2) < 0.5
 
 
 def test_dinov2_trains_and_loads_as_published(samples, tmp_path):

@@ -141,22 +141,28 @@ def test_cached_answers_are_tied_to_their_prompt_and_model(tmp_path, write_refco
         evaluate(Oracle(items, "model"), [paper], tmp_path, out, model_id="ckpt-2", progress=False)
 
 
-LIMIT = 6
-
-
-def _tgg_eval(
-    checkpoint,
-    world,
-    out,
-):
+def _tgg_eval(checkpoint, world, out, limit):
     cmd = [sys.executable, "-m", "tinygroundinggpt.cli", "eval", "--model", str(checkpoint), "--tasks", "world_rec_val"]
-    return cmd + ["--data-root", str(world), "--out", str(out), "--batch-size", "1", "--limit", str(LIMIT)]
+    return cmd + ["--data-root", str(world), "--out", str(out), "--batch-size", "1", "--limit", str(limit)]
 
 
-def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoint, world):
+@pytest.fixture(scope="module")
+def larger_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("larger_world")
+    write_world(root, n_train=0, n_eval=16, n_compositional=0, progress=False)
+    return root
+
+
+def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoint, larger_world):
+    # Enough items (tens of ms each) that the kill, sent once the first answer is on disk, lands midway
+    # even when the test process is slow to notice.
+    world, limit = larger_world, 40
+    task = get_task("world_rec_val")
+    n_items = min(limit, len(task.load(world)))
+    assert n_items >= 20
     out = tmp_path / "out"
     shard = out / "predictions" / "world_rec_val" / "rank0.jsonl"
-    proc = subprocess.Popen(_tgg_eval(checkpoint, world, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_tgg_eval(checkpoint, world, out, limit), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while (
         time.time() < deadline and proc.poll() is None and not (shard.exists() and shard.read_text().count("\n") >= 1)
@@ -165,14 +171,12 @@ def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoi
     assert proc.poll() is None, f"tgg eval ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_items = LIMIT
     done_before = len(cache_rows(out, "world_rec_val"))
     assert 1 <= done_before < n_items and not (out / "results.json").exists()
 
     # Rerun (in this process, the same code path as tgg eval after its argument parsing).
     pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
-    task = get_task("world_rec_val")
-    evaluate(pipe, [task], world, out, model_name=checkpoint.name, batch_size=1, limit=LIMIT, progress=False)
+    evaluate(pipe, [task], world, out, model_name=checkpoint.name, batch_size=1, limit=limit, progress=False)
     rows = cache_rows(out, "world_rec_val")
     assert len(rows) == len({r["id"] for r in rows}) == n_items  # every item answered exactly once
     resumed = json.loads((out / "results.json").read_text())["tasks"]["world_rec_val"]
@@ -180,7 +184,7 @@ def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoi
 
     # An uninterrupted run from scratch gives the same answers and metrics.
     fresh_out = tmp_path / "fresh"
-    fresh = evaluate(pipe, [task], world, fresh_out, batch_size=1, limit=LIMIT, progress=False)
+    fresh = evaluate(pipe, [task], world, fresh_out, batch_size=1, limit=limit, progress=False)
     assert fresh["tasks"]["world_rec_val"]["metrics"] == resumed["metrics"]
     by_id = {r["id"]: r["answer"] for r in cache_rows(fresh_out, "world_rec_val")}
     assert {r["id"]: r["answer"] for r in rows} == by_id

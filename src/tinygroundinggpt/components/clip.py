@@ -10,10 +10,16 @@ At 64 px with 8 px patches the vision tower gives the 8×8 grid the DINOv2 tower
 The tokenizer is the project's tiny byte-level BPE (trained on the captions) with a post-processor that
 appends ``<|endoftext|>`` to every text, as CLIP's tokenizer appends its end token: CLIP's text tower
 pools at the first end token (``text_config.eos_token_id``), so plain ``tokenizer(texts)`` is right.
+
+Optional (``shape_negatives``, off for the shipped checkpoint): NegCLIP-style hard negatives, each caption's copy
+with one shape word swapped. After 3000 steps the image prefers its caption to that copy far more often, but the
+patch tokens the grounding model reads still do not tell shapes apart (docs/components.md).
 """
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTraine
 from tinygroundinggpt.components.tokenizer import EOS, train_tokenizer
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
 from tinygroundinggpt.model.configuration_tinygroundinggpt import CLIP_MEAN, CLIP_STD
+from tinygroundinggpt.world.scene import SHAPES
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -45,6 +52,7 @@ class ClipRecipe:
     text_hidden: int = 64
     text_layers: int = 3
     projection_dim: int = 64
+    shape_negatives: bool = False  # NegCLIP-style hard negatives; the shipped checkpoint was trained without
 
 
 @dataclass
@@ -105,6 +113,19 @@ def clip_config(recipe: ClipRecipe, vocab_size: int, eos_id: int) -> CLIPConfig:
     )
 
 
+_SHAPE_WORD = re.compile(r"\b(" + "|".join(SHAPES) + r")\b")
+
+
+def swap_one_shape(text: str, rng: random.Random) -> str:
+    """``text`` with one shape word, drawn at random, replaced by another shape (unchanged if it names none)."""
+    hits = list(_SHAPE_WORD.finditer(text))
+    if not hits:
+        return text
+    hit = rng.choice(hits)
+    other = rng.choice([s for s in SHAPES if s != hit.group()])
+    return text[: hit.start()] + other + text[hit.end() :]
+
+
 def train_clip(
     images: Sequence[Image.Image], captions: Sequence[Sequence[str]], *, seed: int, recipe: ClipRecipe | None = None
 ) -> TrainedClip:
@@ -116,7 +137,12 @@ def train_clip(
     flat = [c for caps in captions for c in caps]
     tokenizer = clip_tokenizer(flat, recipe.vocab_size)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    enc = tokenizer(flat, padding="max_length", truncation=True, max_length=recipe.max_text_len, return_tensors="pt")
+    # With shape_negatives each caption also has a copy naming one wrong shape, a negative for its own image
+    # (NegCLIP): random batches rarely hold two scenes that differ only in shape, so shape goes unlearned.
+    negatives = [swap_one_shape(c, random.Random(i)) for i, c in enumerate(flat)] if recipe.shape_negatives else []
+    enc = tokenizer(
+        flat + negatives, padding="max_length", truncation=True, max_length=recipe.max_text_len, return_tensors="pt"
+    )
     # The call above leaves padding/truncation switched on in the backend, which would be saved into
     # tokenizer.json; the published tokenizer must encode texts as they are.
     tokenizer.backend_tokenizer.no_padding()
@@ -135,13 +161,22 @@ def train_clip(
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.randperm(n, generator=gen)[: recipe.batch_size]
         pick = starts[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long()
-        out = model(
-            input_ids=enc.input_ids[pick],
-            attention_mask=enc.attention_mask[pick],
-            pixel_values=pixels[idx],
-            return_loss=True,
-        )
-        return out.loss
+        if not recipe.shape_negatives:
+            out = model(
+                input_ids=enc.input_ids[pick],
+                attention_mask=enc.attention_mask[pick],
+                pixel_values=pixels[idx],
+                return_loss=True,
+            )
+            return out.loss
+        both = torch.cat([pick, pick + len(flat)])
+        logits = model(
+            input_ids=enc.input_ids[both], attention_mask=enc.attention_mask[both], pixel_values=pixels[idx]
+        ).logits_per_image  # B images x (B captions, then their B shape-swapped copies)
+        target = torch.arange(len(idx))
+        image_to_text = torch.nn.functional.cross_entropy(logits, target)
+        text_to_image = torch.nn.functional.cross_entropy(logits[:, : len(idx)].t(), target)
+        return (image_to_text + text_to_image) / 2
 
     losses = train_steps(model.parameters(), loss_at, steps=recipe.steps, lr=recipe.lr, desc="tiny CLIP")
     model.eval()
