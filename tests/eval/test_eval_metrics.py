@@ -55,6 +55,21 @@ class TestREC:
         s = score_rec("[0.300, 0.500, 0.100, 0.300]", GT, W, H)
         assert s["inverted"] == 1 and s["iou"] == 0.0 and s["center_acc"] == 0
 
+    def test_a_miss_is_told_apart_as_on_another_object_or_on_none(self):
+        other = (120.0, 10.0, 160.0, 50.0)  # model frame [0.600, 0.300, 0.800, 0.500]
+        answers = ("[0.100, 0.300, 0.300, 0.500]", "[0.600, 0.300, 0.800, 0.500]", "[0.350, 0.300, 0.550, 0.500]", "no")
+        scores = [score_rec(a, GT, W, H, others=[other]) for a in answers]
+        assert [(s["acc@0.5"], s["wrong_object"], s["no_object"]) for s in scores] == [
+            (1, 0, 0),  # the right object
+            (0, 1, 0),  # another annotated object: the expression was misread
+            (0, 0, 1),  # between the two: on no object
+            (0, 0, 1),  # no box at all
+        ]
+        agg = RECTask("refcoco", "refs(unc).p", "coco/train2014", "val").aggregate(scores)
+        assert agg["miss_on_wrong_object"] == pytest.approx(25.0) and agg["miss_on_no_object"] == pytest.approx(50.0)
+        # without the other objects there is nothing to tell apart
+        assert "wrong_object" not in score_rec(answers[1], GT, W, H)
+
     def test_aggregate_percentages_and_counts(self):
         task = RECTask("refcoco", "refs(unc).p", "coco/train2014", "val")
         scores = [score_rec(a, GT, W, H) for a in ("[0.100, 0.300, 0.300, 0.500]", "nothing", "[0.2, 0.3, 0.4, 0.5]")]

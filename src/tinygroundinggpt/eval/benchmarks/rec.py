@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,16 @@ DATASETS = {
 }
 
 
-def score_rec(answer: str, gt_box: boxes.Box, width: int, height: int) -> dict[str, Any]:
+def score_rec(
+    answer: str, gt_box: boxes.Box, width: int, height: int, others: Sequence[boxes.Box] = ()
+) -> dict[str, Any]:
     """Score one REC answer against a ground-truth box in original-image pixels.
 
     Returns IoU, a hit per threshold, centre hit and flags saying what the answer looked like
     (``unparseable``: no box; ``multi_box``: several, the first counted; ``inverted``: x2 < x1 or
-    y2 < y1, which has no area and so scores 0).
+    y2 < y1, which has no area and so scores 0). Given the image's ``others`` (every other annotated
+    object), a miss at IoU 0.5 is also told apart: ``wrong_object`` when the box is on another object
+    (IoU ≥ 0.5 with it: the expression was misread), ``no_object`` when it is on none (localisation).
     """
     found = boxes.parse_boxes(answer)
     out: dict[str, Any] = {"unparseable": int(not found), "multi_box": int(len(found) > 1), "inverted": 0}
@@ -68,6 +73,10 @@ def score_rec(answer: str, gt_box: boxes.Box, width: int, height: int) -> dict[s
         iou = boxes.iou(pred, gt_box)
         centre_hit = not out["inverted"] and boxes.contains_point(gt_box, boxes.center(pred))
     out["iou"] = iou
+    if others:
+        on_other = bool(found) and not out["inverted"] and any(boxes.iou(pred, b) >= 0.5 for b in others)
+        out["wrong_object"] = int(iou < 0.5 and on_other)
+        out["no_object"] = int(iou < 0.5 and not on_other)
     for t in THRESHOLDS:
         out[f"acc@{t}"] = int(iou >= t)
     out["center_acc"] = int(centre_hit)
@@ -104,6 +113,9 @@ class RECTask(Task):
     def load(self, data_root: Path) -> list[Item]:
         refs, anns, images = _read_refer(str(Path(data_root) / self.folder), self.refs_name)
         image_dir = Path(data_root) / self.image_dir
+        on_image: dict[int, list[dict]] = {}
+        for a in anns.values():
+            on_image.setdefault(a["image_id"], []).append(a)
         items = []
         for ref in refs:
             if ref["split"] != self.split:
@@ -111,8 +123,9 @@ class RECTask(Task):
             ann = anns[ref["ann_id"]]
             im = images[ref["image_id"]]
             gt = boxes.xywh_to_xyxy(ann["bbox"])
+            others = [list(boxes.xywh_to_xyxy(a["bbox"])) for a in on_image[ref["image_id"]] if a["id"] != ann["id"]]
             for sent in ref["sentences"]:
-                reference = {"box": list(gt), "expression": sent["sent"]}
+                reference = {"box": list(gt), "expression": sent["sent"], "others": others}
                 if "kind" in sent:  # the synthetic world labels each expression's kind
                     reference["kind"] = sent["kind"]
                 items.append(
@@ -129,7 +142,8 @@ class RECTask(Task):
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
         assert item.width is not None and item.height is not None, "the runner fills in the image size"
-        out = score_rec(answer, tuple(item.reference["box"]), item.width, item.height)
+        others = [tuple(b) for b in item.reference.get("others", ())]
+        out = score_rec(answer, tuple(item.reference["box"]), item.width, item.height, others)
         if "kind" in item.reference:
             out["kind"] = item.reference["kind"]
         return out
@@ -145,6 +159,9 @@ class RECTask(Task):
         out["center_acc"] = 100.0 * sum(s["center_acc"] for s in scores) / n
         for flag in ("unparseable", "multi_box", "inverted"):
             out[flag] = sum(s[flag] for s in scores)  # counts, not percentages
+        if all("wrong_object" in s for s in scores):  # what the misses were, as percentages of all items
+            out["miss_on_wrong_object"] = 100.0 * sum(s["wrong_object"] for s in scores) / n
+            out["miss_on_no_object"] = 100.0 * sum(s["no_object"] for s in scores) / n
         for kind in sorted({s["kind"] for s in scores if "kind" in s}):
             hits = [s["acc@0.5"] for s in scores if s.get("kind") == kind]
             out[f"acc@0.5/{kind}"] = 100.0 * sum(hits) / len(hits)
