@@ -160,7 +160,7 @@ class DescQualityTask(Task):
     def load(self, data_root: Path) -> list[Item]:
         # "RefCOCO test" is testA + testB (RefCOCO has no split named test); the paper does not say
         # which 50 images, so we draw them with a fixed seed.
-        refs, _, images = _read_refer(str(Path(data_root) / "refcoco"), "refs(unc).p")
+        refs, _, images, _ = _read_refer(str(Path(data_root) / "refcoco"), "refs(unc).p")
         ids = sorted({r["image_id"] for r in refs if r["split"] in ("testA", "testB")})
         chosen = sorted(random.Random(self.seed).sample(ids, min(self.n_images, len(ids))))
         image_dir = Path(data_root) / "coco" / "train2014"

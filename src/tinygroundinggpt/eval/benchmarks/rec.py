@@ -84,7 +84,10 @@ def score_rec(
 
 
 @functools.lru_cache(maxsize=4)
-def _read_refer(folder: str, refs_name: str) -> tuple[list[dict], dict[int, dict], dict[int, dict]]:
+def _read_refer(
+    folder: str, refs_name: str
+) -> tuple[list[dict], dict[int, dict], dict[int, dict], dict[int, list[dict]]]:
+    """refs, annotations by id, images by id, and each image's annotations (read once per folder)."""
     root = Path(folder)
     refs_path = require(root / refs_name, "REC refs")
     inst_path = require(root / "instances.json", "REC instances")
@@ -92,7 +95,10 @@ def _read_refer(folder: str, refs_name: str) -> tuple[list[dict], dict[int, dict
     inst = json.loads(inst_path.read_text(encoding="utf-8"))
     anns = {a["id"]: a for a in inst["annotations"]}
     images = {im["id"]: im for im in inst["images"]}
-    return refs, anns, images
+    on_image: dict[int, list[dict]] = {}
+    for a in inst["annotations"]:
+        on_image.setdefault(a["image_id"], []).append(a)
+    return refs, anns, images, on_image
 
 
 class RECTask(Task):
@@ -111,11 +117,8 @@ class RECTask(Task):
         )
 
     def load(self, data_root: Path) -> list[Item]:
-        refs, anns, images = _read_refer(str(Path(data_root) / self.folder), self.refs_name)
+        refs, anns, images, on_image = _read_refer(str(Path(data_root) / self.folder), self.refs_name)
         image_dir = Path(data_root) / self.image_dir
-        on_image: dict[int, list[dict]] = {}
-        for a in anns.values():
-            on_image.setdefault(a["image_id"], []).append(a)
         items = []
         for ref in refs:
             if ref["split"] != self.split:
