@@ -67,7 +67,10 @@ def cell_r2(fit_feats: torch.Tensor, test_feats: torch.Tensor) -> tuple[float, f
         flat = feats.reshape(-1, feats.shape[-1])
         return torch.cat([flat, torch.ones(len(flat), 1)], 1)
 
-    weights = torch.linalg.lstsq(design(fit_feats), cell.repeat(len(fit_feats), 1)).solution
+    # ridge, not plain lstsq: the features are nearly collinear, and lstsq's answer then drifted with the thread count
+    x = design(fit_feats).double()
+    gram = x.T @ x + 1e-3 * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(gram, x.T @ cell.repeat(len(fit_feats), 1).double()).float()
     target = cell.repeat(len(test_feats), 1)
     err = (design(test_feats) @ weights - target).pow(2).sum(0)
     r2 = 1 - err / (target - target.mean(0)).pow(2).sum(0)
@@ -79,8 +82,11 @@ def scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
     return 100 * sum(i >= 0.5 for i in ious) / len(ious), 100 * sum(ious) / len(ious)
 
 
-def fit(feats: torch.Tensor, boxes: torch.Tensor, n_fit: int, token_order: bool, epochs: int) -> tuple[float, float]:
-    torch.manual_seed(0)
+def fit(
+    feats: torch.Tensor, boxes: torch.Tensor, n_fit: int, token_order: bool, epochs: int, seed: int
+) -> tuple[float, float, float]:
+    """Fit a probe; return its final training loss and its held-out Acc@0.5 and mIoU."""
+    torch.manual_seed(seed)
     mu, sd = feats[:n_fit].mean((0, 1)), feats[:n_fit].std((0, 1)) + 1e-5
     feats = (feats - mu) / sd
     probe = BoxProbe(feats.shape[-1], token_order)
@@ -92,7 +98,8 @@ def fit(feats: torch.Tensor, boxes: torch.Tensor, n_fit: int, token_order: bool,
             loss.backward()
             opt.step()
     with torch.no_grad():
-        return scores(probe(feats[n_fit:]), boxes[n_fit:])
+        train_loss = float((probe(feats[:n_fit]) - boxes[:n_fit]).abs().mean())
+        return train_loss, *scores(probe(feats[n_fit:]), boxes[n_fit:])
 
 
 def main() -> None:
@@ -100,6 +107,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--probe-seeds", type=int, default=3, help="fits per cell, the best is reported")
     parser.add_argument("--dino", help="a tiny DINOv2 checkpoint instead of the shipped one")
     args = parser.parse_args()
     t0 = time.time()
@@ -112,12 +120,18 @@ def main() -> None:
     clip_dim = model.config.clip_config.hidden_size
     n_fit = int(0.8 * len(images))
     print(f"# box probes on frozen tiny-encoder patch features: {args.scenes} one-object scenes (seed {args.seed}),")
-    print(f"# fitted on {n_fit}, scored on {len(images) - n_fit} held out; {args.epochs} epochs; Acc@0.5 / mIoU in %\n")
+    print(f"# fitted on {n_fit}, scored on {len(images) - n_fit} held out; {args.epochs} epochs;")
+    print(f"# of {args.probe_seeds} probe initialisations the one with the lowest training loss; Acc@0.5 / mIoU in %\n")
     base = scores(boxes[:n_fit].mean(0).expand(len(images) - n_fit, 4), boxes[n_fit:])
     print(f"{'features':24s} {'features only':>20s} {'+ token order':>20s} {'row/col R2':>14s}")
     print(f"{'(mean box baseline)':24s} {base[0]:9.1f} / {base[1]:5.1f}      {'':>20s}")
     for name, f in (("CLIP", feats[..., :clip_dim]), ("DINOv2", feats[..., clip_dim:]), ("CLIP + DINOv2", feats)):
-        cells = [fit(f, boxes, n_fit, order, args.epochs) for order in (False, True)]
+        # the soft-attention probe sometimes settles on a poor optimum: of --probe-seeds fits, report the one with
+        # the lowest training loss (chosen without looking at the held-out scenes)
+        cells = [
+            min(fit(f, boxes, n_fit, order, args.epochs, s) for s in range(args.probe_seeds))[1:]
+            for order in (False, True)
+        ]
         row, col = cell_r2(f[: min(n_fit, 1000)], f[n_fit:])
         print(f"{name:24s} " + " ".join(f"{a:9.1f} / {m:5.1f}     " for a, m in cells) + f" {row:6.2f} / {col:4.2f}")
     print("(row/col R2: a least-squares linear probe of each patch's grid row and column from its features alone)")

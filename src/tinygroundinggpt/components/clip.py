@@ -11,9 +11,9 @@ The tokenizer is the project's tiny byte-level BPE (trained on the captions) wit
 appends ``<|endoftext|>`` to every text, as CLIP's tokenizer appends its end token: CLIP's text tower
 pools at the first end token (``text_config.eos_token_id``), so plain ``tokenizer(texts)`` is right.
 
-Optional (``shape_negatives``, off for the shipped checkpoint): NegCLIP-style hard negatives, each caption's copy
-with one shape word swapped. After 3000 steps the image prefers its caption to that copy far more often, but the
-patch tokens the grounding model reads still do not tell shapes apart (docs/components.md).
+``shape_negatives`` (on for the shipped checkpoint): NegCLIP-style hard negatives, each caption's copy with one shape
+word swapped. After 3000 steps the image prefers its caption to that copy far more often and the grounding chain on
+it reads expressions better, though the patch tokens still hardly tell shapes apart (docs/components.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ PATCH_SIZE = 8
 class ClipRecipe:
     """Sizes and optimisation of the tiny CLIP; the defaults are what the shipped checkpoint used."""
 
-    steps: int = 800
+    steps: int = 3000  # with shape negatives; 800 sufficed without them
     batch_size: int = 64
     lr: float = 1e-3
     vocab_size: int = 512
@@ -52,7 +52,7 @@ class ClipRecipe:
     text_hidden: int = 64
     text_layers: int = 3
     projection_dim: int = 64
-    shape_negatives: bool = False  # NegCLIP-style hard negatives; the shipped checkpoint was trained without
+    shape_negatives: bool = True  # NegCLIP-style hard negatives: held-out REC 18.0 -> 24.0 % in the demo's chain
 
 
 @dataclass
