@@ -202,6 +202,12 @@ def to_int_box(box: Sequence[float]) -> tuple[int, int, int, int]:
     return (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
 
 
+def to_inclusive_corners(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """Pixel box → first and last pixel column/row it touches (what PIL's ``ImageDraw.rectangle`` takes)."""
+    x1, y1, x2, y2 = to_int_box(box)
+    return (x1, y1, x2 - 1, y2 - 1)
+
+
 def expand_box(box: Sequence[float], margin: float, width: int, height: int) -> Box:
     """Grow a pixel box by ``margin`` × its size on every side (context margin), kept in the image."""
     x1, y1, x2, y2 = _as_box(box)

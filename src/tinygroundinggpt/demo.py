@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.eval.runner import evaluate
 from tinygroundinggpt.eval.task import get_task
+from tinygroundinggpt.images import draw_boxes
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "tiny" / "tinygroundinggpt"
 DEMO_SEED = 20_261_126  # no training world uses this seed: the demo's scenes are unseen
@@ -81,17 +82,13 @@ def prediction_sheet(world_dir: Path, eval_dir: Path, task_name: str, n: int = 1
     for k, item in enumerate(items):
         img = Image.open(item.image).convert("RGB")
         scale = cell / max(img.size)
-        w, h = round(img.width * scale), round(img.height * scale)
         ox, oy = (k % cols) * cell, (k // cols) * (cell + 28)
-        sheet.paste(img.resize((w, h), Image.NEAREST), (ox, oy))
-
-        drawn = [(tuple(item.reference["box"]), (0, 200, 0))]
+        boxes, colours = [item.reference["box"]], [(0, 200, 0)]
         pred = bx.parse_first_box(answers.get(item.id, ""))
         if pred is not None:
-            drawn.append((bx.model_to_pixel(pred, img.width, img.height), (230, 0, 0)))
-        for box, colour in drawn:
-            x1, y1, x2, y2 = bx.norm_to_pixel(bx.pixel_to_norm(box, img.width, img.height), w, h)
-            draw.rectangle((ox + x1, oy + y1, ox + x2, oy + y2), outline=colour, width=2)
+            boxes.append(bx.model_to_pixel(pred, img.width, img.height))
+            colours.append((230, 0, 0))
+        sheet.paste(draw_boxes(img, boxes, colour=colours, scale=scale), (ox, oy))
         text = item.reference["expression"]
         draw.text((ox + 2, oy + cell + 2), text[:38], fill=(0, 0, 0))
         draw.text((ox + 2, oy + cell + 14), text[38:76], fill=(0, 0, 0))

@@ -67,6 +67,7 @@ def test_iou_and_helpers():
     assert bx.xyxy_to_xywh((1, 2, 4, 6)) == (1, 2, 3, 4)
     assert bx.center((0, 0, 10, 20)) == (5, 10)
     assert bx.to_int_box((1.2, 2.7, 3.1, 4.0)) == (1, 2, 4, 4)
+    assert bx.to_inclusive_corners((1.2, 2.7, 3.1, 4.0)) == (1, 2, 3, 3)
     assert bx.expand_box((10, 10, 20, 20), 0.5, 100, 100) == (5, 5, 25, 25)
     assert bx.expand_box((0, 0, 20, 20), 0.5, 100, 100) == (0, 0, 30, 30)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinygroundinggpt.images import ImageLoadError, crop_box, load_image, pad_to_square
+from tinygroundinggpt.images import ImageLoadError, crop_box, draw_boxes, load_image, pad_to_square
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -69,3 +69,27 @@ def test_pad_to_square_centres_and_crop_takes_box_pixels(size):
     assert (sq[0, 0] == (1, 2, 3)).all() and (sq[-1, -1] == (1, 2, 3)).all()
     crop = np.asarray(crop_box(img, (2, 3, 7, 9)))
     assert (crop == arr[3:9, 2:7]).all()
+
+
+def test_draw_boxes_outlines_edge_pixels_and_leaves_the_rest():
+    grey = (128, 128, 128)
+    img = Image.new("RGB", (20, 10), grey)
+    out = np.asarray(draw_boxes(img, [(4, 2, 12, 9), (0, 0, 30, -5)], colour=(255, 0, 0), width=1))
+    assert np.asarray(img).tolist() == np.asarray(Image.new("RGB", (20, 10), grey)).tolist()  # input untouched
+    red = (out == (255, 0, 0)).all(axis=-1)
+    edge = np.zeros_like(red)
+    edge[2:9, [4, 11]] = True  # x2/y2 are exclusive: the last column and row inside are 11 and 8
+    edge[[2, 8], 4:12] = True
+    assert (red == edge).all()  # the empty second box is not drawn
+
+
+def test_draw_boxes_scales_with_the_image_and_writes_labels():
+    img = Image.new("RGB", (8, 6), (0, 0, 0))
+    out = draw_boxes(img, [(2, 2, 6, 5)], colour=[(0, 255, 0)], labels=["0"], scale=10)
+    arr = np.asarray(out)
+    assert out.size == (80, 60)
+    assert tuple(arr[20, 20]) == (0, 255, 0) and tuple(arr[49, 59]) == (0, 255, 0)  # corners of the scaled box
+    assert tuple(arr[35, 40]) == (0, 0, 0) and tuple(arr[50, 60]) == (0, 0, 0)  # centre and just outside
+    assert arr[22:40, 23:40, 1].max() > 100  # the label, inside the outline (anti-aliased: not pure green)
+    with pytest.raises(ValueError, match="1 boxes but 1 colours and 2 labels"):
+        draw_boxes(img, [(2, 2, 6, 5)], labels=["0", "1"])
