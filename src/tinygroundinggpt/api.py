@@ -45,6 +45,16 @@ class Prediction:
         }
 
 
+@dataclass
+class Generation:
+    """One generated answer with the token counts an OpenAI-style ``usage`` reports."""
+
+    text: str
+    prompt_tokens: int  # the LLM's input, image and object placeholder tokens included
+    completion_tokens: int  # the end-of-turn token included when the model wrote one
+    finished: bool  # False when ``max_new_tokens`` cut the answer off
+
+
 def answer_boxes(text: str, width: int, height: int) -> tuple[list[bx.Box], list[bx.Box]]:
     """Boxes written by the model (model frame) → (pixel boxes, normalised boxes) of the original image."""
     pixel = [bx.model_to_pixel(b, width, height) for b in bx.parse_boxes(text)]
@@ -78,7 +88,6 @@ class TinyGroundingGPTPipeline:
         processor = TinyGroundingGPTProcessor.from_pretrained(str(path))
         return cls(model, processor, device)
 
-    @torch.no_grad()
     def generate_batch(
         self,
         images: Sequence[ImageLike | None],
@@ -88,6 +97,18 @@ class TinyGroundingGPTPipeline:
         **generate_kwargs: Any,
     ) -> list[str]:
         """One answer per (image, prompt); greedy unless ``do_sample=True`` is passed."""
+        return [g.text for g in self.generate_batch_detailed(images, prompts, max_new_tokens, boxes, **generate_kwargs)]
+
+    @torch.no_grad()
+    def generate_batch_detailed(
+        self,
+        images: Sequence[ImageLike | None],
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        boxes: list[Sequence[Sequence[float]]] | None = None,
+        **generate_kwargs: Any,
+    ) -> list[Generation]:
+        """:meth:`generate_batch` with each answer's token counts and whether it ended on its own."""
         loaded = [None if im is None else load_image(im) for im in images]
         batch = self.processor(list(prompts), loaded, boxes=boxes)
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -101,7 +122,14 @@ class TinyGroundingGPTPipeline:
             **generate_kwargs,
         )
         new = out[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        result = []
+        for row, n_prompt, text in zip(new.tolist(), batch["attention_mask"].sum(1).tolist(), texts, strict=True):
+            # Rows that finished early are padded after their end-of-turn token; the rest ran to the limit.
+            finished = tok.eos_token_id in row
+            n_new = row.index(tok.eos_token_id) + 1 if finished else len(row)
+            result.append(Generation(text.strip(), n_prompt, n_new, finished))
+        return result
 
     def predict(self, image: ImageLike, question: str, max_new_tokens: int = 64, **kwargs: Any) -> Prediction:
         img = load_image(image)

@@ -36,13 +36,18 @@ class ImageLoadError(ValueError):
     """An image that cannot be used, with its name and the reason."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than allowed (a server answers 413 rather than 400)."""
+
+
 def load_image(
     source: str | Path | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
 ) -> Image.Image:
     """Open an image from a path, bytes or PIL image and return it as 8-bit RGB, upright.
 
     Handles grayscale, 16-bit, palette, RGBA/LA (composited on white), CMYK and EXIF orientation.
-    A missing, empty, corrupt or oversized image raises :class:`ImageLoadError` naming it.
+    A missing, empty, corrupt or oversized image raises :class:`ImageLoadError` naming it
+    (:class:`ImageTooLargeError` when it has more than ``max_pixels`` pixels).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
     if isinstance(source, Image.Image):
@@ -66,7 +71,7 @@ def load_image(
         except ImageLoadError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageLoadError(f"{label}: image too large ({exc})") from exc
+            raise ImageTooLargeError(f"{label}: image too large ({exc})") from exc
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     _check_pixels(img, max_pixels, label)
@@ -79,7 +84,7 @@ def _check_pixels(img: Image.Image, max_pixels: int, label: str) -> None:
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"{label}: image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageLoadError(f"{label}: image has {w}x{h} = {w * h} pixels, more than the limit {max_pixels}")
+        raise ImageTooLargeError(f"{label}: image has {w}x{h} = {w * h} pixels, more than the limit {max_pixels}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -28,6 +28,13 @@ def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
         assert bx.validate_pixel_box(b, 90, 60, repair=True)
     texts = pipe.generate_batch([img_path, img_path], ["hi", "Output the coordinate of x"], max_new_tokens=4)
     assert len(texts) == 2
+    detailed = pipe.generate_batch_detailed(
+        [img_path, img_path], ["hi", "Output the coordinate of x"], max_new_tokens=4
+    )
+    assert [g.text for g in detailed] == texts
+    for g in detailed:
+        assert g.prompt_tokens > proc.image_seq_length and 1 <= g.completion_tokens <= 4
+        assert g.finished or g.completion_tokens == 4
     assert (
         main(["predict", "--model", str(tmp_path / "ckpt"), "--image", str(img_path), "hi", "--max-new-tokens", "3"])
         == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinygroundinggpt.images import ImageLoadError, crop_box, draw_boxes, load_image, pad_to_square
+from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, crop_box, draw_boxes, load_image, pad_to_square
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -52,7 +52,7 @@ def test_bad_images_name_the_input(tmp_path):
         load_image(bad)
     big = tmp_path / "bomb.png"
     big.write_bytes(_png(Image.new("L", (2000, 2000))))
-    with pytest.raises(ImageLoadError, match="bomb.png: image has 2000x2000"):
+    with pytest.raises(ImageTooLargeError, match="bomb.png: image has 2000x2000"):
         load_image(big, max_pixels=1_000_000)
 
 
