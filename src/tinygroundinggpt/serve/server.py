@@ -1,0 +1,427 @@
+"""An OpenAI-compatible HTTP server (Chat Completions) around a :class:`TinyGroundingGPTPipeline`.
+
+``create_app(pipeline, model_name=...)`` returns a FastAPI app with
+
+* ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model;
+* ``POST /v1/chat/completions``: OpenAI's request and response formats. The answer's message carries
+  two extra fields, ``boxes`` (every box the model wrote, in the input image's pixels, ``[x1, y1, x2,
+  y2]`` with exclusive right/bottom edges) and ``boxes_norm`` (the same boxes divided by the image's
+  width and height).
+
+What a request may contain: ``messages`` whose content is a string or a list of ``text`` and
+``image_url`` parts. The model answers single questions, so only the **last user message's text** is
+sent to it, with the conversation's image: at most one image per request, in a user message, wherever
+in the conversation it was sent (a client that sends the image once and then asks follow-up questions
+keeps working). System and assistant messages are not shown to the model. An image is a
+``data:image/...;base64,`` URL or a local file path / ``file://`` URL that resolves (symlinks and
+``..`` followed) inside one of ``image_roots``; nothing else is read, and no URL is ever fetched.
+``max_tokens`` / ``max_completion_tokens`` (capped at ``max_new_tokens_cap``, which is also the
+default), ``temperature`` (0 or absent: greedy), ``top_p`` (with sampling), ``n`` (1 only),
+``stream`` and ``stream_options.include_usage`` are honoured; other parameters are accepted and ignored.
+
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
+request or image, 404 for another model name, 413 for a body, image file or image pixel count over
+its limit. Generation runs in a worker thread, one request at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
+from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
+from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, load_image
+
+MIB = 2**20
+DEFAULT_MAX_REQUEST_BYTES = 20 * MIB  # room for a base64 image at DEFAULT_MAX_IMAGE_BYTES (4/3 larger)
+DEFAULT_MAX_IMAGE_BYTES = 10 * MIB
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+DEFAULT_MAX_NEW_TOKENS_CAP = 256
+# Placeholders the processor expands: a user's text containing one would address inputs a request cannot give.
+_PLACEHOLDER_RE = re.compile(
+    "|".join([re.escape(IMAGE_TOKEN), re.escape(OBJECT_TOKEN), BOX_REF_RE.pattern, OBJECT_REF_RE.pattern])
+)
+
+
+class APIError(Exception):
+    """A request the server refuses; rendered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send parameters this model has no use for
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+@dataclass
+class ChatInput:
+    """What the model is shown: the last user message's text and the request's image, if any."""
+
+    text: str
+    image_url: str | None = None
+    image_param: str | None = None  # where the image is in the request, e.g. "messages[0].content[1]"
+
+
+@dataclass
+class Answer:
+    """The model's reply in the response's terms."""
+
+    text: str
+    boxes: list[list[float]]
+    boxes_norm: list[list[float]]
+    finish_reason: str
+    usage: dict[str, int]
+
+
+def _describe(url: str) -> str:
+    """A URL as error messages name it: data URLs by size, not by their (possibly megabytes of) payload."""
+    if url[:5].lower() == "data:":
+        return f"data URL {url.split(',', 1)[0][:60]!r} ({len(url)} characters)"
+    return repr(url if len(url) <= 200 else url[:200] + "...")
+
+
+def conversation_input(messages: Sequence[ChatMessage]) -> ChatInput:
+    """The model's input from OpenAI messages (see the module docstring); :class:`APIError` when unusable."""
+    text_by_message: list[str | None] = []
+    images: list[tuple[str, str]] = []  # (url, param)
+    for i, m in enumerate(messages):
+        if not isinstance(m.content, list):
+            text_by_message.append(m.content)
+            continue
+        texts = []
+        for j, part in enumerate(m.content):
+            param = f"messages[{i}].content[{j}]"
+            kind = part.get("type")
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url":
+                if m.role != "user":
+                    raise APIError(400, f"{param}: images are accepted in user messages only", param=param)
+                spec = part.get("image_url")
+                url = spec.get("url") if isinstance(spec, dict) else None
+                if not isinstance(url, str) or not url:
+                    raise APIError(
+                        400, f'{param}: an image_url part needs {{"image_url": {{"url": ...}}}}', param=param
+                    )
+                images.append((url, param))
+            else:
+                raise APIError(
+                    400, f"{param}: unsupported content part {kind!r} (use 'text' or 'image_url')", param=param
+                )
+        text_by_message.append("\n".join(texts))
+    if len(images) > 1:
+        raise APIError(400, f"one image per request is supported; this request has {len(images)}", param=images[1][1])
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    if not users:
+        raise APIError(400, "messages has no user message", param="messages")
+    text = text_by_message[users[-1]] or ""
+    if not text.strip():
+        raise APIError(400, f"the last user message (messages[{users[-1]}]) has no text", param="messages")
+    placeholder = _PLACEHOLDER_RE.search(text)
+    if placeholder:
+        raise APIError(
+            400,
+            f"messages[{users[-1]}]: the text may not contain the model's placeholder {placeholder.group(0)!r}",
+            param="messages",
+        )
+    return ChatInput(text, *images[0]) if images else ChatInput(text)
+
+
+def decode_data_url(url: str, max_bytes: int) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URL; :class:`APIError` (400 malformed, 413 too large)."""
+    header, sep, payload = url.partition(",")
+    media_type, *params = header[len("data:") :].split(";")
+    if not sep or not media_type.lower().startswith("image/") or "base64" not in (p.lower() for p in params):
+        raise APIError(
+            400,
+            f"image_url {_describe(url)} is not a data:image/...;base64,... URL",
+            code="invalid_image_url",
+        )
+    payload = "".join(payload.split())  # some clients wrap base64 lines
+    if len(payload) // 4 * 3 > max_bytes + 2:  # checked before decoding: the limit bounds memory too
+        raise APIError(
+            413, f"image_url {_describe(url)}: the image is larger than {max_bytes} bytes", code="image_too_large"
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(
+            400,
+            f"image_url {_describe(url)}: the data is not valid base64 ({exc})",
+            code="invalid_image_url",
+        ) from exc
+    if len(data) > max_bytes:
+        raise APIError(
+            413,
+            f"image_url {_describe(url)}: the image has {len(data)} bytes, more than {max_bytes}",
+            code="image_too_large",
+        )
+    return data
+
+
+def resolve_local_image(url: str, roots: Sequence[Path]) -> Path:
+    """The file a path or ``file://`` URL names, if it resolves inside one of ``roots`` (already resolved).
+
+    A relative path is looked up under each root in turn. Symlinks and ``..`` are resolved *before*
+    the containment check, so neither can lead outside the roots; nothing is opened here.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise APIError(
+                400,
+                f"image_url {_describe(url)}: only local file:// URLs are read",
+                code="invalid_image_url",
+            )
+        path = Path(unquote(parts.path))
+    elif scheme:
+        raise APIError(
+            400,
+            f"image_url {_describe(url)}: {scheme}: URLs are not fetched; send the image as a "
+            "data:image/...;base64,... URL or as a file under the server's image roots",
+            code="invalid_image_url",
+        )
+    else:
+        path = Path(url)
+    if not roots:
+        raise APIError(
+            400,
+            f"image_url {_describe(url)}: this server reads no local files (start it with --image-root DIR)",
+            code="invalid_image_url",
+        )
+    inside = False
+    for candidate in [path] if path.is_absolute() else [root / path for root in roots]:
+        try:
+            resolved = candidate.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, NUL bytes
+            raise APIError(
+                400,
+                f"image_url {_describe(url)}: cannot resolve the path ({exc})",
+                code="invalid_image_url",
+            ) from exc
+        if any(resolved.is_relative_to(root) for root in roots):
+            inside = True
+            if resolved.is_file():
+                return resolved
+    why = "no such file under the image roots" if inside else "the path resolves outside the server's image roots"
+    raise APIError(400, f"image_url {_describe(url)}: {why}", code="invalid_image_url")
+
+
+def read_limited(path: Path, max_bytes: int, url: str) -> bytes:
+    """A file's bytes, refusing (413) one over ``max_bytes`` without reading more than that."""
+    too_large = APIError(
+        413, f"image_url {_describe(url)}: the file is larger than {max_bytes} bytes", code="image_too_large"
+    )
+    try:
+        if path.stat().st_size > max_bytes:
+            raise too_large
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise APIError(
+            400, f"image_url {_describe(url)}: cannot read the file ({exc.strerror})", code="invalid_image_url"
+        ) from exc
+    if len(data) > max_bytes:
+        raise too_large
+    return data
+
+
+def load_request_image(url: str, roots: Sequence[Path], max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image a request's ``image_url`` names, within the limits; :class:`APIError` otherwise."""
+    if url[:5].lower() == "data:":
+        data = decode_data_url(url, max_bytes)
+    else:
+        data = read_limited(resolve_local_image(url, roots), max_bytes, url)
+    try:
+        return load_image(data, max_pixels=max_pixels, name=f"image_url {_describe(url)}")
+    except ImageTooLargeError as exc:
+        raise APIError(413, str(exc), code="image_too_large") from exc
+    except ImageLoadError as exc:
+        raise APIError(400, str(exc), code="invalid_image") from exc
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as its declared or actual size passes ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, f"invalid Content-Length header {declared!r}")
+        if int(declared) > max_bytes:
+            raise APIError(
+                413, f"the request body has {declared} bytes, more than the limit {max_bytes}", code="request_too_large"
+            )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:  # a chunked body or a lying Content-Length
+            raise APIError(
+                413, f"the request body is larger than the limit {max_bytes} bytes", code="request_too_large"
+            )
+    return bytes(body)
+
+
+def parse_request(body: bytes) -> ChatCompletionRequest:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise APIError(400, f"invalid request: {problems}", param=where or None) from exc
+
+
+def create_app(
+    pipeline: TinyGroundingGPTPipeline,
+    *,
+    model_name: str,
+    image_roots: Sequence[str | Path] = (),
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+) -> FastAPI:
+    """The server for ``pipeline`` under the name ``model_name`` (see the module docstring)."""
+    roots = [Path(r).resolve() for r in image_roots]
+    for root in roots:
+        if not root.is_dir():
+            raise ValueError(f"image root {root} is not a directory")
+    created = int(time.time())
+    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "tinygroundinggpt"}
+    lock = threading.Lock()  # one model, one generation at a time
+    app = FastAPI(title="TinyGroundingGPT", description="OpenAI-compatible Chat Completions with grounding boxes")
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(_error_body(exc.status, exc.message, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(_error_body(500, f"internal error: {type(exc).__name__}"), status_code=500)
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            message = f"the model {name!r} does not exist; this server serves {model_name!r}"
+            raise APIError(404, message, param="model", code="model_not_found")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        check_model(model_id)
+        return model_card
+
+    def answer(chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any]) -> Answer:
+        """Runs in a worker thread: reading and decoding the image block too."""
+        image = None
+        if chat.image_url is not None:
+            try:
+                image = load_request_image(chat.image_url, roots, max_image_bytes, max_image_pixels)
+            except APIError as exc:
+                exc.param = chat.image_param  # the loader knows the URL, not where the request put it
+                raise
+        with lock:
+            gen = pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[0]
+        pixel, norm = answer_boxes(gen.text, image.width, image.height) if image is not None else ([], [])
+        usage = {
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        }
+        return Answer(
+            gen.text, [list(b) for b in pixel], [list(b) for b in norm], "stop" if gen.finished else "length", usage
+        )
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        # The body is read and parsed here rather than by FastAPI so its size is checked before parsing.
+        req = parse_request(await read_body(request, max_request_bytes))
+        check_model(req.model)
+        if req.n not in (None, 1):
+            raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", param="n")
+        chat = conversation_input(req.messages)
+        max_new_tokens = min(req.max_completion_tokens or req.max_tokens or max_new_tokens_cap, max_new_tokens_cap)
+        sampling: dict[str, Any] = {}
+        if req.temperature:
+            sampling = {"do_sample": True, "temperature": req.temperature}
+            if req.top_p is not None:
+                sampling["top_p"] = req.top_p
+        result = await run_in_threadpool(answer, chat, max_new_tokens, sampling)
+
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        message = {"role": "assistant", "content": result.text, "boxes": result.boxes, "boxes_norm": result.boxes_norm}
+        if not req.stream:
+            choice = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
+            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": result.usage})
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            # The answer is complete before the first byte is sent, so errors still get a real status
+            # code; it goes out as one content chunk.
+            yield chunk([{"index": 0, "delta": message, "finish_reason": None, "logprobs": None}])
+            yield chunk([{"index": 0, "delta": {}, "finish_reason": result.finish_reason, "logprobs": None}])
+            if req.stream_options is not None and req.stream_options.include_usage:
+                yield chunk([], usage=result.usage)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
