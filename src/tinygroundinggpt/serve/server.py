@@ -49,12 +49,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
 from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
 from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, load_image
+from tinygroundinggpt.serve import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_NEW_TOKENS_CAP,
+    DEFAULT_MAX_REQUEST_BYTES,
+)
 
-MIB = 2**20
-DEFAULT_MAX_REQUEST_BYTES = 20 * MIB  # room for a base64 image at DEFAULT_MAX_IMAGE_BYTES (4/3 larger)
-DEFAULT_MAX_IMAGE_BYTES = 10 * MIB
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
-DEFAULT_MAX_NEW_TOKENS_CAP = 256
 # Placeholders the processor expands: a user's text containing one would address inputs a request cannot give.
 _PLACEHOLDER_RE = re.compile(
     "|".join([re.escape(IMAGE_TOKEN), re.escape(OBJECT_TOKEN), BOX_REF_RE.pattern, OBJECT_REF_RE.pattern])

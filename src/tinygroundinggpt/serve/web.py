@@ -1,0 +1,87 @@
+"""Gradio web demo: upload an image, ask a question, see the answer, its boxes as JSON and the image
+with the boxes drawn and numbered (number ``i`` is ``boxes[i]`` in the JSON).
+
+``build_demo(pipeline)`` returns the ``gr.Blocks`` (``tgg web`` launches it); :func:`answer` is the
+function behind its button, usable without Gradio.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from tinygroundinggpt.api import TinyGroundingGPTPipeline
+from tinygroundinggpt.images import draw_boxes, load_image
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+EXAMPLE_PROMPTS = (
+    "Output the coordinate of the red circle.",
+    "Where is the blue square? Give its box.",
+    "Is there a yellow triangle in the image?",
+    "Describe the image briefly.",
+)
+DISPLAY_SIDE = 512  # smaller images are enlarged for display so that boxes and their numbers stay legible
+SCENE_SIZE = 64  # what the shipped tiny model was trained on
+
+
+def answer(
+    pipeline: TinyGroundingGPTPipeline, image: Image.Image | None, question: str, max_new_tokens: int = 64
+) -> tuple[Image.Image, str, dict[str, Any]]:
+    """(the image with the predicted boxes drawn, the answer text, the prediction as JSON).
+
+    Raises ``ValueError`` (:class:`~tinygroundinggpt.images.ImageLoadError` included) for a missing
+    image or question.
+    """
+    if image is None:
+        raise ValueError("upload an image first")
+    if not question.strip():
+        raise ValueError("type a question")
+    img = load_image(image)
+    pred = pipeline.predict(img, question, max_new_tokens=max_new_tokens)
+    scale = max(1.0, DISPLAY_SIDE / max(img.size))
+    width = max(2, round(max(img.size) * scale / 256))  # lines stay visible on large photos
+    labels = [str(i) for i in range(len(pred.boxes))]
+    return draw_boxes(img, pred.boxes, labels=labels, scale=scale, width=width), pred.text, pred.to_json()
+
+
+def random_scene() -> Image.Image:
+    """A fresh synthetic scene, the kind of image the shipped tiny model knows."""
+    from tinygroundinggpt.world import generate_scene
+
+    return generate_scene(random.Random(), SCENE_SIZE)[0]
+
+
+def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundingGPT") -> gr.Blocks:
+    """The web demo around ``pipeline``. Gradio's queue runs one prediction at a time by default."""
+    import gradio as gr
+
+    def run(image: Image.Image | None, question: str) -> tuple[Image.Image, str, dict[str, Any]]:
+        try:
+            return answer(pipeline, image, question)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}\nUpload an image and ask about it. Boxes the model writes are drawn on the image, "
+            "numbered as in the JSON (pixels of your image, `[x1, y1, x2, y2]`)."
+        )
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"])
+                scene = gr.Button("New synthetic scene")
+                question = gr.Textbox(label="Question", value=EXAMPLE_PROMPTS[0])
+                gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[question], label="Example questions")
+                ask = gr.Button("Ask", variant="primary")
+            with gr.Column():
+                drawn = gr.Image(type="pil", label="Answer boxes", interactive=False)
+                text = gr.Textbox(label="Answer", interactive=False)
+                boxes = gr.JSON(label="Boxes")
+        scene.click(random_scene, outputs=image)
+        ask.click(run, inputs=[image, question], outputs=[drawn, text, boxes])
+        question.submit(run, inputs=[image, question], outputs=[drawn, text, boxes])
+    return demo
