@@ -294,14 +294,16 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise APIError(400, f"invalid Content-Length header {declared!r}")
         if int(declared) > max_bytes:
             raise APIError(
-                413, f"the request body has {declared} bytes, more than the limit {max_bytes}", code="request_too_large"
+                413,
+                f"the request body has {declared} bytes, more than the limit of {max_bytes} bytes",
+                code="request_too_large",
             )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:  # a chunked body or a lying Content-Length
             raise APIError(
-                413, f"the request body is larger than the limit {max_bytes} bytes", code="request_too_large"
+                413, f"the request body is larger than the limit of {max_bytes} bytes", code="request_too_large"
             )
     return bytes(body)
 

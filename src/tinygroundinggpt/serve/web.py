@@ -18,11 +18,12 @@ from tinygroundinggpt.images import draw_boxes, load_image
 if TYPE_CHECKING:
     import gradio as gr
 
+# Referring-expression prompts in the forms the shipped tiny model was trained on (it answers those best).
 EXAMPLE_PROMPTS = (
     "Output the coordinate of the red circle.",
     "Where is the blue square? Give its box.",
-    "Is there a yellow triangle in the image?",
-    "Describe the image briefly.",
+    "In this image, where is the large green triangle located?",
+    "Find the striped yellow star.",
 )
 DISPLAY_SIDE = 512  # smaller images are enlarged for display so that boxes and their numbers stay legible
 SCENE_SIZE = 64  # what the shipped tiny model was trained on
@@ -72,16 +73,16 @@ def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundin
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"])
+                # PNG, not Gradio's default WebP: the model must see the pixels as uploaded.
+                image = gr.Image(type="pil", format="png", label="Image", sources=["upload", "clipboard"])
                 scene = gr.Button("New synthetic scene")
                 question = gr.Textbox(label="Question", value=EXAMPLE_PROMPTS[0])
                 gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[question], label="Example questions")
                 ask = gr.Button("Ask", variant="primary")
             with gr.Column():
-                drawn = gr.Image(type="pil", label="Answer boxes", interactive=False)
+                drawn = gr.Image(type="pil", format="png", label="Answer boxes", interactive=False)
                 text = gr.Textbox(label="Answer", interactive=False)
                 boxes = gr.JSON(label="Boxes")
-        scene.click(random_scene, outputs=image)
-        ask.click(run, inputs=[image, question], outputs=[drawn, text, boxes])
-        question.submit(run, inputs=[image, question], outputs=[drawn, text, boxes])
+        scene.click(random_scene, outputs=image, api_name="scene")
+        gr.on([ask.click, question.submit], run, inputs=[image, question], outputs=[drawn, text, boxes], api_name="ask")
     return demo

@@ -1,0 +1,69 @@
+"""The official ``openai`` client against the server over real HTTP (uvicorn on a free local port)."""
+
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from serve_helpers import data_url, png_bytes
+
+from tinygroundinggpt.serve.server import create_app
+
+MODEL = "tinygroundinggpt"
+
+
+@pytest.fixture(scope="module")
+def base_url(pipe):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(pipe, model_name=MODEL), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    # trust_env=False: a proxy configured in the environment must not see requests to localhost.
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        yield openai.OpenAI(base_url=base_url, api_key="unused", http_client=http, max_retries=0)
+
+
+def test_openai_client_gets_the_answer_and_its_pixel_boxes(client, pipe, scene):
+    image, prompt = scene
+    expected = pipe.predict(image, prompt)
+    assert [m.id for m in client.models.list()] == [MODEL]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png_bytes(image))}},
+                {"type": "text", "text": prompt},
+            ],
+        }
+    ]
+    resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=64, temperature=0)
+    message = resp.choices[0].message
+    assert message.content == expected.text and resp.choices[0].finish_reason == "stop"
+    assert message.model_extra["boxes"] == [list(b) for b in expected.boxes]
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+    stream = client.chat.completions.create(model=MODEL, messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected.text
+
+    with pytest.raises(openai.BadRequestError, match="URLs are not fetched"):
+        bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                                            {"type": "text", "text": prompt}]}]  # fmt: skip
+        client.chat.completions.create(model=MODEL, messages=bad)

@@ -1,0 +1,230 @@
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_helpers import data_url, png_bytes
+
+from tinygroundinggpt.serve.server import create_app
+
+MODEL = "tiny-test"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """An image root holding the scene, a big file, and a symlink out; a secret file next to it."""
+    base = tmp_path_factory.mktemp("serve")
+    (base / "root" / "sub").mkdir(parents=True)
+    (base / "outside.png").write_bytes(b"secret")
+    (base / "root" / "link.png").symlink_to(base / "outside.png")
+    return base / "root"
+
+
+@pytest.fixture(scope="module")
+def client(pipe, root):
+    return TestClient(create_app(pipe, model_name=MODEL, image_roots=[root]))
+
+
+@pytest.fixture(scope="module")
+def expected(pipe, scene):
+    image, prompt = scene
+    return pipe.predict(image, prompt)
+
+
+def request(url, text, **extra):
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def error(resp, status):
+    assert resp.status_code == status, resp.text
+    body = resp.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    return body
+
+
+def test_models_lists_the_served_model(client):
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == [MODEL]
+    assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
+    assert error(client.get("/v1/models/gpt-4o"), 404)["code"] == "model_not_found"
+
+
+def test_answer_equals_the_pipeline_prediction(client, scene, expected):
+    image, prompt = scene
+    resp = client.post("/v1/chat/completions", json=request(data_url(png_bytes(image)), prompt, max_tokens=64))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "chat.completion" and body["model"] == MODEL and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    message = choice["message"]
+    assert message["role"] == "assistant" and message["content"] == expected.text
+    assert expected.boxes, "the shipped model grounds this scene's object"
+    assert message["boxes"] == [list(b) for b in expected.boxes]  # pixels of the 64x48 image
+    assert message["boxes_norm"] == [list(b) for b in expected.boxes_norm]
+    assert choice["finish_reason"] == "stop"
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 1
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+    cut = client.post("/v1/chat/completions", json=request(data_url(png_bytes(image)), prompt, max_tokens=3)).json()
+    assert cut["choices"][0]["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 3
+    assert expected.text.startswith(cut["choices"][0]["message"]["content"])
+
+
+def test_multi_turn_uses_the_last_user_text_with_the_image(client, pipe, scene):
+    image, prompt = scene
+    question = "Output the coordinate of the yellow circle."
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png_bytes(image))}},
+                                     {"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": "[0.1, 0.1, 0.2, 0.2]"},
+        {"role": "user", "content": question},
+    ]  # fmt: skip
+    body = client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages}).json()
+    assert body["choices"][0]["message"]["content"] == pipe.predict(image, question).text
+
+
+def test_files_under_the_image_root_are_read(client, root, scene, expected):
+    image, prompt = scene
+    (root / "sub" / "scene.png").write_bytes(png_bytes(image))
+    for url in (str(root / "sub" / "scene.png"), (root / "sub" / "scene.png").as_uri(), "sub/scene.png"):
+        resp = client.post("/v1/chat/completions", json=request(url, prompt))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == expected.text
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("{base}/outside.png", "outside the server's image roots"),
+        ("file://{base}/outside.png", "outside the server's image roots"),
+        ("../outside.png", "outside the server's image roots"),
+        ("{root}/sub/../../outside.png", "outside the server's image roots"),
+        ("link.png", "outside the server's image roots"),  # a symlink inside the root pointing out
+        ("{root}/missing.png", "no such file under the image roots"),
+        ("http://127.0.0.1:9/scene.png", "http: URLs are not fetched"),
+        ("https://example.com/scene.png", "https: URLs are not fetched"),
+        ("file://otherhost/etc/passwd", "only local file:// URLs"),
+    ],
+)
+def test_urls_outside_the_roots_are_refused_unread(client, root, monkeypatch, url, why):
+    url = url.format(base=root.parent, root=root)
+    opened = []
+    real_open = pathlib.Path.open
+    monkeypatch.setattr(pathlib.Path, "open", lambda self, *a, **k: opened.append(self) or real_open(self, *a, **k))
+    body = error(client.post("/v1/chat/completions", json=request(url, "What is this?")), 400)
+    assert why in body["message"] and url in body["message"]
+    assert body["param"] == "messages[0].content[0]" and body["code"] == "invalid_image_url"
+    assert opened == []
+
+
+def test_a_server_without_roots_reads_no_files(pipe, root):
+    resp = TestClient(create_app(pipe, model_name=MODEL)).post(
+        "/v1/chat/completions", json=request(str(root / "sub" / "scene.png"), "What is this?")
+    )
+    assert "reads no local files" in error(resp, 400)["message"]
+
+
+def test_oversized_bodies_are_refused_before_parsing(pipe, scene):
+    client = TestClient(create_app(pipe, model_name=MODEL, max_request_bytes=1000))
+    image, prompt = scene
+    big = request(data_url(png_bytes(image)), prompt)
+    assert error(client.post("/v1/chat/completions", json=big), 413)["code"] == "request_too_large"
+    # Without Content-Length (chunked), the bytes are counted as they arrive; the body is not even JSON.
+    resp = client.post("/v1/chat/completions", content=iter([b"x" * 600, b"x" * 600]))
+    assert error(resp, 413)["code"] == "request_too_large"
+
+
+def test_oversized_images_are_refused(pipe, root, scene):
+    image, prompt = scene
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    (root / "noise.png").write_bytes(png_bytes(noise))
+    small = TestClient(create_app(pipe, model_name=MODEL, image_roots=[root], max_image_bytes=2000))
+    for url in (data_url(png_bytes(noise)), "noise.png"):
+        body = error(small.post("/v1/chat/completions", json=request(url, prompt)), 413)
+        assert body["code"] == "image_too_large" and "2000 bytes" in body["message"]
+    few_pixels = TestClient(create_app(pipe, model_name=MODEL, max_image_pixels=1000))
+    body = error(few_pixels.post("/v1/chat/completions", json=request(data_url(png_bytes(image)), prompt)), 413)
+    assert "64x48 = 3072 pixels, more than the limit 1000" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("data:image/png;base64,iVBORw0KGgo!!!", "not valid base64"),
+        (data_url(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20), "cannot decode image"),
+        (data_url(b""), "the image file is empty"),
+        (data_url(b"hello", "text/plain"), "is not a data:image/...;base64,... URL"),
+        ("data:image/png,rawbytes", "is not a data:image/...;base64,... URL"),
+    ],
+)
+def test_corrupt_images_are_refused_with_the_reason(client, url, why):
+    body = error(client.post("/v1/chat/completions", json=request(url, "What is this?")), 400)
+    assert why in body["message"] and "data URL" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "why"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        (json.dumps({"model": MODEL}).encode(), 400, "messages: Field required"),
+        (json.dumps({"model": MODEL, "messages": []}).encode(), 400, "messages: List should have at least 1 item"),
+        (json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404, "gpt-4o"),
+        (json.dumps({"model": MODEL, "n": 2, "messages": [{"role": "user", "content": "hi"}]}).encode(), 400, "n=2"),
+        (json.dumps({"model": MODEL, "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+         400, "max_tokens"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "hi"}]}).encode(), 400,
+         "no user message"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Where is <object:0>?"}]}).encode(),
+         400, "placeholder '<object:0>'"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}).encode(),
+         400, "unsupported content part 'input_audio'"),
+    ],
+)  # fmt: skip
+def test_malformed_requests_say_what_is_wrong(client, payload, status, why):
+    resp = client.post("/v1/chat/completions", content=payload, headers={"content-type": "application/json"})
+    assert why in error(resp, status)["message"]
+
+
+def test_one_image_per_request(client, scene):
+    image, _ = scene
+    url = data_url(png_bytes(image))
+    content = [{"type": "image_url", "image_url": {"url": url}}] * 2 + [{"type": "text", "text": "Compare."}]
+    resp = client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    )
+    body = error(resp, 400)
+    assert "one image per request" in body["message"] and body["param"] == "messages[0].content[1]"
+
+
+def test_streaming_sends_the_same_answer_and_ends_with_done(client, scene, expected):
+    image, prompt = scene
+    payload = request(data_url(png_bytes(image)), prompt, stream=True, stream_options={"include_usage": True})
+    resp = client.post("/v1/chat/completions", json=payload)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in resp.text.splitlines() if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    deltas = [ch["delta"] for c in chunks for ch in c["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == expected.text
+    assert [ch["finish_reason"] for c in chunks for ch in c["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] > 1
+
+
+def test_sampling_with_temperature_answers(client, scene):
+    image, prompt = scene
+    payload = request(data_url(png_bytes(image)), prompt, temperature=0.7, top_p=0.9, max_completion_tokens=40)
+    body = client.post("/v1/chat/completions", json=payload).json()
+    assert body["usage"]["completion_tokens"] <= 40 and isinstance(body["choices"][0]["message"]["content"], str)
+
+
+def test_roots_must_exist(pipe, tmp_path):
+    with pytest.raises(ValueError, match="is not a directory"):
+        create_app(pipe, model_name=MODEL, image_roots=[os.fspath(tmp_path / "nope")])
