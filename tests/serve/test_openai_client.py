@@ -3,6 +3,7 @@
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -67,3 +68,19 @@ def test_openai_client_gets_the_answer_and_its_pixel_boxes(client, pipe, scene):
         bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
                                             {"type": "text", "text": prompt}]}]  # fmt: skip
         client.chat.completions.create(model=MODEL, messages=bad)
+
+
+def test_concurrent_requests_each_get_their_own_answer(client, pipe, scene):
+    image, _ = scene
+    url = data_url(png_bytes(image))
+    prompts = [f"Output the coordinate of the {name}." for name in ("pink star", "yellow circle", "cyan star")] * 2
+
+    def ask(prompt):
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}]
+        resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+        return resp.choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert answers == [pipe.predict(image, p).text for p in prompts]
+    assert len(set(answers)) > 1  # the prompts really ask for different objects

@@ -76,6 +76,8 @@ def _error_body(status: int, message: str, param: str | None = None, code: str |
 
 
 class ChatMessage(BaseModel):
+    """One OpenAI message; content parts are checked by :func:`conversation_input` for clearer errors."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -309,6 +311,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
+    """A request body → the validated request; :class:`APIError` (400) saying what is wrong."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
