@@ -137,10 +137,29 @@ def parse_boxes(text: str) -> list[Box]:
     return [tuple(float(g) for g in m.groups()) for m in _BOX_RE.finditer(text)]  # type: ignore[misc]
 
 
+def box_spans(text: str) -> list[tuple[int, int]]:
+    """Character ``(start, end)`` of every box :func:`parse_boxes` finds in ``text``, in the same order."""
+    return [m.span() for m in _BOX_RE.finditer(text)]
+
+
 def parse_first_box(text: str) -> Box | None:
     """The first box in ``text`` or ``None`` when there is none (the REC answer rule)."""
     m = _BOX_RE.search(text)
     return tuple(float(g) for g in m.groups()) if m else None  # type: ignore[return-value]
+
+
+def grid_cell_box(row: int, col: int, grid: int, width: int, height: int) -> Box:
+    """Original-image pixel box of cell ``(row, col)`` of a ``grid``×``grid`` patch grid laid over the padded
+    square (what the vision encoders see); zero area when the cell lies entirely in the padding."""
+    return model_to_pixel((col / grid, row / grid, (col + 1) / grid, (row + 1) / grid), width, height)
+
+
+def pixel_to_cell(x: float, y: float, grid: int, width: int, height: int) -> tuple[int, int]:
+    """``(row, col)`` of the patch-grid cell (see :func:`grid_cell_box`) holding the original-image pixel ``(x, y)``."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise BoxError(f"point ({x}, {y}) lies outside the {width}x{height} image")
+    mx, my, _, _ = pixel_to_model((x, y, x, y), width, height)
+    return min(int(my * grid), grid - 1), min(int(mx * grid), grid - 1)
 
 
 def area(box: Sequence[float]) -> float:
@@ -200,6 +219,12 @@ def to_int_box(box: Sequence[float]) -> tuple[int, int, int, int]:
     """Pixel box → integer crop window covering every pixel the box touches."""
     x1, y1, x2, y2 = _as_box(box)
     return (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
+
+
+def to_inclusive_corners(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """Pixel box → first and last pixel column/row it touches (what PIL's ``ImageDraw.rectangle`` takes)."""
+    x1, y1, x2, y2 = to_int_box(box)
+    return (x1, y1, x2 - 1, y2 - 1)
 
 
 def expand_box(box: Sequence[float], margin: float, width: int, height: int) -> Box:

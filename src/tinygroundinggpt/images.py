@@ -1,4 +1,5 @@
-"""Image loading and the geometric image operations the model needs (pad to square, crop a box).
+"""Image loading, the geometric image operations the model needs (pad to square, crop a box), and the
+drawing behind every picture the project makes (:func:`draw_boxes`, :func:`tile_sheet`).
 
 Coordinates come from :mod:`tinygroundinggpt.boxes`; this module only moves pixels.
 """
@@ -7,16 +8,31 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
-from tinygroundinggpt.boxes import Box, pad_offsets, square_side, to_int_box, validate_pixel_box
+from tinygroundinggpt.boxes import (
+    Box,
+    BoxError,
+    norm_to_pixel,
+    pad_offsets,
+    pixel_to_norm,
+    square_side,
+    to_inclusive_corners,
+    to_int_box,
+    validate_pixel_box,
+)
 
 # Decompression bombs: Pillow warns above this and errors above twice this. We make both an error
 # with the file's name, and let callers lower the cap (the server does).
 DEFAULT_MAX_PIXELS = 89_478_485
+RGB = tuple[int, int, int]
+TRUE_BOX_COLOUR: RGB = (0, 200, 0)
+PREDICTED_BOX_COLOUR: RGB = (230, 0, 0)
+CAPTION_LINE = 14  # px per caption line under a sheet's tiles
 
 
 class ImageLoadError(ValueError):
@@ -113,3 +129,57 @@ def crop_box(img: Image.Image, box: Box) -> Image.Image:
     """The pixels of a pixel-frame box (validated against the image; fractional edges rounded outward)."""
     validate_pixel_box(box, img.width, img.height, what="object box")
     return img.crop(to_int_box(box))
+
+
+def draw_boxes(
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    *,
+    colour: RGB | Sequence[RGB] = PREDICTED_BOX_COLOUR,
+    labels: Sequence[str] | None = None,
+    scale: float = 1.0,
+    width: int = 2,
+) -> Image.Image:
+    """A copy of ``image`` scaled by ``scale`` with ``boxes`` (pixel frame of ``image``) outlined.
+
+    ``colour`` is one colour for every box or one per box; ``labels[i]`` is written inside box ``i``'s
+    top-left corner. Scaling is nearest-neighbour so tiny images stay crisp when enlarged. A box that is
+    empty once clamped to the image (a model can write one) is not drawn.
+    """
+    colours = [colour] * len(boxes) if colour and isinstance(colour[0], int) else list(colour)  # type: ignore[list-item]
+    if len(colours) != len(boxes) or (labels is not None and len(labels) != len(boxes)):
+        raise ValueError(f"{len(boxes)} boxes but {len(colours)} colours and {len(labels or boxes)} labels")
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    out = to_rgb(image).resize(size, Image.NEAREST)
+    draw = ImageDraw.Draw(out)
+    for i, box in enumerate(boxes):
+        try:
+            box = validate_pixel_box(box, image.width, image.height, repair=True)
+        except BoxError:
+            continue
+        x1, y1, x2, y2 = to_inclusive_corners(norm_to_pixel(pixel_to_norm(box, image.width, image.height), *size))
+        draw.rectangle((x1, y1, x2, y2), outline=colours[i], width=width)
+        if labels is not None:
+            draw.text((x1 + 3, y1 + 2), labels[i], fill=colours[i])
+    return out
+
+
+def tile_sheet(
+    tiles: Sequence[Image.Image],
+    *,
+    columns: int = 4,
+    cell: int = 224,
+    captions: Sequence[Sequence[str]] | None = None,
+) -> Image.Image:
+    """Tiles (each at most ``cell`` px a side) on a white sheet, row by row, each with its caption lines under it."""
+    lines = max((len(c) for c in captions), default=0) if captions else 0
+    row_h = cell + CAPTION_LINE * lines
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * cell, rows * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, tile in enumerate(tiles):
+        ox, oy = (k % columns) * cell, (k // columns) * row_h
+        sheet.paste(tile, (ox, oy))
+        for j, text in enumerate(captions[k] if captions else ()):
+            draw.text((ox + 2, oy + cell + 2 + (CAPTION_LINE - 2) * j), text, fill=(0, 0, 0))
+    return sheet

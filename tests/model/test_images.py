@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinygroundinggpt.images import ImageLoadError, crop_box, load_image, pad_to_square
+from tinygroundinggpt.images import ImageLoadError, crop_box, draw_boxes, load_image, pad_to_square, tile_sheet
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -69,3 +69,19 @@ def test_pad_to_square_centres_and_crop_takes_box_pixels(size):
     assert (sq[0, 0] == (1, 2, 3)).all() and (sq[-1, -1] == (1, 2, 3)).all()
     crop = np.asarray(crop_box(img, (2, 3, 7, 9)))
     assert (crop == arr[3:9, 2:7]).all()
+
+
+def test_draw_boxes_outlines_inside_the_box_and_scales():
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    out = draw_boxes(img, [(2, 2, 6, 6), (0, 0, 0, 5)], colour=(255, 0, 0), scale=2, width=1)
+    assert out.size == (40, 20) and img.getpixel((2, 2)) == (0, 0, 0)  # a copy; the empty box is skipped
+    assert out.getpixel((4, 4)) == out.getpixel((11, 11)) == (255, 0, 0)  # first and last pixel of the box
+    assert out.getpixel((12, 12)) == (0, 0, 0) and out.getpixel((8, 8)) == (0, 0, 0)
+
+
+def test_tile_sheet_places_tiles_and_captions():
+    tiles = [Image.new("RGB", (10, 5), (0, 0, 255))] * 3
+    sheet = tile_sheet(tiles, columns=2, cell=10, captions=[["a"], ["b", "c"], []])
+    assert sheet.size == (20, 2 * (10 + 2 * 14))
+    assert sheet.getpixel((15, 2)) == (0, 0, 255) and sheet.getpixel((5, 38 + 2)) == (0, 0, 255)
+    assert sheet.getpixel((15, 38 + 2)) == (255, 255, 255)

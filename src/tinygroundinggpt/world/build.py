@@ -30,11 +30,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
-from tinygroundinggpt.boxes import norm_to_pixel, pixel_to_norm
 from tinygroundinggpt.data.format import Sample
+from tinygroundinggpt.images import draw_boxes, tile_sheet
 from tinygroundinggpt.world.formats import (
     POPE_STRATEGIES,
     REFS_FILE,
@@ -202,16 +202,9 @@ def _eval_images(
 
 def contact_sheet(scenes: list[tuple[Image.Image, Scene]], columns: int = 4, cell: int = 256) -> Image.Image:
     """Scenes side by side, each scaled to fit ``cell`` px, with every object's box and index drawn."""
-    rows = (len(scenes) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * cell, rows * cell), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for k, (image, scene) in enumerate(scenes):
-        scale = cell / max(scene.width, scene.height)
-        w, h = round(scene.width * scale), round(scene.height * scale)
-        ox, oy = (k % columns) * cell, (k // columns) * cell
-        sheet.paste(image.resize((w, h), Image.NEAREST), (ox, oy))
-        for i, obj in enumerate(scene.objects):
-            x1, y1, x2, y2 = norm_to_pixel(pixel_to_norm(obj.box, scene.width, scene.height), w, h)
-            draw.rectangle((ox + x1, oy + y1, ox + x2, oy + y2), outline=(255, 0, 255), width=2)
-            draw.text((ox + x1 + 3, oy + y1 + 2), str(i), fill=(255, 0, 255))
-    return sheet
+    tiles = [
+        draw_boxes(image, [o.box for o in scene.objects], colour=(255, 0, 255),
+                   labels=[str(i) for i in range(len(scene.objects))], scale=cell / max(scene.width, scene.height))
+        for image, scene in scenes
+    ]  # fmt: skip
+    return tile_sheet(tiles, columns=columns, cell=cell)
