@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tinygroundinggpt.components.cli",
     "tinygroundinggpt.eval.cli",
     "tinygroundinggpt.demo",
+    "tinygroundinggpt.interpret.cli",
 ]
 
 

@@ -168,18 +168,20 @@ def tile_sheet(
     tiles: Sequence[Image.Image],
     *,
     columns: int = 4,
-    cell: int = 224,
+    cell: int | tuple[int, int] = 224,
     captions: Sequence[Sequence[str]] | None = None,
 ) -> Image.Image:
-    """Tiles (each at most ``cell`` px a side) on a white sheet, row by row, each with its caption lines under it."""
+    """Tiles (each at most ``cell`` px a side, or (width, height)) on a white sheet, row by row, each with its
+    caption lines under it."""
+    cell_w, cell_h = (cell, cell) if isinstance(cell, int) else cell
     lines = max((len(c) for c in captions), default=0) if captions else 0
-    row_h = cell + CAPTION_LINE * lines
+    row_h = cell_h + CAPTION_LINE * lines
     rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * cell, rows * row_h), (255, 255, 255))
+    sheet = Image.new("RGB", (columns * cell_w, rows * row_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for k, tile in enumerate(tiles):
-        ox, oy = (k % columns) * cell, (k // columns) * row_h
+        ox, oy = (k % columns) * cell_w, (k // columns) * row_h
         sheet.paste(tile, (ox, oy))
         for j, text in enumerate(captions[k] if captions else ()):
-            draw.text((ox + 2, oy + cell + 2 + (CAPTION_LINE - 2) * j), text, fill=(0, 0, 0))
+            draw.text((ox + 2, oy + cell_h + 2 + (CAPTION_LINE - 2) * j), text, fill=(0, 0, 0))
     return sheet
