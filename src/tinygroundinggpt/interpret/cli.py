@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from tinygroundinggpt.demo import SHIPPED
 from tinygroundinggpt.interpret.attention import SPANS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +33,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_similarity)
 
 
-def _grid_json(grid) -> list[list[float]]:  # noqa: ANN001 - torch is imported lazily
+def _grid_json(grid: torch.Tensor) -> list[list[float]]:
     return [[round(float(v), 4) for v in row] for row in grid]
 
 
