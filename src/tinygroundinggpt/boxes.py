@@ -137,10 +137,29 @@ def parse_boxes(text: str) -> list[Box]:
     return [tuple(float(g) for g in m.groups()) for m in _BOX_RE.finditer(text)]  # type: ignore[misc]
 
 
+def box_spans(text: str) -> list[tuple[int, int]]:
+    """Character ``(start, end)`` of every box :func:`parse_boxes` finds in ``text``, in the same order."""
+    return [m.span() for m in _BOX_RE.finditer(text)]
+
+
 def parse_first_box(text: str) -> Box | None:
     """The first box in ``text`` or ``None`` when there is none (the REC answer rule)."""
     m = _BOX_RE.search(text)
     return tuple(float(g) for g in m.groups()) if m else None  # type: ignore[return-value]
+
+
+def grid_cell_box(row: int, col: int, grid: int, width: int, height: int) -> Box:
+    """Original-image pixel box of cell ``(row, col)`` of a ``grid``×``grid`` patch grid laid over the padded
+    square (what the vision encoders see); zero area when the cell lies entirely in the padding."""
+    return model_to_pixel((col / grid, row / grid, (col + 1) / grid, (row + 1) / grid), width, height)
+
+
+def pixel_to_cell(x: float, y: float, grid: int, width: int, height: int) -> tuple[int, int]:
+    """``(row, col)`` of the patch-grid cell (see :func:`grid_cell_box`) holding the original-image pixel ``(x, y)``."""
+    if not (0 <= x < width and 0 <= y < height):
+        raise BoxError(f"point ({x}, {y}) lies outside the {width}x{height} image")
+    mx, my, _, _ = pixel_to_model((x, y, x, y), width, height)
+    return min(int(my * grid), grid - 1), min(int(mx * grid), grid - 1)
 
 
 def area(box: Sequence[float]) -> float:

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tinygroundinggpt.eval.cli",
     "tinygroundinggpt.demo",
     "tinygroundinggpt.serve.cli",
+    "tinygroundinggpt.interpret.cli",
 ]
 
 

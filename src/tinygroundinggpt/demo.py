@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.eval.runner import evaluate
 from tinygroundinggpt.eval.task import get_task
-from tinygroundinggpt.images import draw_boxes
+from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, tile_sheet
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "tiny" / "tinygroundinggpt"
 DEMO_SEED = 20_261_126  # no training world uses this seed: the demo's scenes are unseen
@@ -75,24 +75,18 @@ def prediction_sheet(world_dir: Path, eval_dir: Path, task_name: str, n: int = 1
     items = get_task(task_name).load(world_dir)[:n]
     scored = (eval_dir / "scores" / f"{task_name}.jsonl").read_text(encoding="utf-8").splitlines()
     answers = {row["id"]: row["answer"] for row in map(json.loads, scored)}
-    cols = 4
-    rows = (len(items) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + 28)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for k, item in enumerate(items):
+    tiles, captions = [], []
+    for item in items:
         img = Image.open(item.image).convert("RGB")
-        scale = cell / max(img.size)
-        ox, oy = (k % cols) * cell, (k // cols) * (cell + 28)
-        boxes, colours = [item.reference["box"]], [(0, 200, 0)]
+        drawn = [(tuple(item.reference["box"]), TRUE_BOX_COLOUR)]
         pred = bx.parse_first_box(answers.get(item.id, ""))
         if pred is not None:
-            boxes.append(bx.model_to_pixel(pred, img.width, img.height))
-            colours.append((230, 0, 0))
-        sheet.paste(draw_boxes(img, boxes, colour=colours, scale=scale), (ox, oy))
+            drawn.append((bx.model_to_pixel(pred, img.width, img.height), PREDICTED_BOX_COLOUR))
+        boxes, colours = zip(*drawn, strict=True)
+        tiles.append(draw_boxes(img, boxes, colour=colours, scale=cell / max(img.size)))
         text = item.reference["expression"]
-        draw.text((ox + 2, oy + cell + 2), text[:38], fill=(0, 0, 0))
-        draw.text((ox + 2, oy + cell + 14), text[38:76], fill=(0, 0, 0))
-    return sheet
+        captions.append([text[:38], text[38:76]])
+    return tile_sheet(tiles, cell=cell, captions=captions)
 
 
 def run_demo(

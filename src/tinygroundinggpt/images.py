@@ -1,5 +1,5 @@
-"""Image loading, the geometric image operations the model needs (pad to square, crop a box), and
-:func:`draw_boxes`, the one box-drawing routine behind every picture the project makes.
+"""Image loading, the geometric image operations the model needs (pad to square, crop a box), and the
+drawing behind every picture the project makes (:func:`draw_boxes`, :func:`tile_sheet`).
 
 Coordinates come from :mod:`tinygroundinggpt.boxes`; this module only moves pixels.
 """
@@ -30,6 +30,9 @@ from tinygroundinggpt.boxes import (
 # with the file's name, and let callers lower the cap (the server does).
 DEFAULT_MAX_PIXELS = 89_478_485
 RGB = tuple[int, int, int]
+TRUE_BOX_COLOUR: RGB = (0, 200, 0)
+PREDICTED_BOX_COLOUR: RGB = (230, 0, 0)
+CAPTION_LINE = 14  # px per caption line under a sheet's tiles
 
 
 class ImageLoadError(ValueError):
@@ -137,7 +140,7 @@ def draw_boxes(
     image: Image.Image,
     boxes: Sequence[Sequence[float]],
     *,
-    colour: RGB | Sequence[RGB] = (230, 0, 0),
+    colour: RGB | Sequence[RGB] = PREDICTED_BOX_COLOUR,
     labels: Sequence[str] | None = None,
     scale: float = 1.0,
     width: int = 2,
@@ -165,3 +168,26 @@ def draw_boxes(
         if labels is not None:
             draw.text((x1 + 3, y1 + 2), labels[i], fill=colours[i])
     return out
+
+
+def tile_sheet(
+    tiles: Sequence[Image.Image],
+    *,
+    columns: int = 4,
+    cell: int | tuple[int, int] = 224,
+    captions: Sequence[Sequence[str]] | None = None,
+) -> Image.Image:
+    """Tiles (each at most ``cell`` px a side, or (width, height)) on a white sheet, row by row, each with its
+    caption lines under it."""
+    cell_w, cell_h = (cell, cell) if isinstance(cell, int) else cell
+    lines = max((len(c) for c in captions), default=0) if captions else 0
+    row_h = cell_h + CAPTION_LINE * lines
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * cell_w, rows * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, tile in enumerate(tiles):
+        ox, oy = (k % columns) * cell_w, (k // columns) * row_h
+        sheet.paste(tile, (ox, oy))
+        for j, text in enumerate(captions[k] if captions else ()):
+            draw.text((ox + 2, oy + cell_h + 2 + (CAPTION_LINE - 2) * j), text, fill=(0, 0, 0))
+    return sheet

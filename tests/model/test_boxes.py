@@ -78,3 +78,25 @@ def test_jitter_stays_valid_and_is_seeded():
     assert a == b
     assert bx.validate_pixel_box(a, 60, 50)
     assert bx.iou(a, (10, 10, 50, 40)) > 0.6
+
+
+def test_box_spans_locate_the_parsed_boxes():
+    text = "left [0.1, 0.2, 0.3, 0.4] then [0.5,0.6,0.7,0.8]."
+    spans = bx.box_spans(text)
+    assert [bx.parse_first_box(text[a:b]) for a, b in spans] == bx.parse_boxes(text)
+    assert text[spans[1][1] :] == "."
+
+
+def test_grid_cells_map_through_the_padded_square():
+    # 64x32 image on a 64 px square: 16 px of padding above and below, 8 px cells of an 8x8 grid.
+    assert bx.grid_cell_box(2, 3, 8, 64, 32) == (24.0, 0.0, 32.0, 8.0)
+    assert bx.area(bx.grid_cell_box(1, 3, 8, 64, 32)) == 0.0  # entirely in the top padding
+    assert bx.pixel_to_cell(25.0, 0.0, 8, 64, 32) == (2, 3)
+    assert bx.pixel_to_cell(63.9, 31.9, 8, 64, 32) == (5, 7)
+    with pytest.raises(bx.BoxError, match="outside"):
+        bx.pixel_to_cell(10, 32, 8, 64, 32)
+
+
+def test_inclusive_corners_are_the_last_pixels_touched():
+    assert bx.to_inclusive_corners((3, 4, 6, 8)) == (3, 4, 5, 7)
+    assert bx.to_inclusive_corners((3.5, 4.2, 5.1, 7.9)) == (3, 4, 5, 7)

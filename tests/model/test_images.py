@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, crop_box, draw_boxes, load_image, pad_to_square
+from tinygroundinggpt.images import (
+    ImageLoadError,
+    ImageTooLargeError,
+    crop_box,
+    draw_boxes,
+    load_image,
+    pad_to_square,
+    tile_sheet,
+)
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -93,3 +101,19 @@ def test_draw_boxes_scales_with_the_image_and_writes_labels():
     assert arr[22:40, 23:40, 1].max() > 100  # the label, inside the outline (anti-aliased: not pure green)
     with pytest.raises(ValueError, match="1 boxes but 1 colours and 2 labels"):
         draw_boxes(img, [(2, 2, 6, 5)], labels=["0", "1"])
+
+
+def test_draw_boxes_outlines_inside_the_box_and_scales():
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    out = draw_boxes(img, [(2, 2, 6, 6), (0, 0, 0, 5)], colour=(255, 0, 0), scale=2, width=1)
+    assert out.size == (40, 20) and img.getpixel((2, 2)) == (0, 0, 0)  # a copy; the empty box is skipped
+    assert out.getpixel((4, 4)) == out.getpixel((11, 11)) == (255, 0, 0)  # first and last pixel of the box
+    assert out.getpixel((12, 12)) == (0, 0, 0) and out.getpixel((8, 8)) == (0, 0, 0)
+
+
+def test_tile_sheet_places_tiles_and_captions():
+    tiles = [Image.new("RGB", (10, 5), (0, 0, 255))] * 3
+    sheet = tile_sheet(tiles, columns=2, cell=10, captions=[["a"], ["b", "c"], []])
+    assert sheet.size == (20, 2 * (10 + 2 * 14))
+    assert sheet.getpixel((15, 2)) == (0, 0, 255) and sheet.getpixel((5, 38 + 2)) == (0, 0, 255)
+    assert sheet.getpixel((15, 38 + 2)) == (255, 255, 255)

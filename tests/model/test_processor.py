@@ -25,6 +25,17 @@ def test_labels_are_exactly_the_assistant_replies(tiny_model):
     assert _labelled_text(proc, enc) == (
         f"It is at [0.000, 0.250, 0.500, 0.750].{eos}Yes, there is. [0.500, 0.250, 1.000, 0.750]{eos}"
     )
+    # each labelled token's characters within its reply: the reply text back, then the end-of-turn token
+    replies = ["It is at [0.000, 0.250, 0.500, 0.750].", "Yes, there is. [0.500, 0.250, 1.000, 0.750]"]
+    labelled = [i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE_INDEX]
+    assert len(enc.reply_offsets) == len(labelled)
+    k = 0
+    for reply in replies:
+        n = next(j for j in range(k, len(labelled)) if enc.reply_offsets[j][0] >= len(reply)) - k
+        assert proc.tokenizer.decode(labelled[k : k + n]) == reply
+        assert enc.reply_offsets[k] == (0, enc.reply_offsets[k][1]) and enc.reply_offsets[k + n - 1][1] == len(reply)
+        assert enc.reply_offsets[k + n] == (len(reply), len(reply) + len(eos))
+        k += n + 1
     # no label on any visual token
     vis = {proc.image_token_id, proc.object_token_id}
     assert all(lab == IGNORE_INDEX for i, lab in zip(enc.input_ids, enc.labels, strict=True) if i in vis)

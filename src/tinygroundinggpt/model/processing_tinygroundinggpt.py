@@ -44,6 +44,9 @@ class Encoded:
     pixel_values: torch.Tensor  # [n_images, 3, S, S]
     object_pixel_values: torch.Tensor  # [n_objects, 3, S, S]
     object_boxes: list[bx.Box] = field(default_factory=list)  # pixel boxes of the objects, in order
+    # Characters (start, end) of each labelled token within its assistant reply, in order; the end-of-turn
+    # token lies just past its reply's end. Tells which answer tokens wrote a box (interpretability).
+    reply_offsets: list[tuple[int, int]] = field(default_factory=list)
 
 
 class TinyGroundingGPTProcessor(ProcessorMixin):
@@ -148,8 +151,9 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
 
     def tokenize_conversation(
         self, messages: list[dict[str, str]], add_generation_prompt: bool = False
-    ) -> tuple[list[int], list[int]]:
-        """Template → ids, with labels on assistant replies and their end-of-turn token only."""
+    ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """Template → ids, with labels on assistant replies and their end-of-turn token only, and each labelled
+        token's characters within its reply (:attr:`Encoded.reply_offsets`)."""
         full = self._template(messages, add_generation_prompt)
         eos = self.tokenizer.eos_token
         spans = []
@@ -167,10 +171,13 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         labels = [IGNORE_INDEX] * len(ids)
+        offsets = []
         for i, (a, b) in enumerate(enc["offset_mapping"]):
-            if b > a and any(s <= a and b <= e for s, e in spans):
+            start = next((s for s, e in spans if b > a and s <= a and b <= e), None)
+            if start is not None:
                 labels[i] = ids[i]
-        return ids, labels
+                offsets.append((a - start, b - start))
+        return ids, labels, offsets
 
     def _expand(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], list[tuple[int, int]]]:
         """Repeat each placeholder to its token count; return the runs as (start, end) for truncation."""
@@ -208,7 +215,7 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             raise ValueError("the conversation has <image> but no image was given")
         if n_images > 1:
             raise ValueError(f"the conversation has {n_images} <image> placeholders; one global image is supported")
-        ids, labels = self.tokenize_conversation(rendered, add_generation_prompt)
+        ids, labels, offsets = self.tokenize_conversation(rendered, add_generation_prompt)
         ids, labels, runs = self._expand(ids, labels)
         if len(ids) > self.max_length:
             ids, labels, runs = self._truncate(ids, labels, runs)
@@ -225,7 +232,8 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             if obj_boxes
             else torch.zeros(0, 3, s, s, dtype=torch.float32)
         )
-        return Encoded(ids, labels, pixel_values, object_pixel_values, obj_boxes)  # type: ignore[arg-type]
+        offsets = offsets[: sum(lab != IGNORE_INDEX for lab in labels)]  # truncation drops labels from the end
+        return Encoded(ids, labels, pixel_values, object_pixel_values, obj_boxes, offsets)  # type: ignore[arg-type]
 
     def _truncate(
         self, ids: list[int], labels: list[int], runs: list[tuple[int, int]]
@@ -273,6 +281,13 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             "object_pixel_values": torch.cat([e.object_pixel_values for e in items]),
         }
 
+    def user_turn(self, text: str, *, with_image: bool) -> list[dict[str, str]]:
+        """A single-turn prompt as messages; ``with_image`` adds ``<image>`` unless the text has its own (it is
+        then placed per ``image_position``)."""
+        if with_image and IMAGE_TOKEN not in text:
+            text = f"{IMAGE_TOKEN}\n{text}"
+        return [{"role": "user", "content": text}]
+
     def __call__(
         self,
         text: str | list[str],
@@ -291,11 +306,9 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             raise ValueError(f"{len(texts)} prompts but {len(imgs)} images")
         items = []
         for i, (t, img) in enumerate(zip(texts, imgs, strict=True)):
-            if img is not None and IMAGE_TOKEN not in t:
-                t = f"{IMAGE_TOKEN}\n{t}"
             items.append(
                 self.encode(
-                    [{"role": "user", "content": t}],
+                    self.user_turn(t, with_image=img is not None),
                     None if img is None else load_image(img),
                     boxes[i] if boxes else (),
                     add_generation_prompt=True,

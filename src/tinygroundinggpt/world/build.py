@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tinygroundinggpt.data.format import Sample
-from tinygroundinggpt.images import draw_boxes
+from tinygroundinggpt.images import draw_boxes, tile_sheet
 from tinygroundinggpt.world.formats import (
     POPE_STRATEGIES,
     REFS_FILE,
@@ -202,11 +202,9 @@ def _eval_images(
 
 def contact_sheet(scenes: list[tuple[Image.Image, Scene]], columns: int = 4, cell: int = 256) -> Image.Image:
     """Scenes side by side, each scaled to fit ``cell`` px, with every object's box and index drawn."""
-    rows = (len(scenes) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * cell, rows * cell), (255, 255, 255))
-    for k, (image, scene) in enumerate(scenes):
-        boxes = [obj.box for obj in scene.objects]
-        tile = draw_boxes(image, boxes, colour=(255, 0, 255), labels=[str(i) for i in range(len(boxes))],
-                          scale=cell / max(scene.width, scene.height))  # fmt: skip
-        sheet.paste(tile, ((k % columns) * cell, (k // columns) * cell))
-    return sheet
+    tiles = [
+        draw_boxes(image, [o.box for o in scene.objects], colour=(255, 0, 255),
+                   labels=[str(i) for i in range(len(scene.objects))], scale=cell / max(scene.width, scene.height))
+        for image, scene in scenes
+    ]  # fmt: skip
+    return tile_sheet(tiles, columns=columns, cell=cell)
