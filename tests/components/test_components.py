@@ -110,6 +110,31 @@ def test_clip_with_shape_negatives_trains(samples):
     assert abs(trained.losses[0] - (math.log(32) + math.log(16)) / 2) < 0.5
 
 
+def test_cell_weights_share_a_box_among_the_patches_it_covers():
+    one = clip.cell_weights((3 / 8, 2 / 8, 4 / 8, 3 / 8))  # exactly the patch in row 2, column 3
+    assert one[2 * 8 + 3] == 1 and one.sum() == 1
+    half = clip.cell_weights((0.5 / 8, 0.0, 1.5 / 8, 1 / 8))  # half of patch (0, 0), half of (0, 1)
+    assert half[:2].tolist() == pytest.approx([0.5, 0.5]) and half[2:].sum() == 0
+    with pytest.raises(ValueError, match="covers no patch"):
+        clip.cell_weights((0.3, 0.3, 0.3, 0.5))
+
+
+def test_clip_with_region_term_trains_and_saves_a_plain_clip(samples, tmp_path):
+    images = corpus.square_images(samples, clip.CLIP_MEAN)
+    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300, region_weight=1.0)
+    with pytest.raises(ValueError, match="needs regions"):
+        clip.train_clip(images, corpus.captions(samples, 1), seed=0, recipe=recipe)
+    regions = corpus.regions(samples)
+    assert [len(r) for r in regions] == [len(s.scene.objects) for s in samples]
+    trained = clip.train_clip(images, corpus.captions(samples, 1), seed=0, recipe=recipe, regions=regions)
+    assert _falls(trained.losses)
+    # CLIP's two terms start near (log 2B + log B) / 2; the region term, over K ~ 50 objects, adds several nats
+    assert trained.losses[0] > (math.log(32) + math.log(16)) / 2 + 2
+    trained.save(tmp_path)  # the region head is training-only: the checkpoint is a plain CLIPModel
+    reloaded = CLIPModel.from_pretrained(tmp_path, local_files_only=True)
+    assert set(reloaded.state_dict()) == set(trained.model.state_dict())
+
+
 def test_dinov2_trains_and_loads_as_published(samples, tmp_path):
     images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
     trained = dinov2.train_dinov2(images, seed=0, recipe=dinov2.Dinov2Recipe(steps=30, batch_size=16, lr=2e-3))

@@ -116,7 +116,8 @@ def train_component(
     recipe = _recipe(recipe_class(name), overrides or {})
     if name == "clip":
         images = corpus.square_images(samples, clip.CLIP_MEAN)
-        return clip.train_clip(images, corpus.captions(samples, seed + 1), seed=seed, recipe=recipe)
+        captions = corpus.captions(samples, seed + 1)
+        return clip.train_clip(images, captions, seed=seed, recipe=recipe, regions=corpus.regions(samples))
     if name == "dinov2":
         images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
         return dinov2.train_dinov2(images, seed=seed, recipe=recipe)

@@ -14,6 +14,11 @@ pools at the first end token (``text_config.eos_token_id``), so plain ``tokenize
 ``shape_negatives`` (on for the shipped checkpoint): NegCLIP-style hard negatives, each caption's copy with one shape
 word swapped. After 3000 steps the image prefers its caption to that copy far more often and the grounding chain on
 it reads expressions better, though the patch tokens still hardly tell shapes apart (docs/components.md).
+
+Optional (``region_weight`` > 0, off for the shipped checkpoint): a dense, region-level term in the spirit of
+RegionCLIP: each object's patch tokens (``hidden_states[-2]``, the layer the grounding model reads, pooled by how much
+of each patch the object's box covers) must pick the object's own phrase ("a small striped red star") from the
+batch's phrases and from shape-swapped copies of it, so that shape has to live in the patch tokens themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from PIL import Image
 from tokenizers import processors
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast
 
+from tinygroundinggpt.boxes import Box
 from tinygroundinggpt.components.tokenizer import EOS, train_tokenizer
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
 from tinygroundinggpt.model.configuration_tinygroundinggpt import CLIP_MEAN, CLIP_STD
@@ -36,6 +42,7 @@ from tinygroundinggpt.world.scene import SHAPES
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
+GRID = IMAGE_SIZE // PATCH_SIZE
 
 
 @dataclass
@@ -53,6 +60,7 @@ class ClipRecipe:
     text_layers: int = 3
     projection_dim: int = 64
     shape_negatives: bool = True  # NegCLIP-style hard negatives: held-out REC 18.0 -> 24.0 % in the demo's chain
+    region_weight: float = 0.0  # region-phrase term on the patch tokens (module docstring); shipped: 0
 
 
 @dataclass
@@ -126,13 +134,57 @@ def swap_one_shape(text: str, rng: random.Random) -> str:
     return text[: hit.start()] + other + text[hit.end() :]
 
 
+def cell_weights(box: Box) -> torch.Tensor:
+    """How much of each patch (row-major GRID x GRID, as the patch tokens) a model-frame box covers, summing to 1."""
+    x1, y1, x2, y2 = box
+    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
+    wx = (edges[1:].clamp(max=x2) - edges[:-1].clamp(min=x1)).clamp(min=0)
+    wy = (edges[1:].clamp(max=y2) - edges[:-1].clamp(min=y1)).clamp(min=0)
+    weights = (wy[:, None] * wx[None, :]).flatten()
+    if weights.sum() <= 0:
+        raise ValueError(f"region box {box} covers no patch")
+    return weights / weights.sum()
+
+
+class RegionLoss(torch.nn.Module):
+    """The region-phrase term: pooled patch tokens of each object against the batch's phrases and shape swaps."""
+
+    def __init__(self, hidden: int, projection_dim: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, projection_dim))
+
+    def forward(
+        self, patches: torch.Tensor, weights: torch.Tensor, texts: torch.Tensor, same: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """``patches`` (K, GRID², D): each object's image's patch tokens; ``weights`` (K, GRID²); ``texts`` (2K, P):
+        the K phrases' embeddings, then their shape-swapped copies'; ``same`` (K, K): phrase i equals phrase j."""
+        regions = torch.nn.functional.normalize(self.head((weights.unsqueeze(-1) * patches).sum(1)), dim=-1)
+        logits = scale * regions @ torch.nn.functional.normalize(texts, dim=-1).t()  # K x 2K
+        k = len(regions)
+        # Another object with the very same phrase is no negative.
+        clash = same & ~torch.eye(k, dtype=torch.bool)
+        logits = torch.cat([logits[:, :k].masked_fill(clash, float("-inf")), logits[:, k:]], 1)
+        target, ce = torch.arange(k), torch.nn.functional.cross_entropy
+        return (ce(logits, target) + ce(logits[:, :k].t(), target)) / 2
+
+
 def train_clip(
-    images: Sequence[Image.Image], captions: Sequence[Sequence[str]], *, seed: int, recipe: ClipRecipe | None = None
+    images: Sequence[Image.Image],
+    captions: Sequence[Sequence[str]],
+    *,
+    seed: int,
+    recipe: ClipRecipe | None = None,
+    regions: Sequence[Sequence[tuple[Box, str]]] | None = None,
 ) -> TrainedClip:
-    """Train on ``images[i]`` paired with one of ``captions[i]`` (drawn afresh each step)."""
+    """Train on ``images[i]`` paired with one of ``captions[i]`` (drawn afresh each step).
+
+    ``regions[i]``: image ``i``'s objects as (model-frame box, phrase), needed when ``recipe.region_weight`` > 0.
+    """
     recipe = recipe or ClipRecipe()
     if len(images) != len(captions) or not images:
         raise ValueError(f"need one caption list per image, got {len(images)} images and {len(captions)} lists")
+    if recipe.region_weight and (regions is None or len(regions) != len(images)):
+        raise ValueError("region_weight > 0 needs regions: one list of (box, phrase) per image")
     gen = seed_everything(seed)
     flat = [c for caps in captions for c in caps]
     tokenizer = clip_tokenizer(flat, recipe.vocab_size)
@@ -143,6 +195,14 @@ def train_clip(
     enc = tokenizer(
         flat + negatives, padding="max_length", truncation=True, max_length=recipe.max_text_len, return_tensors="pt"
     )
+    if recipe.region_weight:
+        objects = [obj for objs in regions or () for obj in objs]
+        phrases = [phrase for _, phrase in objects]
+        swapped = [swap_one_shape(p, random.Random(-1 - i)) for i, p in enumerate(phrases)]
+        phrase_enc = tokenizer(phrases + swapped, padding="longest", return_tensors="pt")
+        phrase_id = torch.tensor([{p: j for j, p in enumerate(dict.fromkeys(phrases))}[p] for p in phrases])
+        obj_weights = torch.stack([cell_weights(box) for box, _ in objects])
+        obj_starts = torch.tensor([0] + [len(objs) for objs in regions or ()]).cumsum(0)
     # The call above leaves padding/truncation switched on in the backend, which would be saved into
     # tokenizer.json; the published tokenizer must encode texts as they are.
     tokenizer.backend_tokenizer.no_padding()
@@ -156,28 +216,39 @@ def train_clip(
     pixels = image_processor(list(images), return_tensors="pt").pixel_values
     model = CLIPModel(clip_config(recipe, len(tokenizer), eos_id))
     model.train()
+    region_loss = RegionLoss(recipe.vision_hidden, recipe.projection_dim) if recipe.region_weight else None
     n = len(images)
 
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.randperm(n, generator=gen)[: recipe.batch_size]
         pick = starts[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long()
-        if not recipe.shape_negatives:
-            out = model(
-                input_ids=enc.input_ids[pick],
-                attention_mask=enc.attention_mask[pick],
-                pixel_values=pixels[idx],
-                return_loss=True,
-            )
-            return out.loss
-        both = torch.cat([pick, pick + len(flat)])
-        logits = model(
-            input_ids=enc.input_ids[both], attention_mask=enc.attention_mask[both], pixel_values=pixels[idx]
-        ).logits_per_image  # B images x (B captions, then their B shape-swapped copies)
+        texts = torch.cat([pick, pick + len(flat)]) if recipe.shape_negatives else pick
+        out = model(
+            input_ids=enc.input_ids[texts],
+            attention_mask=enc.attention_mask[texts],
+            pixel_values=pixels[idx],
+            output_hidden_states=region_loss is not None,
+        )
+        logits = out.logits_per_image  # B images x (B captions[, then their B shape-swapped copies])
         target = torch.arange(len(idx))
         image_to_text = torch.nn.functional.cross_entropy(logits, target)
         text_to_image = torch.nn.functional.cross_entropy(logits[:, : len(idx)].t(), target)
-        return (image_to_text + text_to_image) / 2
+        loss = (image_to_text + text_to_image) / 2
+        if region_loss is None:
+            return loss
+        objs = torch.cat([torch.arange(obj_starts[i], obj_starts[i + 1]) for i in idx.tolist()])
+        owner = torch.repeat_interleave(torch.arange(len(idx)), obj_starts[idx + 1] - obj_starts[idx])
+        both = torch.cat([objs, objs + len(phrases)])
+        embedded = model.get_text_features(
+            input_ids=phrase_enc.input_ids[both], attention_mask=phrase_enc.attention_mask[both]
+        )
+        embedded = embedded if isinstance(embedded, torch.Tensor) else embedded.pooler_output
+        patches = out.vision_model_output.hidden_states[-2][:, 1:][owner]  # drop CLS
+        same = phrase_id[objs][:, None] == phrase_id[objs][None, :]
+        term = region_loss(patches, obj_weights[objs], embedded, same, model.logit_scale.exp())
+        return loss + recipe.region_weight * term
 
-    losses = train_steps(model.parameters(), loss_at, steps=recipe.steps, lr=recipe.lr, desc="tiny CLIP")
+    params = [*model.parameters(), *(region_loss.parameters() if region_loss is not None else ())]
+    losses = train_steps(params, loss_at, steps=recipe.steps, lr=recipe.lr, desc="tiny CLIP")
     model.eval()
     return TrainedClip(model, image_processor, tokenizer, losses)

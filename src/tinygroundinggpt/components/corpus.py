@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 from tqdm.auto import tqdm
 
-from tinygroundinggpt.boxes import format_box, pixel_to_model
+from tinygroundinggpt.boxes import Box, format_box, pixel_to_model
 from tinygroundinggpt.components.qwen2 import Document
 from tinygroundinggpt.data.format import IMAGE_TOKEN
 from tinygroundinggpt.images import mean_fill, pad_to_square
@@ -49,6 +49,14 @@ def captions(samples: Sequence[WorldSample], seed: int) -> list[list[str]]:
     """A few captions per scene (the template and phrasing vary between draws)."""
     rng = random.Random(seed)
     return [[language.caption(s.scene, rng) for _ in range(CAPTIONS_PER_SCENE)] for s in samples]
+
+
+def regions(samples: Sequence[WorldSample]) -> list[list[tuple[Box, str]]]:
+    """Each scene's objects as (box in the model frame, i.e. of the square-padded image; full phrase)."""
+    return [
+        [(pixel_to_model(o.box, s.scene.width, s.scene.height), language.object_phrase(o)) for o in s.scene.objects]
+        for s in samples
+    ]
 
 
 def box_text(scene: Scene, i: int) -> str:
