@@ -44,13 +44,18 @@ class ImageTooLargeError(ImageLoadError):
 
 
 def load_image(
-    source: str | Path | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+    source: str | Path | bytes | Image.Image,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Open an image from a path, bytes or PIL image and return it as 8-bit RGB, upright.
 
     Handles grayscale, 16-bit, palette, RGBA/LA (composited on white), CMYK and EXIF orientation.
     A missing, empty, corrupt or oversized image raises :class:`ImageLoadError` naming it
-    (:class:`ImageTooLargeError` when it has more than ``max_pixels`` pixels).
+    (:class:`ImageTooLargeError` when it, or the square it is padded to, has more than ``max_pixels`` pixels).
+    ``formats`` limits the decoders Pillow may try (e.g. a server accepts only common raster formats).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
     if isinstance(source, Image.Image):
@@ -68,7 +73,7 @@ def load_image(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
+                img = Image.open(io.BytesIO(data), formats=formats)
                 _check_pixels(img, max_pixels, label)
                 img.load()
         except ImageLoadError:
@@ -88,6 +93,13 @@ def _check_pixels(img: Image.Image, max_pixels: int, label: str) -> None:
         raise ImageLoadError(f"{label}: image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ImageTooLargeError(f"{label}: image has {w}x{h} = {w * h} pixels, more than the limit {max_pixels}")
+    # The model pads every image to a square first: a few-byte 200000x1 image would ask for a 40-gigapixel canvas.
+    side = square_side(w, h)
+    if side * side > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: image of {w}x{h} padded to the square the model sees has {side}x{side} = {side * side} "
+            f"pixels, more than the limit {max_pixels}"
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -62,6 +62,12 @@ def test_bad_images_name_the_input(tmp_path):
     big.write_bytes(_png(Image.new("L", (2000, 2000))))
     with pytest.raises(ImageTooLargeError, match="bomb.png: image has 2000x2000"):
         load_image(big, max_pixels=1_000_000)
+    sliver = tmp_path / "sliver.png"  # a few hundred bytes whose padded square would take 10000² pixels
+    sliver.write_bytes(_png(Image.new("L", (10_000, 1))))
+    with pytest.raises(ImageTooLargeError, match="sliver.png: image of 10000x1 padded to the square"):
+        load_image(sliver, max_pixels=1_000_000)
+    with pytest.raises(ImageLoadError, match="cannot decode"):  # a PNG is refused where only JPEG is allowed
+        load_image(sliver, formats=("JPEG",))
 
 
 @pytest.mark.parametrize("size", [(30, 10), (10, 30)])

@@ -109,6 +109,18 @@ def test_truncation_never_splits_an_image_run(tiny_model):
         proc.max_length = 2048
 
 
+def test_a_prompt_over_max_length_is_refused_not_cut(tiny_model):
+    _, proc = tiny_model
+    msgs = [{"role": "user", "content": "Output the coordinate of the circle. " * 20 + "<image>"}]
+    n = len(proc.encode(msgs, Image.new("RGB", (64, 64)), add_generation_prompt=True).input_ids)
+    proc.max_length = n - 1  # cutting would drop the image and the turn the model should answer
+    try:
+        with pytest.raises(TruncationError, match=f"the prompt has {n} tokens, more than max_length {n - 1}"):
+            proc.encode(msgs, Image.new("RGB", (64, 64)), add_generation_prompt=True)
+    finally:
+        proc.max_length = 2048
+
+
 def test_collate_left_and_right_padding(tiny_model):
     _, proc = tiny_model
     a = proc.encode([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Yes."}])

@@ -45,7 +45,7 @@ class Encoded:
     object_pixel_values: torch.Tensor  # [n_objects, 3, S, S]
     object_boxes: list[bx.Box] = field(default_factory=list)  # pixel boxes of the objects, in order
     # Characters (start, end) of each labelled token within its assistant reply, in order; the end-of-turn
-    # token lies just past its reply's end. Tells which answer tokens wrote a box (interpretability).
+    # token lies just past its reply's end. Tells which answer tokens are part of a box (interpretability).
     reply_offsets: list[tuple[int, int]] = field(default_factory=list)
 
 
@@ -242,7 +242,11 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
         for start, end in runs:
             if start < cut < end:  # never split a run: drop it whole
                 cut = start
-        if all(lab == IGNORE_INDEX for lab in labels[:cut]) and any(lab != IGNORE_INDEX for lab in labels):
+        if all(lab == IGNORE_INDEX for lab in labels):
+            # A prompt to answer (no labels): cutting it would drop the image or the turn to answer and the model
+            # would silently continue the user's text.
+            raise TruncationError(f"the prompt has {len(ids)} tokens, more than max_length {self.max_length}")
+        if all(lab == IGNORE_INDEX for lab in labels[:cut]):
             raise TruncationError(
                 f"max_length {self.max_length} cuts off every assistant token of a {len(ids)}-token conversation"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,21 @@ from tinygroundinggpt.serve import (
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero (a zero limit would refuse everything, or crash)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
 
 
 def _common_args(p: argparse.ArgumentParser, port: int) -> None:
@@ -37,25 +53,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-request-mb",
-        type=float,
+        type=_positive(float),
         default=DEFAULT_MAX_REQUEST_BYTES / MIB,
         help="request body limit, MiB (default: %(default)s)",
     )
     p.add_argument(
         "--max-image-mb",
-        type=float,
+        type=_positive(float),
         default=DEFAULT_MAX_IMAGE_BYTES / MIB,
         help="image file limit, MiB (default: %(default)s)",
     )
     p.add_argument(
         "--max-image-pixels",
-        type=int,
+        type=_positive(int),
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="decoded image limit (default: %(default)s)",
     )
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=_positive(int),
         default=DEFAULT_MAX_NEW_TOKENS_CAP,
         help="cap (and default) of max_tokens (default: %(default)s)",
     )

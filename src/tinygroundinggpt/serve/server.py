@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
 from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
 from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, load_image
+from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -56,10 +57,21 @@ from tinygroundinggpt.serve import (
     DEFAULT_MAX_REQUEST_BYTES,
 )
 
-# Placeholders the processor expands: a user's text containing one would address inputs a request cannot give.
+# Placeholders the processor expands: a user's text containing one would address inputs a request cannot give;
+# ChatML's control tokens (<|im_end|>, <|im_start|>, ...) would let it fabricate turns.
 _PLACEHOLDER_RE = re.compile(
-    "|".join([re.escape(IMAGE_TOKEN), re.escape(OBJECT_TOKEN), BOX_REF_RE.pattern, OBJECT_REF_RE.pattern])
+    "|".join(
+        [re.escape(IMAGE_TOKEN), re.escape(OBJECT_TOKEN), BOX_REF_RE.pattern, OBJECT_REF_RE.pattern, r"<\|[^|<>]*\|>"]
+    )
 )
+# Raster formats a request's image may be in; Pillow would otherwise also try e.g. EPS (through Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+def forbidden_placeholder(text: str) -> str | None:
+    """The first placeholder or control token in a user's ``text`` that it may not contain, if any."""
+    found = _PLACEHOLDER_RE.search(text)
+    return found.group(0) if found else None
 
 
 class APIError(Exception):
@@ -164,11 +176,11 @@ def conversation_input(messages: Sequence[ChatMessage]) -> ChatInput:
     text = text_by_message[users[-1]] or ""
     if not text.strip():
         raise APIError(400, f"the last user message (messages[{users[-1]}]) has no text", param="messages")
-    placeholder = _PLACEHOLDER_RE.search(text)
+    placeholder = forbidden_placeholder(text)
     if placeholder:
         raise APIError(
             400,
-            f"messages[{users[-1]}]: the text may not contain the model's placeholder {placeholder.group(0)!r}",
+            f"messages[{users[-1]}]: the text may not contain the model's placeholder {placeholder!r}",
             param="messages",
         )
     return ChatInput(text, *images[0]) if images else ChatInput(text)
@@ -281,7 +293,7 @@ def load_request_image(url: str, roots: Sequence[Path], max_bytes: int, max_pixe
     else:
         data = read_limited(resolve_local_image(url, roots), max_bytes, url)
     try:
-        return load_image(data, max_pixels=max_pixels, name=f"image_url {_describe(url)}")
+        return load_image(data, max_pixels=max_pixels, name=f"image_url {_describe(url)}", formats=IMAGE_FORMATS)
     except ImageTooLargeError as exc:
         raise APIError(413, str(exc), code="image_too_large") from exc
     except ImageLoadError as exc:
@@ -382,8 +394,13 @@ def create_app(
             except APIError as exc:
                 exc.param = chat.image_param  # the loader knows the URL, not where the request put it
                 raise
-        with lock:
-            gen = pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[0]
+        try:
+            with lock:
+                gen = pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[
+                    0
+                ]
+        except TruncationError as exc:
+            raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
         pixel, norm = answer_boxes(gen.text, image.width, image.height) if image is not None else ([], [])
         usage = {
             "prompt_tokens": gen.prompt_tokens,
