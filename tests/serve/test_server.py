@@ -1,6 +1,8 @@
 import json
 import os
 import pathlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -224,6 +226,33 @@ def test_streaming_sends_the_same_answer_and_ends_with_done(client, scene, expec
     assert "".join(d.get("content", "") for d in deltas) == expected.text
     assert [ch["finish_reason"] for c in chunks for ch in c["choices"]][-1] == "stop"
     assert chunks[-1]["usage"]["completion_tokens"] > 1
+
+
+class GatedPipeline:
+    """The real pipeline, whose generation waits until the test opens the gate."""
+
+    def __init__(self, pipe):
+        self.pipe, self.entered, self.gate = pipe, threading.Event(), threading.Event()
+
+    def generate_batch_detailed(self, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self.pipe.generate_batch_detailed(*args, **kwargs)
+
+
+def test_requests_beyond_max_pending_get_503_and_the_others_their_answer(pipe, scene, expected):
+    image, prompt = scene
+    gated = GatedPipeline(pipe)
+    client = TestClient(create_app(gated, model_name=MODEL, max_pending=1))
+    body = request(data_url(png_bytes(image)), prompt)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/chat/completions", json=body)
+        assert gated.entered.wait(30)
+        busy = error(client.post("/v1/chat/completions", json=body), 503)
+        assert busy["code"] == "busy" and "1 requests" in busy["message"]
+        gated.gate.set()
+        assert first.result(timeout=60).json()["choices"][0]["message"]["content"] == expected.text
+    assert client.post("/v1/chat/completions", json=body).status_code == 200  # the slot was given back
 
 
 def test_sampling_with_temperature_answers(client, scene):

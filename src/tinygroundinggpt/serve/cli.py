@@ -11,6 +11,7 @@ from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_NEW_TOKENS_CAP,
+    DEFAULT_MAX_PENDING,
     DEFAULT_MAX_REQUEST_BYTES,
     MIB,
 )
@@ -75,6 +76,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_NEW_TOKENS_CAP,
         help="cap (and default) of max_tokens (default: %(default)s)",
     )
+    p.add_argument(
+        "--max-pending",
+        type=_positive(int),
+        default=DEFAULT_MAX_PENDING,
+        help="requests answered or waiting at once; more get 503 (default: %(default)s)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("web", help="Gradio web demo: upload an image, ask, see the boxes drawn")
@@ -103,6 +110,7 @@ def build_server(args: argparse.Namespace) -> FastAPI:
         max_image_bytes=int(args.max_image_mb * MIB),
         max_image_pixels=args.max_image_pixels,
         max_new_tokens_cap=args.max_new_tokens,
+        max_pending=args.max_pending,
     )
 
 

@@ -21,7 +21,8 @@ default), ``temperature`` (0 or absent: greedy), ``top_p`` (with sampling), ``n`
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request or image, 404 for another model name, 413 for a body, image file or image pixel count over
-its limit. Generation runs in a worker thread, one request at a time.
+its limit, 503 when ``max_pending`` requests are already being answered or waiting. Generation runs in a
+worker thread, one request at a time.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_NEW_TOKENS_CAP,
+    DEFAULT_MAX_PENDING,
     DEFAULT_MAX_REQUEST_BYTES,
 )
 
@@ -348,6 +350,7 @@ def create_app(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+    max_pending: int = DEFAULT_MAX_PENDING,
 ) -> FastAPI:
     """The server for ``pipeline`` under the name ``model_name`` (see the module docstring)."""
     roots = [Path(r).resolve() for r in image_roots]
@@ -357,6 +360,7 @@ def create_app(
     created = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "tinygroundinggpt"}
     lock = threading.Lock()  # one model, one generation at a time
+    pending = 0  # requests past parsing, being answered or waiting for the lock (event-loop state: no lock needed)
     app = FastAPI(title="TinyGroundingGPT", description="OpenAI-compatible Chat Completions with grounding boxes")
 
     @app.exception_handler(APIError)
@@ -425,7 +429,16 @@ def create_app(
             sampling = {"do_sample": True, "temperature": req.temperature}
             if req.top_p is not None:
                 sampling["top_p"] = req.top_p
-        result = await run_in_threadpool(answer, chat, max_new_tokens, sampling)
+        nonlocal pending
+        if pending >= max_pending:
+            raise APIError(
+                503, f"the server is busy: {pending} requests are being answered or waiting; retry later", code="busy"
+            )
+        pending += 1
+        try:
+            result = await run_in_threadpool(answer, chat, max_new_tokens, sampling)
+        finally:
+            pending -= 1
 
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         message = {"role": "assistant", "content": result.text, "boxes": result.boxes, "boxes_norm": result.boxes_norm}
@@ -445,6 +458,6 @@ def create_app(
                 yield chunk([], usage=result.usage)
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
