@@ -255,11 +255,16 @@ def test_requests_beyond_max_pending_get_503_and_the_others_their_answer(pipe, s
     assert client.post("/v1/chat/completions", json=body).status_code == 200  # the slot was given back
 
 
-def test_sampling_with_temperature_answers(client, scene):
+def test_sampling_with_temperature_answers(client, scene, expected):
     image, prompt = scene
     payload = request(data_url(png_bytes(image)), prompt, temperature=0.7, top_p=0.9, max_completion_tokens=40)
     body = client.post("/v1/chat/completions", json=payload).json()
     assert body["usage"]["completion_tokens"] <= 40 and isinstance(body["choices"][0]["message"]["content"], str)
+    # A hot temperature really samples: five answers that all equal the greedy one would mean it was ignored.
+    hot = request(data_url(png_bytes(image)), prompt, temperature=2.0, max_completion_tokens=20)  # OpenAI caps it at 2
+    replies = [client.post("/v1/chat/completions", json=hot).json() for _ in range(5)]
+    answers = {r["choices"][0]["message"]["content"] for r in replies}
+    assert answers != {expected.text}
 
 
 def test_roots_must_exist(pipe, tmp_path):
