@@ -109,8 +109,7 @@ class TinyGroundingGPTPipeline:
         **generate_kwargs: Any,
     ) -> list[Generation]:
         """:meth:`generate_batch` with each answer's token counts and whether it ended on its own."""
-        loaded = [None if im is None else load_image(im) for im in images]
-        batch = self.processor(list(prompts), loaded, boxes=boxes)
+        batch = self.processor(list(prompts), list(images), boxes=boxes)  # the processor loads each image once
         batch = {k: v.to(self.device) for k, v in batch.items()}
         generate_kwargs.setdefault("do_sample", False)
         tok = self.processor.tokenizer
