@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tinygroundinggpt.training.ablations import ABLATIONS, variant_overrides
 from tinygroundinggpt.training.chain import load_checkpoint
 from tinygroundinggpt.training.engine import train_stage
 from tinygroundinggpt.training.recipe import STAGES, RecipeError, chain_stages, load_recipe, stage_recipe
@@ -35,6 +36,30 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
         stage_recipe("stage2_easy")  # only the tiny preset has it
     with pytest.raises(RecipeError, match="key=value"):
         stage_recipe("stage2", ["max_steps"], tiny=True)
+
+
+def test_ablation_variants_drop_their_files_from_every_later_stage_and_keep_the_rest():
+    tiny = chain_stages(tiny=True)
+    tc_only = variant_overrides(ABLATIONS["table3"]["T,C"], tiny, ["max_steps=3"], tiny=True)
+    for stage in tiny:
+        recipe = stage_recipe(stage, tc_only[stage], tiny=True)
+        assert recipe.max_steps == 3
+        names = [d.path for d in recipe.data]
+        if stage in ("stage2", "stage2_more"):  # both parts of the tiny stage 2 lose the object-image data
+            assert names == ["easy/stage2_tc.jsonl", "stage2_tc.jsonl"]
+            assert [d.weight for d in recipe.data] == [0.3, 1.0]
+        else:
+            assert recipe.data == stage_recipe(stage, tiny=True).data
+    no_global = variant_overrides(ABLATIONS["table4"]["no global align"], tiny, [], tiny=True)
+    # the tiny stage 3 keeps its text-coordinate share: only conversations and descriptions go
+    assert [d.path for d in stage_recipe("stage3", no_global["stage3"], tiny=True).data] == [
+        "stage3_instruct.jsonl",
+        "stage2_tc.jsonl",
+        "easy/stage2_tc.jsonl",
+    ]
+    paper = variant_overrides(ABLATIONS["table3"]["T,C"], STAGES, [], tiny=False)
+    assert [d.path for d in stage_recipe("stage2", paper["stage2"]).data] == ["stage2_tc.jsonl"]
+    assert all(paper[s] == [] for s in STAGES if s != "stage2")
 
 
 def test_overrides_and_errors():
