@@ -10,6 +10,7 @@ pred.text, pred.boxes          # boxes: [(x1, y1, x2, y2), ...] in photo.jpg's p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +28,17 @@ ImageLike = str | Path | bytes | Image.Image
 
 @dataclass
 class Prediction:
-    """A model answer with every box it wrote, converted from the model frame to the user's frames."""
+    """A model answer with every box it wrote, converted from the model frame to the user's frames, and the
+    token counts an OpenAI-style ``usage`` reports."""
 
     text: str
     boxes: list[bx.Box] = field(default_factory=list)  # original-image pixels
     boxes_norm: list[bx.Box] = field(default_factory=list)  # normalised to the original width/height
-    width: int = 0
+    width: int = 0  # 0 when the prompt had no image
     height: int = 0
+    prompt_tokens: int = 0  # the LLM's input, image and object placeholder tokens included
+    completion_tokens: int = 0  # the end-of-turn token included when the model wrote one
+    finished: bool = True  # False when ``max_new_tokens`` cut the answer off
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,16 +50,6 @@ class Prediction:
         }
 
 
-@dataclass
-class Generation:
-    """One generated answer with the token counts an OpenAI-style ``usage`` reports."""
-
-    text: str
-    prompt_tokens: int  # the LLM's input, image and object placeholder tokens included
-    completion_tokens: int  # the end-of-turn token included when the model wrote one
-    finished: bool  # False when ``max_new_tokens`` cut the answer off
-
-
 def answer_boxes(text: str, width: int, height: int) -> tuple[list[bx.Box], list[bx.Box]]:
     """Boxes written by the model (model frame) → (pixel boxes, normalised boxes) of the original image."""
     pixel = [bx.model_to_pixel(b, width, height) for b in bx.parse_boxes(text)]
@@ -62,7 +57,8 @@ def answer_boxes(text: str, width: int, height: int) -> tuple[list[bx.Box], list
 
 
 class TinyGroundingGPTPipeline:
-    """Batched inference around a model and its processor."""
+    """Batched inference around a model and its processor. Thread-safe: one generation runs at a time, so a
+    server or a web demo may share one pipeline between request threads."""
 
     def __init__(
         self,
@@ -76,6 +72,7 @@ class TinyGroundingGPTPipeline:
             device = "cuda" if torch.cuda.is_available() else next(model.parameters()).device
         self.device = torch.device(device)
         self.model.to(self.device)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -107,31 +104,35 @@ class TinyGroundingGPTPipeline:
         max_new_tokens: int = 64,
         boxes: list[Sequence[Sequence[float]]] | None = None,
         **generate_kwargs: Any,
-    ) -> list[Generation]:
-        """:meth:`generate_batch` with each answer's token counts and whether it ended on its own."""
-        batch = self.processor(list(prompts), list(images), boxes=boxes)  # the processor loads each image once
+    ) -> list[Prediction]:
+        """:meth:`generate_batch` as :class:`Prediction` s: boxes in each image's frames, token counts, and
+        whether each answer ended on its own."""
+        loaded = [None if img is None else load_image(img) for img in images]  # the processor keeps these as they are
+        batch = self.processor(list(prompts), loaded, boxes=boxes)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         generate_kwargs.setdefault("do_sample", False)
         tok = self.processor.tokenizer
-        out = self.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            **generate_kwargs,
-        )
+        with self._lock:
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **generate_kwargs,
+            )
         new = out[:, batch["input_ids"].shape[1] :]
         texts = tok.batch_decode(new, skip_special_tokens=True)
         result = []
-        for row, n_prompt, text in zip(new.tolist(), batch["attention_mask"].sum(1).tolist(), texts, strict=True):
+        rows = zip(new.tolist(), batch["attention_mask"].sum(1).tolist(), texts, loaded, strict=True)
+        for row, n_prompt, text, img in rows:
             # Rows that finished early are padded after their end-of-turn token; the rest ran to the limit.
             finished = tok.eos_token_id in row
             n_new = row.index(tok.eos_token_id) + 1 if finished else len(row)
-            result.append(Generation(text.strip(), n_prompt, n_new, finished))
+            text = text.strip()
+            width, height = (0, 0) if img is None else img.size
+            pixel, norm = answer_boxes(text, width, height) if img is not None else ([], [])
+            result.append(Prediction(text, pixel, norm, width, height, n_prompt, n_new, finished))
         return result
 
     def predict(self, image: ImageLike, question: str, max_new_tokens: int = 64, **kwargs: Any) -> Prediction:
-        img = load_image(image)
-        text = self.generate_batch([img], [question], max_new_tokens=max_new_tokens, **kwargs)[0]
-        pixel, norm = answer_boxes(text, img.width, img.height)
-        return Prediction(text, pixel, norm, img.width, img.height)
+        return self.generate_batch_detailed([image], [question], max_new_tokens=max_new_tokens, **kwargs)[0]

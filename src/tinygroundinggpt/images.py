@@ -43,6 +43,9 @@ class ImageTooLargeError(ImageLoadError):
     """An image with more pixels than allowed (a server answers 413 rather than 400)."""
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def load_image(
     source: str | Path | bytes | Image.Image,
     *,
@@ -83,7 +86,8 @@ def load_image(
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     _check_pixels(img, max_pixels, label)
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even upright images
+        img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 
 

@@ -35,6 +35,9 @@ def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
     for g in detailed:
         assert g.prompt_tokens > proc.image_seq_length and 1 <= g.completion_tokens <= 4
         assert g.finished or g.completion_tokens == 4
+        assert (g.width, g.height) == (90, 60) and g.boxes == answer_boxes(g.text, 90, 60)[0]
+    (no_image,) = pipe.generate_batch_detailed([None], ["hi"], max_new_tokens=3)
+    assert (no_image.width, no_image.boxes) == (0, []) and no_image.prompt_tokens < proc.image_seq_length
     assert (
         main(["predict", "--model", str(tmp_path / "ckpt"), "--image", str(img_path), "hi", "--max-new-tokens", "3"])
         == 0

@@ -45,6 +45,9 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90° clockwise to display
     out = load_image(_png(img, "JPEG", exif=exif.tobytes()))
     assert out.size == (20, 40)
+    assert load_image(out) is out  # an upright RGB image passes through uncopied: loading twice costs nothing
+    rotated = Image.open(io.BytesIO(_png(img, "JPEG", exif=exif.tobytes())))
+    assert load_image(rotated).size == (20, 40)  # an opened image still has its orientation applied
 
 
 def test_bad_images_name_the_input(tmp_path):

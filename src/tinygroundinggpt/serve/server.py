@@ -31,7 +31,6 @@ import base64
 import binascii
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -47,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
+from tinygroundinggpt.api import Prediction, TinyGroundingGPTPipeline
 from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
 from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, load_image
 from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
@@ -121,17 +120,6 @@ class ChatInput:
     text: str
     image_url: str | None = None
     image_param: str | None = None  # where the image is in the request, e.g. "messages[0].content[1]"
-
-
-@dataclass
-class Answer:
-    """The model's reply in the response's terms."""
-
-    text: str
-    boxes: list[list[float]]
-    boxes_norm: list[list[float]]
-    finish_reason: str
-    usage: dict[str, int]
 
 
 def _describe(url: str) -> str:
@@ -359,8 +347,7 @@ def create_app(
             raise ValueError(f"image root {root} is not a directory")
     created = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "tinygroundinggpt"}
-    lock = threading.Lock()  # one model, one generation at a time
-    pending = 0  # requests past parsing, being answered or waiting for the lock (event-loop state: no lock needed)
+    pending = 0  # requests past parsing, being answered or waiting for the model (event-loop state: no lock needed)
     app = FastAPI(title="TinyGroundingGPT", description="OpenAI-compatible Chat Completions with grounding boxes")
 
     @app.exception_handler(APIError)
@@ -389,7 +376,7 @@ def create_app(
         check_model(model_id)
         return model_card
 
-    def answer(chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any]) -> Answer:
+    def answer(chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any]) -> Prediction:
         """Runs in a worker thread: reading and decoding the image block too."""
         image = None
         if chat.image_url is not None:
@@ -398,22 +385,10 @@ def create_app(
             except APIError as exc:
                 exc.param = chat.image_param  # the loader knows the URL, not where the request put it
                 raise
-        try:
-            with lock:
-                gen = pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[
-                    0
-                ]
+        try:  # the pipeline runs one generation at a time
+            return pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[0]
         except TruncationError as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-        pixel, norm = answer_boxes(gen.text, image.width, image.height) if image is not None else ([], [])
-        usage = {
-            "prompt_tokens": gen.prompt_tokens,
-            "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-        }
-        return Answer(
-            gen.text, [list(b) for b in pixel], [list(b) for b in norm], "stop" if gen.finished else "length", usage
-        )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
@@ -441,10 +416,21 @@ def create_app(
             pending -= 1
 
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
-        message = {"role": "assistant", "content": result.text, "boxes": result.boxes, "boxes_norm": result.boxes_norm}
+        message = {
+            "role": "assistant",
+            "content": result.text,
+            "boxes": [list(b) for b in result.boxes],
+            "boxes_norm": [list(b) for b in result.boxes_norm],
+        }
+        finish_reason = "stop" if result.finished else "length"
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
         if not req.stream:
-            choice = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
-            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": result.usage})
+            choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
@@ -453,9 +439,9 @@ def create_app(
             # The answer is complete before the first byte is sent, so errors still get a real status
             # code; it goes out as one content chunk.
             yield chunk([{"index": 0, "delta": message, "finish_reason": None, "logprobs": None}])
-            yield chunk([{"index": 0, "delta": {}, "finish_reason": result.finish_reason, "logprobs": None}])
+            yield chunk([{"index": 0, "delta": {}, "finish_reason": finish_reason, "logprobs": None}])
             if req.stream_options is not None and req.stream_options.include_usage:
-                yield chunk([], usage=result.usage)
+                yield chunk([], usage=usage)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
