@@ -36,7 +36,7 @@ from tinygroundinggpt.demo import DEMO_SEED, SHIPPED
 from tinygroundinggpt.eval.benchmarks.rec import score_rec
 from tinygroundinggpt.eval.task import Item, get_task
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, load_image, tile_sheet
-from tinygroundinggpt.interpret import AttentionMap, attention_map
+from tinygroundinggpt.interpret import AttentionMap, attention_maps
 from tinygroundinggpt.world import write_world
 
 TASKS = ("world_rec_val", "world_rec_test")
@@ -77,18 +77,21 @@ def shares(raw: torch.Tensor, boxes: list[bx.Box], width: int, height: int) -> t
     return tuple(sum(v) / len(out) for v in zip(*out, strict=True))  # type: ignore[return-value]
 
 
-def measure(pipe: TinyGroundingGPTPipeline, item: Item, answer: str, layer: int) -> Row | None:
-    """One answer's attention shares; ``None`` when the answer wrote no box."""
+def measure(pipe: TinyGroundingGPTPipeline, item: Item, answer: str) -> list[Row] | None:
+    """One answer's attention shares at every layer (one forward pass); ``None`` when the answer wrote no box."""
     pred = bx.parse_first_box(answer)
     if pred is None:
         return None
     w, h, true_box = item.width, item.height, tuple(item.reference["box"])
     others = [tuple(b) for b in item.reference["others"]]
-    amap = attention_map(pipe.model, pipe.processor, item.image, item.prompt, answer, layer=layer, span="boxes")
+    maps = attention_maps(pipe.model, pipe.processor, item.image, item.prompt, answer, span="boxes")
     score = score_rec(answer, true_box, w, h, others)
     outcome = GROUPS[1] if score["acc@0.5"] else GROUPS[2] if score["wrong_object"] else GROUPS[3]
     targets = {"true box": [true_box], "predicted box": [bx.model_to_pixel(pred, w, h)], "other objects": others}
-    return Row(item, answer, outcome, score["iou"], amap, {k: shares(amap.raw, v, w, h) for k, v in targets.items()})
+    return [
+        Row(item, answer, outcome, score["iou"], amap, {k: shares(amap.raw, v, w, h) for k, v in targets.items()})
+        for amap in maps
+    ]
 
 
 def means(rows: list[Row], target: str) -> tuple[float, float, float]:
@@ -155,9 +158,9 @@ def main() -> None:
         for k in range(0, len(items), 32):
             chunk = items[k : k + 32]
             answers += pipe.generate_batch([i.image for i in chunk], [i.prompt for i in chunk], max_new_tokens=32)
-        by_layer = {layer: [measure(pipe, i, a, layer) for i, a in zip(items, answers, strict=True)]
-                    for layer in range(n_layers)}  # fmt: skip
-        rows = [r for r in by_layer[n_layers - 1] if r is not None]
+        measured = [m for m in (measure(pipe, i, a) for i, a in zip(items, answers, strict=True)) if m is not None]
+        by_layer = {layer: [m[layer] for m in measured] for layer in range(n_layers)}
+        rows = by_layer[n_layers - 1]
         figure(rows, Path(args.figure))
     hits = sum(r.outcome == GROUPS[1] for r in rows)
     print(f"# model {args.model}")
@@ -172,7 +175,7 @@ def main() -> None:
     print(f"## last layer ({n_layers - 1} of 0-{n_layers - 1}), as the paper")
     print("\n".join(table([(g, [r for r in rows if g == "all" or r.outcome == g]) for g in GROUPS])))
     print("\n## every layer, all answers with a box")
-    print("\n".join(table([(f"layer {k}", [r for r in m if r is not None]) for k, m in by_layer.items()])))
+    print("\n".join(table([(f"layer {k}", m) for k, m in by_layer.items()])))
     print(f"\nfigure: {args.figure}   (benchmark ran in {time.time() - t0:.0f} s)")
 
 

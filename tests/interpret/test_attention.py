@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.interpret import AttentionMap, attention_map, overlay_grid
+from tinygroundinggpt.interpret import AttentionMap, attention_map, attention_maps, overlay_grid
 
 
 def _reference(model, proc, image, prompt, answer, span, layer):
@@ -73,6 +73,9 @@ def test_equals_attention_computed_directly(shipped, scene, span, layer):
     ref, rows, cols = _reference(model, proc, image, prompt, answer, span, layer)
     assert amap.token_positions == rows and amap.image_positions == cols
     torch.testing.assert_close(amap.raw, ref)
+    every = attention_maps(model, proc, image, prompt, answer, span=span)  # all layers from one forward pass
+    assert [m.layer for m in every] == list(range(model.config.text_config.num_hidden_layers))
+    torch.testing.assert_close(every[layer].raw, ref)
     assert amap.layer == layer % model.config.text_config.num_hidden_layers
 
 

@@ -7,8 +7,16 @@
 * :func:`overlay_grid` – any patch grid as a heat map over the original image (padding cropped away).
 """
 
-from tinygroundinggpt.interpret.attention import SPANS, AttentionMap, attention_map
+from tinygroundinggpt.interpret.attention import SPANS, AttentionMap, attention_map, attention_maps
 from tinygroundinggpt.interpret.heatmap import overlay_grid
 from tinygroundinggpt.interpret.similarity import feature_similarity, similarity_panels
 
-__all__ = ["SPANS", "AttentionMap", "attention_map", "feature_similarity", "overlay_grid", "similarity_panels"]
+__all__ = [
+    "SPANS",
+    "AttentionMap",
+    "attention_map",
+    "attention_maps",
+    "feature_similarity",
+    "overlay_grid",
+    "similarity_panels",
+]

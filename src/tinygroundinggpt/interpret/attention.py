@@ -92,7 +92,6 @@ def _span_rows(reply_offsets: list[tuple[int, int]], answer: str, span: str) -> 
     return rows
 
 
-@torch.no_grad()
 def attention_map(
     model: TinyGroundingGPTForConditionalGeneration,
     processor: TinyGroundingGPTProcessor,
@@ -109,6 +108,24 @@ def attention_map(
     Without ``answer`` the model first answers greedily. ``span``: ``"answer"`` (every answer token),
     ``"boxes"`` (the tokens of its ``[x1, y1, x2, y2]`` boxes) or ``"text"`` (the others).
     """
+    return attention_maps(
+        model, processor, image, prompt, answer, layers=[layer], span=span, max_new_tokens=max_new_tokens
+    )[0]
+
+
+@torch.no_grad()
+def attention_maps(
+    model: TinyGroundingGPTForConditionalGeneration,
+    processor: TinyGroundingGPTProcessor,
+    image: ImageLike,
+    prompt: str,
+    answer: str | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    span: str = "answer",
+    max_new_tokens: int = 64,
+) -> list[AttentionMap]:
+    """:func:`attention_map` at each of ``layers`` (default: every layer, first to last) from one forward pass."""
     if span not in SPANS:
         raise ValueError(f"span must be one of {SPANS}, got {span!r}")
     img = load_image(image)
@@ -131,15 +148,11 @@ def attention_map(
     batch.pop("labels")
     with eager_attention(model.language_model):
         out = model(**{k: v.to(device) for k, v in batch.items()}, output_attentions=True)
-    attn = out.attentions[layer][0].float()  # [heads, seq, seq], rows are queries
-    raw = attn[:, rows][:, :, cols].sum(dim=(0, 1)).reshape(grid, grid).cpu()
-    return AttentionMap(
-        grid=minmax(raw),
-        raw=raw,
-        answer=answer,
-        span=span,
-        tokens=[processor.tokenizer.decode([enc.input_ids[r]]) for r in rows],
-        token_positions=rows,
-        image_positions=cols,
-        layer=layer % len(out.attentions),
-    )
+    n_layers = len(out.attentions)
+    tokens = [processor.tokenizer.decode([enc.input_ids[r]]) for r in rows]
+    maps = []
+    for layer in range(n_layers) if layers is None else layers:
+        attn = out.attentions[layer][0].float()  # [heads, seq, seq], rows are queries
+        raw = attn[:, rows][:, :, cols].sum(dim=(0, 1)).reshape(grid, grid).cpu()
+        maps.append(AttentionMap(minmax(raw), raw, answer, span, tokens, rows, cols, layer % n_layers))
+    return maps
