@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 from PIL import Image
+
+# No usage reports from the Gradio app the web tests launch (CI has no internet either).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
 from tinygroundinggpt.demo import SHIPPED

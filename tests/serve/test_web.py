@@ -1,14 +1,30 @@
-import gradio as gr
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.serve.web import DISPLAY_SIDE, SCENE_SIZE, answer, build_demo, random_scene
 
 
-def test_demo_builds(pipe):
-    assert isinstance(build_demo(pipe), gr.Blocks)
+def test_the_running_demo_answers_over_http_like_the_pipeline(pipe, scene, tmp_path):
+    """The Gradio app itself, launched and driven through gradio_client as a browser's requests would be."""
+    image, prompt = scene
+    image.save(tmp_path / "scene.png")
+    demo = build_demo(pipe)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        drawn, text, as_json = client.predict(handle_file(str(tmp_path / "scene.png")), prompt, api_name="/ask")
+        expected = pipe.predict(image, prompt)
+        assert text == expected.text and as_json == expected.to_json()
+        assert Image.open(drawn).size == (DISPLAY_SIDE, DISPLAY_SIDE * 48 // 64)
+        assert max(Image.open(client.predict(api_name="/scene")).size) == SCENE_SIZE
+        with pytest.raises(AppError, match="type a question"):  # answer()'s error reaches the page
+            client.predict(handle_file(str(tmp_path / "scene.png")), " ", api_name="/ask")
+    finally:
+        demo.close()
 
 
 def test_answer_draws_the_predicted_boxes(pipe, scene):
