@@ -4,7 +4,9 @@ import torch
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.demo import SHIPPED
 from tinygroundinggpt.interpret import AttentionMap, attention_map, attention_maps, overlay_grid
+from tinygroundinggpt.model import TinyGroundingGPTProcessor
 
 
 def _reference(model, proc, image, prompt, answer, span, layer):
@@ -136,3 +138,33 @@ def test_to_image_draws_the_predicted_and_extra_boxes():
     drawn = amap.to_image(image, extra_boxes=[((40, 40, 60, 60), (0, 200, 0))])
     assert drawn.getpixel((16, 16)) == (230, 0, 0) and drawn.getpixel((40, 40)) == (0, 200, 0)
     assert plain.getpixel((16, 16)) == plain.getpixel((0, 0))
+
+
+def test_object_image_tokens_map_where_the_image_comes_first(shipped, scene):
+    model, _ = shipped
+    image, _, box = scene
+    proc = TinyGroundingGPTProcessor.from_pretrained(SHIPPED, image_position="first")  # the paper's layout
+    prompt, answer = "What is <object:0>?", "A shape."
+    amap = attention_map(model, proc, image, prompt, answer, span="object", boxes=[box])
+    rows, cols = amap.token_positions, amap.image_positions
+    assert len(rows) == proc.object_seq_length and rows == list(range(rows[0], rows[0] + len(rows)))
+    assert len(cols) == 64 and cols[-1] < rows[0]  # the object's tokens follow the whole image
+    # independently: the model's own attentions over the same batch, rows picked by the object token id
+    enc = proc.encode([*proc.user_turn(prompt, with_image=True), {"role": "assistant", "content": answer}],
+                      image, [box])  # fmt: skip
+    batch = proc.collate([enc])
+    batch.pop("labels")
+    model.language_model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attn = model(**batch, output_attentions=True).attentions[-1][0]
+    finally:
+        model.language_model.set_attn_implementation("sdpa")
+    ids = batch["input_ids"][0]
+    obj = (ids == model.config.object_token_id).nonzero().flatten()
+    img = (ids == model.config.image_token_id).nonzero().flatten()
+    torch.testing.assert_close(amap.raw, attn[:, obj][:, :, img].sum(dim=(0, 1)).reshape(8, 8))
+    with pytest.raises(ValueError, match="come before the image"):  # the shipped template: question, then image
+        attention_map(model, shipped[1], image, prompt, answer, span="object", boxes=[box])
+    with pytest.raises(ValueError, match="no <object:i>"):
+        attention_map(model, proc, image, "What is this?", answer, span="object")

@@ -8,6 +8,7 @@ from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.demo import SHIPPED
 from tinygroundinggpt.interpret import feature_similarity, similarity_panels
+from tinygroundinggpt.interpret.cli import GIVEN_BOX_COLOUR
 
 
 def test_similarity_is_one_at_the_query_and_differs_per_encoder(shipped, scene):
@@ -51,6 +52,10 @@ def test_cli_attend_and_similarity_write_pictures(scene, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["answer"] == answer and printed["boxes"] == [pytest.approx([16.0, 3.2, 32.0, 22.4])]
     assert Image.open(out).size == (192, 96)
+    args = ["attend", "--image", str(path), "What is at <box:0>?", "--box", "4", "6", "20", "24", "--answer", "A star."]
+    assert main([*args, "--out", str(out)]) == 0  # the question's box is rendered into it and drawn in blue
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"][0] == "A"
+    assert Image.open(out).convert("RGB").getpixel((4, 6)) == GIVEN_BOX_COLOUR
     sim = tmp_path / "sim.png"
     assert main(["similarity", "--image", str(path), "--point", "20", "10", "--out", str(sim)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -1,11 +1,13 @@
-"""Last-layer attention from an answer to the image patches (paper §5.2, Fig. 5, A.8).
+"""Last-layer attention from object representations to the image patches (paper §5.2, Fig. 5, A.8).
 
 The paper's procedure: "(1) select the attention scores between image patches and object representations
 (i.e., texts, coordinates, and images); (2) sum the attention scores across the dimensions of both the
 attention heads and object representations; (3) map the normalized attention scores onto the input image
-patches." Here the object representations are answer tokens: all of them, the ones that write a box
-(any character of ``[x1, y1, x2, y2]``), or the rest. A token's attention row is the one where it is the
-query, i.e. what the model reads while that token is its input.
+patches." Here the object representations are answer tokens (all of them, the ones that write a box —
+any character of ``[x1, y1, x2, y2]`` — or the rest) or, with ``span="object"``, the tokens of the object
+images the prompt holds (``<object:i>`` with its pixel box). A token's attention row is the one where it
+is the query, i.e. what the model reads while that token is its input; so object tokens have a map only
+where the template puts the image before them (``image_position="first"``, the paper's layout).
 
 The answer is scored teacher-forced: prompt and answer are rendered with the chat template (the answer as
 the assistant turn) and run through the model once. A generated answer is re-tokenised canonically, which
@@ -28,7 +30,7 @@ from tinygroundinggpt.interpret.heatmap import minmax, overlay_grid
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 from tinygroundinggpt.model.processing_tinygroundinggpt import IGNORE_INDEX
 
-SPANS = ("answer", "boxes", "text")
+SPANS = ("answer", "boxes", "text", "object")
 
 
 @dataclass
@@ -38,7 +40,7 @@ class AttentionMap:
     grid: torch.Tensor  # [grid, grid], normalised to [0, 1] (min → 0, max → 1)
     raw: torch.Tensor  # [grid, grid], attention summed over heads and the span's tokens
     answer: str
-    span: str  # "answer", "boxes" or "text"
+    span: str  # "answer", "boxes", "text" or "object"
     tokens: list[str]  # the span's tokens, decoded one by one
     token_positions: list[int]  # their positions in the sequence (the attention rows)
     image_positions: list[int]  # the image tokens' positions (the attention columns), row-major patches
@@ -101,15 +103,17 @@ def attention_map(
     *,
     layer: int = -1,
     span: str = "answer",
+    boxes: Sequence[Sequence[float]] = (),
     max_new_tokens: int = 64,
 ) -> AttentionMap:
-    """Where the answer's ``span`` tokens attend in the image, at LLM layer ``layer`` (see the module docstring).
+    """Where the ``span`` tokens attend in the image, at LLM layer ``layer`` (see the module docstring).
 
     Without ``answer`` the model first answers greedily. ``span``: ``"answer"`` (every answer token),
-    ``"boxes"`` (the tokens of its ``[x1, y1, x2, y2]`` boxes) or ``"text"`` (the others).
+    ``"boxes"`` (the tokens of its ``[x1, y1, x2, y2]`` boxes), ``"text"`` (the others) or ``"object"``
+    (the prompt's object-image tokens). ``boxes``: the pixel boxes the prompt's ``<box:i>`` / ``<object:i>`` name.
     """
     return attention_maps(
-        model, processor, image, prompt, answer, layers=[layer], span=span, max_new_tokens=max_new_tokens
+        model, processor, image, prompt, answer, layers=[layer], span=span, boxes=boxes, max_new_tokens=max_new_tokens
     )[0]
 
 
@@ -123,6 +127,7 @@ def attention_maps(
     *,
     layers: Sequence[int] | None = None,
     span: str = "answer",
+    boxes: Sequence[Sequence[float]] = (),
     max_new_tokens: int = 64,
 ) -> list[AttentionMap]:
     """:func:`attention_map` at each of ``layers`` (default: every layer, first to last) from one forward pass."""
@@ -132,18 +137,28 @@ def attention_maps(
     device = next(model.parameters()).device
     if answer is None:
         pipe = TinyGroundingGPTPipeline(model, processor, device=device)
-        answer = pipe.generate_batch([img], [prompt], max_new_tokens=max_new_tokens)[0]
+        answer = pipe.generate_batch([img], [prompt], max_new_tokens=max_new_tokens, boxes=[boxes])[0]
     messages = [*processor.user_turn(prompt, with_image=True), {"role": "assistant", "content": answer}]
-    enc = processor.encode(messages, img)
-    labelled = [i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX]
-    rows = [labelled[k] for k in _span_rows(enc.reply_offsets, answer, span)]
-    if not rows:
-        raise ValueError(f"the answer has no {span} tokens: {answer!r}")
+    enc = processor.encode(messages, img, boxes)
     ids = torch.tensor(enc.input_ids)
     cols = torch.nonzero(ids == model.config.image_token_id).flatten().tolist()  # where embed_inputs puts the image
     grid = model.config.grid_size
     if len(cols) != grid * grid:
         raise ValueError(f"{len(cols)} image tokens in the sequence, expected {grid}x{grid}")
+    if span == "object":
+        rows = torch.nonzero(ids == model.config.object_token_id).flatten().tolist()
+        if not rows:
+            raise ValueError(f"the prompt has no <object:i> (with its box) to take: {prompt!r}")
+        if rows[0] < cols[0]:
+            raise ValueError(
+                f"the object tokens come before the image (image_position={processor.image_position!r}): under "
+                "causal attention they see none of it; use a model whose processor puts the image first"
+            )
+    else:
+        labelled = [i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX]
+        rows = [labelled[k] for k in _span_rows(enc.reply_offsets, answer, span)]
+        if not rows:
+            raise ValueError(f"the answer has no {span} tokens: {answer!r}")
     batch = processor.collate([enc])
     batch.pop("labels")
     with eager_attention(model.language_model):

@@ -11,6 +11,8 @@ from tinygroundinggpt.interpret.attention import SPANS
 if TYPE_CHECKING:
     import torch
 
+GIVEN_BOX_COLOUR = (0, 140, 255)  # the question's boxes, apart from the answer's (red)
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attend", help="where an answer looks: last-layer attention to the image patches, drawn")
@@ -18,7 +20,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("question")
     p.add_argument("--answer", help="score this answer instead of generating one")
-    p.add_argument("--span", choices=SPANS, default="answer", help="answer tokens to take: all, box, or text")
+    p.add_argument("--span", choices=SPANS, default="answer",
+                   help="tokens to take: the answer's (all, box, text) or the prompt's object images")  # fmt: skip
+    p.add_argument("--box", type=float, nargs=4, action="append", default=[], metavar=("X1", "Y1", "X2", "Y2"),
+                   help="pixel box of the question's <box:i> / <object:i>, in order (repeat for each)")  # fmt: skip
     p.add_argument("--layer", type=int, default=-1, help="LLM layer (default: the last)")
     p.add_argument("--scale", type=float, default=1.0, help="enlarge the picture by this factor")
     p.add_argument("--out", default="attention.png", help="the heat map over the image, predicted boxes red")
@@ -47,8 +52,8 @@ def _attend(args: argparse.Namespace) -> int:
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
     image = load_image(args.image)
     amap = attention_map(pipe.model, pipe.processor, image, args.question, args.answer, layer=args.layer,
-                         span=args.span)  # fmt: skip
-    amap.to_image(image, scale=args.scale).save(args.out)
+                         span=args.span, boxes=args.box)  # fmt: skip
+    amap.to_image(image, scale=args.scale, extra_boxes=[(b, GIVEN_BOX_COLOUR) for b in args.box]).save(args.out)
     result = {
         "answer": amap.answer,
         "boxes": [list(b) for b in answer_boxes(amap.answer, image.width, image.height)[0]],
