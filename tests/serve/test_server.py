@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serve_helpers import data_url, png_bytes
 
+from tinygroundinggpt.images import DEFAULT_MAX_PIXELS
 from tinygroundinggpt.serve.server import create_app
 
 MODEL = "tiny-test"
@@ -270,3 +271,9 @@ def test_sampling_with_temperature_answers(client, scene, expected):
 def test_roots_must_exist(pipe, tmp_path):
     with pytest.raises(ValueError, match="is not a directory"):
         create_app(pipe, model_name=MODEL, image_roots=[os.fspath(tmp_path / "nope")])
+
+
+def test_pixel_cap_cannot_exceed_what_the_pipeline_loads(pipe):
+    # a larger cap would let an image through the server's check only to fail inside the pipeline (a 500)
+    with pytest.raises(ValueError, match="above the pipeline's limit"):
+        create_app(pipe, model_name=MODEL, max_image_pixels=DEFAULT_MAX_PIXELS + 1)

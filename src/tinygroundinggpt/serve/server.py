@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinygroundinggpt.api import Prediction, TinyGroundingGPTPipeline
 from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
-from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError, load_image
+from tinygroundinggpt.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
 from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -341,6 +341,8 @@ def create_app(
     max_pending: int = DEFAULT_MAX_PENDING,
 ) -> FastAPI:
     """The server for ``pipeline`` under the name ``model_name`` (see the module docstring)."""
+    if max_image_pixels > DEFAULT_MAX_PIXELS:  # the pipeline loads each image again under its own limit
+        raise ValueError(f"max_image_pixels {max_image_pixels} is above the pipeline's limit {DEFAULT_MAX_PIXELS}")
     roots = [Path(r).resolve() for r in image_roots]
     for root in roots:
         if not root.is_dir():
