@@ -4,7 +4,7 @@
 
 Every REC expression of ``--scenes`` freshly generated held-out scenes (the world `tgg demo` evaluates on,
 same seed by default) is put to the model with the paper's REC prompt; it answers greedily. For each answer
-with a box, :func:`tinygroundinggpt.interpret.attention_map` (``span="boxes"``) gives the attention of the
+with a box, :func:`tinygroundinggpt.interpret.attention_maps` (``span="boxes"``) gives the attention of the
 answer's box tokens to the image's patches at the LLM's last layer, summed over heads and tokens (paper A.8).
 
 Measured: the share of that attention on the patches that overlap the true box (patches mapped to the

@@ -57,8 +57,8 @@ def answer_boxes(text: str, width: int, height: int) -> tuple[list[bx.Box], list
 
 
 class TinyGroundingGPTPipeline:
-    """Batched inference around a model and its processor. Thread-safe: one generation runs at a time, so a
-    server or a web demo may share one pipeline between request threads."""
+    """Batched inference around a model and its processor. One generation runs at a time (a lock around the
+    model's ``generate``), so a server or a web demo may share one pipeline between request threads."""
 
     def __init__(
         self,

@@ -86,6 +86,10 @@ def load_image(
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     _check_pixels(img, max_pixels, label)
+    try:  # a caller's lazily opened image may be returned as it is: its pixels must outlive the caller's file
+        img.load()
+    except Exception as exc:
+        raise ImageLoadError(f"{label}: cannot read the image's pixels ({type(exc).__name__}: {exc})") from exc
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even upright images
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)

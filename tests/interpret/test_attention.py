@@ -6,6 +6,7 @@ from PIL import Image
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.demo import SHIPPED
 from tinygroundinggpt.interpret import AttentionMap, attention_map, attention_maps, overlay_grid
+from tinygroundinggpt.interpret.attention import eager_attention
 from tinygroundinggpt.model import TinyGroundingGPTProcessor
 
 
@@ -154,12 +155,8 @@ def test_object_image_tokens_map_where_the_image_comes_first(shipped, scene):
                       image, [box])  # fmt: skip
     batch = proc.collate([enc])
     batch.pop("labels")
-    model.language_model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            attn = model(**batch, output_attentions=True).attentions[-1][0]
-    finally:
-        model.language_model.set_attn_implementation("sdpa")
+    with eager_attention(model.language_model), torch.no_grad():
+        attn = model(**batch, output_attentions=True).attentions[-1][0]
     ids = batch["input_ids"][0]
     obj = (ids == model.config.object_token_id).nonzero().flatten()
     img = (ids == model.config.image_token_id).nonzero().flatten()

@@ -39,7 +39,7 @@ def test_transparent_pixels_composite_on_white():
     assert load_image(img).getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_exif_orientation_is_applied():
+def test_exif_orientation_is_applied(tmp_path):
     img = Image.new("RGB", (40, 20), (0, 0, 255))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
@@ -48,6 +48,10 @@ def test_exif_orientation_is_applied():
     assert load_image(out) is out  # an upright RGB image passes through uncopied: loading twice costs nothing
     rotated = Image.open(io.BytesIO(_png(img, "JPEG", exif=exif.tobytes())))
     assert load_image(rotated).size == (20, 40)  # an opened image still has its orientation applied
+    (tmp_path / "blue.bmp").write_bytes(_png(img, "BMP"))
+    with Image.open(tmp_path / "blue.bmp") as lazy:  # opened, pixels not read yet
+        upright = load_image(lazy)
+    assert upright.resize((4, 2)).getpixel((0, 0)) == (0, 0, 255)  # usable after the caller's file closed
 
 
 def test_bad_images_name_the_input(tmp_path):

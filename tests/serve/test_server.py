@@ -277,3 +277,27 @@ def test_pixel_cap_cannot_exceed_what_the_pipeline_loads(pipe):
     # a larger cap would let an image through the server's check only to fail inside the pipeline (a 500)
     with pytest.raises(ValueError, match="above the pipeline's limit"):
         create_app(pipe, model_name=MODEL, max_image_pixels=DEFAULT_MAX_PIXELS + 1)
+
+
+def test_apps_sharing_a_pipeline_never_generate_at_once(pipe, scene, expected, monkeypatch):
+    """The pipeline, not each app, serialises generation: two servers (or a server and the web demo) on one model."""
+    image, prompt = scene
+    state = {"active": 0, "most": 0}
+    generate = pipe.model.generate
+
+    def watched(*args, **kwargs):
+        state["active"] += 1
+        state["most"] = max(state["most"], state["active"])
+        threading.Event().wait(0.05)  # long enough for another thread to enter if nothing stops it
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            state["active"] -= 1
+
+    monkeypatch.setattr(pipe.model, "generate", watched)
+    clients = [TestClient(create_app(pipe, model_name=MODEL)) for _ in range(2)]
+    body = request(data_url(png_bytes(image)), prompt)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda k: clients[k % 2].post("/v1/chat/completions", json=body), range(4)))
+    assert [r.json()["choices"][0]["message"]["content"] for r in replies] == [expected.text] * 4
+    assert state["most"] == 1

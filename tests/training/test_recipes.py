@@ -60,6 +60,9 @@ def test_ablation_variants_drop_their_files_from_every_later_stage_and_keep_the_
     paper = variant_overrides(ABLATIONS["table3"]["T,C"], STAGES, [], tiny=False)
     assert [d.path for d in stage_recipe("stage2", paper["stage2"]).data] == ["stage2_tc.jsonl"]
     assert all(paper[s] == [] for s in STAGES if s != "stage2")
+    own_data = ['data=[{"path": "stage2_tc.jsonl", "weight": 1.0}]']  # a --set naming none of the dropped files
+    with pytest.raises(ValueError, match="nothing to ablate"):
+        variant_overrides(ABLATIONS["table3"]["T,C"], tiny, own_data, tiny=True)
 
 
 def test_overrides_and_errors():

@@ -28,14 +28,15 @@ from tinygroundinggpt.api import ImageLike, TinyGroundingGPTPipeline, answer_box
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, RGB, draw_boxes, load_image
 from tinygroundinggpt.interpret.heatmap import minmax, overlay_grid
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
-from tinygroundinggpt.model.processing_tinygroundinggpt import IGNORE_INDEX
+from tinygroundinggpt.model.processing_tinygroundinggpt import IGNORE_INDEX, Encoded
 
 SPANS = ("answer", "boxes", "text", "object")
 
 
 @dataclass
 class AttentionMap:
-    """Attention from answer tokens to the global image's patches, one cell per patch of the padded square."""
+    """Attention from answer or object-image tokens to the global image's patches, one cell per patch of the
+    padded square."""
 
     grid: torch.Tensor  # [grid, grid], normalised to [0, 1] (min → 0, max → 1)
     raw: torch.Tensor  # [grid, grid], attention summed over heads and the span's tokens
@@ -117,6 +118,20 @@ def attention_map(
     )[0]
 
 
+def _object_rows(model: TinyGroundingGPTForConditionalGeneration, enc: Encoded, prompt: str) -> list[int]:
+    """Positions of the prompt's object-image tokens, which must follow the image to have attended to it."""
+    ids = torch.tensor(enc.input_ids)
+    rows = torch.nonzero(ids == model.config.object_token_id).flatten().tolist()
+    if not rows:
+        raise ValueError(f"the prompt has no <object:i> (with its box) to take: {prompt!r}")
+    if rows[0] < int(torch.nonzero(ids == model.config.image_token_id).min()):
+        raise ValueError(
+            "the object tokens come before the image (the processor's image_position puts it last): under causal "
+            "attention they see none of it; use a model whose processor puts the image first"
+        )
+    return rows
+
+
 @torch.no_grad()
 def attention_maps(
     model: TinyGroundingGPTForConditionalGeneration,
@@ -135,6 +150,8 @@ def attention_maps(
         raise ValueError(f"span must be one of {SPANS}, got {span!r}")
     img = load_image(image)
     device = next(model.parameters()).device
+    if span == "object":  # refuse before paying for a generation
+        _object_rows(model, processor.encode(processor.user_turn(prompt, with_image=True), img, boxes), prompt)
     if answer is None:
         pipe = TinyGroundingGPTPipeline(model, processor, device=device)
         answer = pipe.generate_batch([img], [prompt], max_new_tokens=max_new_tokens, boxes=[boxes])[0]
@@ -146,14 +163,7 @@ def attention_maps(
     if len(cols) != grid * grid:
         raise ValueError(f"{len(cols)} image tokens in the sequence, expected {grid}x{grid}")
     if span == "object":
-        rows = torch.nonzero(ids == model.config.object_token_id).flatten().tolist()
-        if not rows:
-            raise ValueError(f"the prompt has no <object:i> (with its box) to take: {prompt!r}")
-        if rows[0] < cols[0]:
-            raise ValueError(
-                f"the object tokens come before the image (image_position={processor.image_position!r}): under "
-                "causal attention they see none of it; use a model whose processor puts the image first"
-            )
+        rows = _object_rows(model, enc, prompt)
     else:
         labelled = [i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX]
         rows = [labelled[k] for k in _span_rows(enc.reply_offsets, answer, span)]

@@ -22,7 +22,7 @@ from tinygroundinggpt.training.chain import run_chain
 from tinygroundinggpt.training.recipe import chain_stages, stage_recipe
 
 
-@dataclass(frozen=True)
+@dataclass
 class Variant:
     first_stage: str  # the first stage this variant trains itself
     drop: tuple[str, ...] = ()  # data files removed from each mixture from first_stage on
@@ -60,6 +60,9 @@ def variant_overrides(
             if not kept:
                 raise ValueError(f"variant drops every data file of {stage}")
             out[stage].append("data=" + json.dumps(kept))
+    if variant.drop and out == {s: list(common) for s in stages}:
+        # e.g. a --set data=... that names none of the files: the variant would train like its baseline
+        raise ValueError(f"no stage from {variant.first_stage} on uses {', '.join(variant.drop)}: nothing to ablate")
     return out
 
 
