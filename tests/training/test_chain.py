@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.training.engine import is_complete
@@ -38,4 +39,22 @@ def test_table10_ablation_reports_both_encoders_side_by_side(world, tiny_compone
     clip_only = json.loads((out / "CLIP" / "stage1a" / "config.json").read_text())
     assert clip_only["use_dino"] is False
     assert "| CLIP + DINOv2 |" in (out / "ablation.md").read_text()
+    capsys.readouterr()
+
+
+def test_table3_ablation_trains_stage_2_without_object_images_from_shared_earlier_stages(
+    world, tiny_components, tmp_path, capsys
+):
+    heldout = tmp_path / "heldout"
+    write_world(heldout, n_train=0, n_eval=2, seed=11, image_size=64, progress=False)
+    out = tmp_path / "ablation"
+    args = ["ablate", "table3", "--data-root", str(world), "--eval-root", str(heldout), "--out", str(out)]
+    assert main([*args, *QUICK, *_components(tiny_components)]) == 0
+    assert set(json.loads((out / "ablation.json").read_text())["results"]) == {"T,C", "T,C,I"}
+    assert sorted(p.name for p in (out / "shared").iterdir() if p.is_dir()) == ["stage1a", "stage1b", "stage2_easy"]
+    for stage in ("stage2", "stage2_more"):  # every part of the tiny stage 2
+        tc = json.loads((out / "TC" / stage / "train_report.json").read_text())["data"]
+        tci = json.loads((out / "TCI" / stage / "train_report.json").read_text())["data"]
+        assert sorted(Path(p).name for p in tc) == ["stage2_tc.jsonl", "stage2_tc.jsonl"]  # one-object and multi
+        assert {Path(p).name for p in tci} == {"stage2_tc.jsonl", "stage2_ic.jsonl", "stage2_ti.jsonl"}
     capsys.readouterr()
