@@ -16,7 +16,7 @@ def test_tiny_chain_runs_every_stage_from_three_checkpoints_and_resumes(world, t
     out = tmp_path / "chain"
     args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), *QUICK]
     assert main([*args, *_components(tiny_components)]) == 0
-    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage2_more", "stage3")
+    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage2_more", "stage2_anneal", "stage3")
     assert all(is_complete(out / stage) for stage in stages)
     summary = json.loads((out / "chain_report.json").read_text())
     assert summary["final"] == str(out / "stage3") and set(summary["stages"]) == set(stages)
@@ -52,7 +52,7 @@ def test_table3_ablation_trains_stage_2_without_object_images_from_shared_earlie
     assert main([*args, *QUICK, *_components(tiny_components)]) == 0
     assert set(json.loads((out / "ablation.json").read_text())["results"]) == {"T,C", "T,C,I"}
     assert sorted(p.name for p in (out / "shared").iterdir() if p.is_dir()) == ["stage1a", "stage1b", "stage2_easy"]
-    for stage in ("stage2", "stage2_more"):  # every part of the tiny stage 2
+    for stage in ("stage2", "stage2_more", "stage2_anneal"):  # every part of the tiny stage 2
         tc = json.loads((out / "TC" / stage / "train_report.json").read_text())["data"]
         tci = json.loads((out / "TCI" / stage / "train_report.json").read_text())["data"]
         assert sorted(Path(p).name for p in tc) == ["stage2_tc.jsonl", "stage2_tc.jsonl"]  # one-object and multi
