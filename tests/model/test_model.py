@@ -10,6 +10,7 @@ from transformers import AutoModel, AutoProcessor, CLIPVisionModel, Dinov2Model,
 
 from tinygroundinggpt.model import PlaceholderMismatchError, TinyGroundingGPTForConditionalGeneration
 from tinygroundinggpt.model.modeling_tinygroundinggpt import _normalise
+from tinygroundinggpt.model.presets import assemble
 
 
 def test_vision_features_equal_transformers_reference(tiny_model):
@@ -135,3 +136,17 @@ def test_paper_configs_have_the_published_shapes():
         m = TinyGroundingGPTForConditionalGeneration(cfg)
     n = sum(p.numel() for p in m.parameters())
     assert 2.1e9 < n < 2.4e9  # 1.54B LLM + 0.30B CLIP-L + 0.30B DINOv2-L + projector
+
+
+def test_assembly_is_seeded_and_leaves_the_callers_random_state_alone(tiny_components):
+    paths = {k: str(v) for k, v in tiny_components.items()}
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first, _ = assemble(paths["clip"], paths["dino"], paths["llm"], object_grid=2)
+    assert torch.equal(torch.rand(1), before)  # the caller's stream continues as if nothing happened
+    again, _ = assemble(paths["clip"], paths["dino"], paths["llm"], object_grid=2)
+    other, _ = assemble(paths["clip"], paths["dino"], paths["llm"], object_grid=2, seed=1)
+    a, b, c = (dict(m.named_parameters()) for m in (first, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the fresh projector too: two chains start from one model
+    assert any(not torch.equal(a[k], c[k]) for k in a if "projector" in k)

@@ -128,13 +128,32 @@ def assemble(
     projector_output_norm: bool = False,
     dtype: torch.dtype | None = None,
     processor_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
     """Build a new TinyGroundingGPT from three pretrained checkpoints (Hub ids or local paths).
 
-    The projector is freshly initialised; ``dino=None`` gives the CLIP-only ablation. Loading goes
-    through transformers' own ``from_pretrained`` (safetensors), so ``HF_HUB_OFFLINE=1`` works with a
-    populated cache or local folders.
+    The projector (and any added embedding rows) is freshly initialised from ``seed``, without touching the
+    caller's random state; ``dino=None`` gives the CLIP-only ablation. Loading goes through transformers' own
+    ``from_pretrained`` (safetensors), so ``HF_HUB_OFFLINE=1`` works with a populated cache or local folders.
     """
+    # Unseeded, two runs of one chain started from different projectors and ended far apart (demo.md).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _assemble(clip, dino, llm, image_size, object_grid, projector_layernorm, projector_output_norm, dtype,
+                         processor_kwargs)  # fmt: skip
+
+
+def _assemble(
+    clip: str | Path,
+    dino: str | Path | None,
+    llm: str | Path,
+    image_size: int | None,
+    object_grid: int | None,
+    projector_layernorm: bool,
+    projector_output_norm: bool,
+    dtype: torch.dtype | None,
+    processor_kwargs: dict[str, Any] | None,
+) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
     clip, llm = str(clip), str(llm)
     clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype)
     dino_model = Dinov2Model.from_pretrained(str(dino), dtype=dtype) if dino is not None else None
