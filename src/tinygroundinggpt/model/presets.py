@@ -139,48 +139,35 @@ def assemble(
     # Unseeded, two runs of one chain started from different projectors and ended far apart (demo.md).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _assemble(clip, dino, llm, image_size, object_grid, projector_layernorm, projector_output_norm, dtype,
-                         processor_kwargs)  # fmt: skip
-
-
-def _assemble(
-    clip: str | Path,
-    dino: str | Path | None,
-    llm: str | Path,
-    image_size: int | None,
-    object_grid: int | None,
-    projector_layernorm: bool,
-    projector_output_norm: bool,
-    dtype: torch.dtype | None,
-    processor_kwargs: dict[str, Any] | None,
-) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
-    clip, llm = str(clip), str(llm)
-    clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype)
-    dino_model = Dinov2Model.from_pretrained(str(dino), dtype=dtype) if dino is not None else None
-    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-    tokenizer = add_placeholder_tokens(AutoTokenizer.from_pretrained(llm))
-    if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
-        language_model.resize_token_embeddings(len(tokenizer))
-    clip_mean, clip_std = _image_norm(clip, CLIP_MEAN, CLIP_STD)
-    dino_mean, dino_std = _image_norm(str(dino), IMAGENET_MEAN, IMAGENET_STD) if dino else (IMAGENET_MEAN, IMAGENET_STD)
-    config = TinyGroundingGPTConfig(
-        clip_config=clip_model.config,
-        dino_config=dino_model.config if dino_model is not None else None,
-        text_config=language_model.config,
-        use_dino=dino_model is not None,
-        image_size=image_size or clip_model.config.image_size,
-        clip_image_mean=clip_mean,
-        clip_image_std=clip_std,
-        dino_image_mean=dino_mean,
-        dino_image_std=dino_std,
-        object_grid=object_grid,
-        projector_layernorm=projector_layernorm,
-        projector_output_norm=projector_output_norm,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        object_token_id=tokenizer.convert_tokens_to_ids(OBJECT_TOKEN),
-    )
-    model = TinyGroundingGPTForConditionalGeneration.from_components(config, clip_model, dino_model, language_model)
-    return model, build_processor(tokenizer, config, **(processor_kwargs or {}))
+        clip, llm = str(clip), str(llm)
+        clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype)
+        dino_model = Dinov2Model.from_pretrained(str(dino), dtype=dtype) if dino is not None else None
+        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        tokenizer = add_placeholder_tokens(AutoTokenizer.from_pretrained(llm))
+        if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
+            language_model.resize_token_embeddings(len(tokenizer))
+        clip_mean, clip_std = _image_norm(clip, CLIP_MEAN, CLIP_STD)
+        dino_mean, dino_std = (
+            _image_norm(str(dino), IMAGENET_MEAN, IMAGENET_STD) if dino else (IMAGENET_MEAN, IMAGENET_STD)
+        )
+        config = TinyGroundingGPTConfig(
+            clip_config=clip_model.config,
+            dino_config=dino_model.config if dino_model is not None else None,
+            text_config=language_model.config,
+            use_dino=dino_model is not None,
+            image_size=image_size or clip_model.config.image_size,
+            clip_image_mean=clip_mean,
+            clip_image_std=clip_std,
+            dino_image_mean=dino_mean,
+            dino_image_std=dino_std,
+            object_grid=object_grid,
+            projector_layernorm=projector_layernorm,
+            projector_output_norm=projector_output_norm,
+            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            object_token_id=tokenizer.convert_tokens_to_ids(OBJECT_TOKEN),
+        )
+        model = TinyGroundingGPTForConditionalGeneration.from_components(config, clip_model, dino_model, language_model)
+        return model, build_processor(tokenizer, config, **(processor_kwargs or {}))
 
 
 def preset_components(preset: str) -> dict[str, Any]:
