@@ -35,3 +35,10 @@ def test_serve_runs_uvicorn_on_the_app_with_the_limits(monkeypatch, tmp_path):
 def test_serve_refuses_a_missing_image_root(tmp_path):
     with pytest.raises(ValueError, match="is not a directory"):
         main(["serve", "--image-root", str(tmp_path / "nope")])
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "must be above 0"), ("999999999999", "must be at most")])
+def test_serve_refuses_an_image_pixel_limit_outside_the_pipelines(capsys, value, message):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--max-image-pixels", value])
+    assert message in capsys.readouterr().err

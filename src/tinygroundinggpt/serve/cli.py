@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinygroundinggpt.images import DEFAULT_MAX_PIXELS
 from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def _positive(kind: type) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` above zero (a zero limit would refuse everything, or crash)."""
+def _positive(kind: type, most: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero (a zero limit would refuse everything, or crash),
+    and at most ``most`` where a deeper layer has its own limit."""
 
     def parse(text: str) -> float:
         try:
@@ -30,6 +32,8 @@ def _positive(kind: type) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
         return value
 
     return parse
@@ -66,9 +70,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-image-pixels",
-        type=_positive(int),
+        type=_positive(int, most=DEFAULT_MAX_PIXELS),
         default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="decoded image limit (default: %(default)s)",
+        help=f"decoded image limit, at most the pipeline's own {DEFAULT_MAX_PIXELS} (default: %(default)s)",
     )
     p.add_argument(
         "--max-new-tokens",
