@@ -60,9 +60,19 @@ def load_image(
     (:class:`ImageTooLargeError` when it, or the square it is padded to, has more than ``max_pixels`` pixels).
     ``formats`` limits the decoders Pillow may try (e.g. a server accepts only common raster formats).
     """
-    label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
+    if name:
+        label = name
+    elif isinstance(source, (str, Path)):
+        label = str(source)
+    else:
+        label = "<PIL image>" if isinstance(source, Image.Image) else "<image bytes>"
     if isinstance(source, Image.Image):
         img = source
+        _check_pixels(img, max_pixels, label)
+        try:  # a caller's lazily opened image may be returned as it is: its pixels must outlive the caller's file
+            img.load()
+        except Exception as exc:
+            raise ImageLoadError(f"{label}: cannot read the image's pixels ({type(exc).__name__}: {exc})") from exc
     else:
         if isinstance(source, (str, Path)):
             path = Path(source)
@@ -85,11 +95,6 @@ def load_image(
             raise ImageTooLargeError(f"{label}: image too large ({exc})") from exc
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    _check_pixels(img, max_pixels, label)
-    try:  # a caller's lazily opened image may be returned as it is: its pixels must outlive the caller's file
-        img.load()
-    except Exception as exc:
-        raise ImageLoadError(f"{label}: cannot read the image's pixels ({type(exc).__name__}: {exc})") from exc
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even upright images
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
