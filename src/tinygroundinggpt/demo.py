@@ -96,10 +96,12 @@ def run_demo(
     train: bool = False,
     n_eval: int = 40,
     seed: int = DEMO_SEED,
+    train_seed: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo; returns the summary also written to ``<out>/report.json``."""
+    """Run the demo; returns the summary also written to ``<out>/report.json``. ``train_seed`` (with
+    ``train``) seeds the whole chain instead of the recipes' own seeds, which made the shipped checkpoint."""
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
     from tinygroundinggpt.world import write_world
 
@@ -113,9 +115,11 @@ def run_demo(
         train_world = out / "train_world"
         write_world(train_world, seed=TRAIN_SEED, progress=progress, **TRAIN_WORLD)
         write_world(train_world / "easy", seed=TRAIN_SEED + 1, progress=progress, **EASY_WORLD)
-        chain = run_chain(out / "train", train_world, preset="tiny", disable_tqdm=not progress)
+        chain = run_chain(out / "train", train_world, preset="tiny", seed=train_seed, disable_tqdm=not progress)
         model = chain["final"]
         summary["train_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+        if train_seed is not None:
+            summary["train_seed"] = train_seed
     model = Path(model) if model is not None else SHIPPED
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {model}; run `tgg demo --train` to make one")
@@ -140,12 +144,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--train", action="store_true", help="first reproduce the checkpoint from the tiny components")
     p.add_argument("--model", help="evaluate this checkpoint instead of the shipped one")
     p.add_argument("--n-eval", type=int, default=40, help="fresh evaluation scenes (half val, half test)")
-    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the fresh evaluation scenes")
+    p.add_argument(
+        "--train-seed", type=int, help="with --train: one seed for the whole chain (default: the shipped run's)"
+    )
     p.set_defaults(func=_demo)
 
 
 def _demo(args: Any) -> int:
-    summary = run_demo(args.out, model=args.model, train=args.train, n_eval=args.n_eval, seed=args.seed)
+    if args.train_seed is not None and not args.train:
+        raise SystemExit("tgg demo: --train-seed only applies with --train")
+    summary = run_demo(
+        args.out, model=args.model, train=args.train, n_eval=args.n_eval, seed=args.seed, train_seed=args.train_seed
+    )
     print(markdown(summary))
     print(f"report: {Path(args.out) / 'report.json'}  picture: {Path(args.out) / 'predictions.png'}")
     return 0

@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import torch
+
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.training.engine import is_complete
 from tinygroundinggpt.world import write_world
@@ -57,4 +59,24 @@ def test_table3_ablation_trains_stage_2_without_object_images_from_shared_earlie
         tci = json.loads((out / "TCI" / stage / "train_report.json").read_text())["data"]
         assert sorted(Path(p).name for p in tc) == ["stage2_tc.jsonl", "stage2_tc.jsonl"]  # one-object and multi
         assert {Path(p).name for p in tci} == {"stage2_tc.jsonl", "stage2_ic.jsonl", "stage2_ti.jsonl"}
+    capsys.readouterr()
+
+
+def test_a_chain_seed_makes_runs_identical_and_another_seed_differs(world, tiny_components, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    def stage1a(name, *seed):
+        out = tmp_path / name
+        args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), "--stages",
+                "stage1a", *QUICK, *_components(tiny_components), *seed]  # fmt: skip
+        assert main(args) == 0
+        report = json.loads((out / "stage1a" / "train_report.json").read_text())
+        return load_file(out / "stage1a" / "model.safetensors"), report["recipe"]["seed"]
+
+    default, default_seed = stage1a("default")
+    again, _ = stage1a("again")
+    other, other_seed = stage1a("other", "--seed", "5")
+    assert (default_seed, other_seed) == (42, 5)
+    assert all(torch.equal(default[k], again[k]) for k in default)
+    assert not torch.equal(default["projector.linear_1.weight"], other["projector.linear_1.weight"])
     capsys.readouterr()

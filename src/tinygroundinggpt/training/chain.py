@@ -38,6 +38,7 @@ def run_chain(
     overrides: dict[str, list[str]] | None = None,
     use_tiny_overrides: bool | None = None,
     init: str | Path | None = None,
+    seed: int | None = None,
     **training_kwargs: Any,
 ) -> dict[str, Any]:
     """Run ``stages`` (default: the preset's whole chain) in order; returns {stage: report} and writes
@@ -45,7 +46,10 @@ def run_chain(
 
     ``components`` overrides the preset's checkpoints (keys clip, dino, llm and assembly options;
     ``dino=None`` for the CLIP-only ablation). ``init`` starts the first stage from a checkpoint
-    instead of assembling. ``overrides`` maps a stage to ``key=value`` strings.
+    instead of assembling. ``overrides`` maps a stage to ``key=value`` strings. ``seed`` replaces every
+    stage's seed (data order, dropout) and the assembled projector's initialisation (default: each recipe's
+    own seed, projector seed 0): the tiny chain's outcome depends strongly on both, so reruns with other
+    seeds measure its spread.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,10 +66,13 @@ def run_chain(
             previous = stage_out
             continue
         recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
+        if seed is not None:
+            recipe.seed = seed
         if previous is None:
             if recipe.init != "assemble":
                 raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
-            model, processor = assemble_preset(preset, **(components or {}))
+            seeded = {} if seed is None else {"seed": seed}
+            model, processor = assemble_preset(preset, **{**seeded, **(components or {})})
         else:
             model, processor = load_checkpoint(previous)
         reports[stage] = train_stage(recipe, model, processor, stage_out, data_root=data_root, **training_kwargs)

@@ -23,6 +23,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm", help="LLM checkpoint instead of the preset's")
     p.add_argument("--stages", default=None, help="comma-separated subset of the chain")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument(
+        "--seed", type=int, help="one seed for every stage and the assembled projector (default: the recipes')"
+    )
     p.add_argument("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON config")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.set_defaults(func=_train)
@@ -82,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
             stages=stages,
             overrides={s: args.set for s in stages},
             init=args.init,
+            seed=args.seed,
             resume=not args.no_resume,
             **extra,
         )
@@ -89,6 +93,8 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
         return 0
     recipe = stage_recipe(args.recipe, args.set, tiny=args.preset == "tiny")
+    if args.seed is not None:
+        recipe.seed = components["seed"] = args.seed
     if args.init:
         model, processor = load_checkpoint(args.init)
     elif recipe.init == "assemble":
