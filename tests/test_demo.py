@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from PIL import Image
 
 from tinygroundinggpt.cli import main
@@ -18,3 +19,8 @@ def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
     assert "| POPE adversarial | f1 |" in (out / "report.md").read_text()
     assert Image.open(out / "predictions.png").size[0] == 4 * 224
     assert "report.json" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_train_seed_without_train():
+    with pytest.raises(SystemExit, match="only applies with --train"):
+        main(["demo", "--train-seed", "3"])

@@ -67,6 +67,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| POPE {split} | {metric} | {summary[f'pope_{split}_{metric}']:.2f} |")
     if "train_minutes" in summary:
         lines.append(f"| training (2 cores) | minutes | {summary['train_minutes']:.1f} |")
+    if "train_seed" in summary:
+        lines.append(f"| training | seed | {summary['train_seed']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +148,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--n-eval", type=int, default=40, help="fresh evaluation scenes (half val, half test)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the fresh evaluation scenes")
     p.add_argument(
-        "--train-seed", type=int, help="with --train: one seed for the whole chain (default: the shipped run's)"
+        "--train-seed",
+        type=int,
+        help="with --train: one seed for the whole chain (default: the recipes' own, which made the shipped run)",
     )
     p.set_defaults(func=_demo)
 

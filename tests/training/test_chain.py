@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tinygroundinggpt.cli import main
@@ -18,7 +19,7 @@ def test_tiny_chain_runs_every_stage_from_three_checkpoints_and_resumes(world, t
     out = tmp_path / "chain"
     args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), *QUICK]
     assert main([*args, *_components(tiny_components)]) == 0
-    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage2_more", "stage2_anneal", "stage3")
+    stages = ("stage1a", "stage1b", "stage2_easy", "stage2", "stage2_more", "stage2_anneal", "stage2_anneal2", "stage3")
     assert all(is_complete(out / stage) for stage in stages)
     summary = json.loads((out / "chain_report.json").read_text())
     assert summary["final"] == str(out / "stage3") and set(summary["stages"]) == set(stages)
@@ -54,7 +55,7 @@ def test_table3_ablation_trains_stage_2_without_object_images_from_shared_earlie
     assert main([*args, *QUICK, *_components(tiny_components)]) == 0
     assert set(json.loads((out / "ablation.json").read_text())["results"]) == {"T,C", "T,C,I"}
     assert sorted(p.name for p in (out / "shared").iterdir() if p.is_dir()) == ["stage1a", "stage1b", "stage2_easy"]
-    for stage in ("stage2", "stage2_more", "stage2_anneal"):  # every part of the tiny stage 2
+    for stage in ("stage2", "stage2_more", "stage2_anneal", "stage2_anneal2"):  # every part of the tiny stage 2
         tc = json.loads((out / "TC" / stage / "train_report.json").read_text())["data"]
         tci = json.loads((out / "TCI" / stage / "train_report.json").read_text())["data"]
         assert sorted(Path(p).name for p in tc) == ["stage2_tc.jsonl", "stage2_tc.jsonl"]  # one-object and multi
@@ -79,4 +80,6 @@ def test_a_chain_seed_makes_runs_identical_and_another_seed_differs(world, tiny_
     assert (default_seed, other_seed) == (42, 5)
     assert all(torch.equal(default[k], again[k]) for k in default)
     assert not torch.equal(default["projector.linear_1.weight"], other["projector.linear_1.weight"])
+    with pytest.raises(ValueError, match="trained with seed 42, not 5"):  # a finished stage of another seed is no start
+        stage1a("default", "--seed", "5")
     capsys.readouterr()

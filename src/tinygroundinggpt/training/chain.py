@@ -61,8 +61,14 @@ def run_chain(
     for stage in stages:
         stage_out = out / stage
         if is_complete(stage_out):
+            report = json.loads((stage_out / "train_report.json").read_text())
+            if seed is not None and report["recipe"]["seed"] != seed:
+                raise ValueError(
+                    f"{stage_out} was trained with seed {report['recipe']['seed']}, not {seed}: "
+                    "give another output folder"
+                )
             logger.info("%s already complete in %s; skipping", stage, stage_out)
-            reports[stage] = json.loads((stage_out / "train_report.json").read_text())
+            reports[stage] = report
             previous = stage_out
             continue
         recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
@@ -72,7 +78,7 @@ def run_chain(
             if recipe.init != "assemble":
                 raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
             seeded = {} if seed is None else {"seed": seed}
-            model, processor = assemble_preset(preset, **{**seeded, **(components or {})})
+            model, processor = assemble_preset(preset, **{**(components or {}), **seeded})
         else:
             model, processor = load_checkpoint(previous)
         reports[stage] = train_stage(recipe, model, processor, stage_out, data_root=data_root, **training_kwargs)
@@ -80,6 +86,7 @@ def run_chain(
     summary = {
         "stages": {s: {"train_loss": r["train_loss"], "steps": r["global_step"]} for s, r in reports.items()},
         "final": str(previous),
+        "seed": seed,
         "wall_minutes": round((time.perf_counter() - t0) / 60, 2),
     }
     (out / "chain_report.json").write_text(json.dumps(summary, indent=2))

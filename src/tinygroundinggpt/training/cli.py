@@ -24,7 +24,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default=None, help="comma-separated subset of the chain")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.add_argument(
-        "--seed", type=int, help="one seed for every stage and the assembled projector (default: the recipes')"
+        "--seed",
+        type=int,
+        help="one seed for every stage and the assembled projector (default: each recipe's own seed, projector 0)",
     )
     p.add_argument("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON config")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
@@ -75,6 +77,8 @@ def _train(args: argparse.Namespace) -> int:
     components = {k: getattr(args, k) for k in ("clip", "dino", "llm") if getattr(args, k)}
     if components.get("dino") == "none":
         components["dino"] = None
+    if args.seed is not None and any(o.startswith("seed=") for o in args.set):
+        raise SystemExit("tgg train: give the seed once, with --seed or with --set seed=..., not both")
     if args.chain:
         stages = tuple(args.stages.split(",")) if args.stages else chain_stages(args.preset == "tiny")
         result = run_chain(
