@@ -73,6 +73,12 @@ def test_bad_images_name_the_input(tmp_path):
     sliver.write_bytes(_png(Image.new("L", (10_000, 1))))
     with pytest.raises(ImageTooLargeError, match="sliver.png: image of 10000x1 padded to the square"):
         load_image(sliver, max_pixels=1_000_000)
+    truncated = tmp_path / "truncated.png"  # a header that opens, pixels that cannot be read
+    truncated.write_bytes(_png(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
+    with Image.open(truncated) as lazy, pytest.raises(ImageLoadError, match="<PIL image>: cannot read the image's"):
+        load_image(lazy)
+    with pytest.raises(ImageTooLargeError, match="<PIL image>: image has 2000x2000"):
+        load_image(Image.new("L", (2000, 2000)), max_pixels=1_000_000)
     with pytest.raises(ImageLoadError, match="cannot decode"):  # a PNG is refused where only JPEG is allowed
         load_image(sliver, formats=("JPEG",))
 
