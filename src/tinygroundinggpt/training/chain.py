@@ -60,20 +60,21 @@ def run_chain(
     t0 = time.perf_counter()
     for stage in stages:
         stage_out = out / stage
+        recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
+        if seed is not None:
+            recipe.seed = seed
         if is_complete(stage_out):
+            # a finished stage of another seed would silently make this a different run than asked for
             report = json.loads((stage_out / "train_report.json").read_text())
-            if seed is not None and report["recipe"]["seed"] != seed:
+            if report["recipe"]["seed"] != recipe.seed:
                 raise ValueError(
-                    f"{stage_out} was trained with seed {report['recipe']['seed']}, not {seed}: "
+                    f"{stage_out} was trained with seed {report['recipe']['seed']}, not {recipe.seed}: "
                     "give another output folder"
                 )
             logger.info("%s already complete in %s; skipping", stage, stage_out)
             reports[stage] = report
             previous = stage_out
             continue
-        recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
-        if seed is not None:
-            recipe.seed = seed
         if previous is None:
             if recipe.init != "assemble":
                 raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
