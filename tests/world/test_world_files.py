@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from world_resolver import resolve
 
 from tinygroundinggpt.boxes import xywh_to_xyxy
-from tinygroundinggpt.data.format import LoadReport, iter_jsonl
+from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT, LoadReport, iter_jsonl
 from tinygroundinggpt.world import cli as world_cli
 from tinygroundinggpt.world.build import write_world
 from tinygroundinggpt.world.language import plural
@@ -145,6 +145,28 @@ def test_refer_files_as_the_refer_api_reads_them(world, folder):
         ys, xs = mask.nonzero()
         assert xywh_to_xyxy(ann["bbox"]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         assert ann["area"] == mask.sum()
+
+
+def test_instruct_file_asks_short_answer_questions_as_pope_does(world):
+    """LLaVA-1.5's two forms: a sentence answer, or the short-answer instruction and one word; the
+    existence questions in the short form are exactly POPE's prompt, with the scene's true answer."""
+    scenes = {json.loads(line)["image"]: json.loads(line) for line in (world / "scenes.jsonl").open()}
+    forms: Counter[str] = Counter()
+    for s in iter_jsonl(world / "stage3_instruct.jsonl"):
+        question = s.messages[0]["content"].removeprefix("<image>\n")
+        answer = s.messages[1]["content"]
+        if question.endswith(SHORT_ANSWER_PROMPT):
+            forms["short"] += 1
+            assert " " not in answer and not answer.endswith(".")
+            exists = re.fullmatch(r"Is there a (\w+) in the image\?", question.removesuffix(SHORT_ANSWER_PROMPT))
+            if exists:
+                present = exists.group(1) in {o["shape"] for o in scenes[s.image]["objects"]}
+                assert answer == ("Yes" if present else "No")
+                forms["pope"] += 1
+        else:
+            forms["sentence"] += 1
+            assert answer.endswith(".")
+    assert forms["pope"] > 0 and 0.3 < forms["short"] / (forms["short"] + forms["sentence"]) < 0.7
 
 
 def test_pope_files(world):

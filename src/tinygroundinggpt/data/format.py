@@ -31,6 +31,9 @@ OBJECT_TOKEN = "<object>"
 BOX_REF_RE = re.compile(r"<box:(\d+)>")
 OBJECT_REF_RE = re.compile(r"<object:(\d+)>")
 ROLES = ("system", "user", "assistant")
+# LLaVA-1.5's short-answer instruction: its training mixture appends it to VQA-style questions whose answer is
+# one word, and the evaluation protocols (POPE, VQAv2, GQA) to every question, so a model must have seen it.
+SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
 class SampleError(ValueError):

@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable
 
 from tinygroundinggpt.boxes import iou
-from tinygroundinggpt.data.format import IMAGE_TOKEN, Sample
+from tinygroundinggpt.data.format import IMAGE_TOKEN, SHORT_ANSWER_PROMPT, Sample
 from tinygroundinggpt.world.language import (
     INVERSE,
     KINDS,
@@ -248,27 +248,41 @@ def stage3_desc(scene: Scene, image: str, sample_id: str, rng: random.Random) ->
 
 
 def stage3_instruct(scene: Scene, image: str, sample_id: str, rng: random.Random) -> list[Sample]:
-    """Plain QAs without boxes: counting, existence, attribute of a named object, background."""
+    """Plain QAs without boxes: counting, existence, attribute of a named object, background.
+
+    As in LLaVA-1.5's mixture, each QA is written either as a conversation (a sentence answer) or, half the
+    time, VQA-style: the short-answer instruction after the question and a one-word answer. The evaluation
+    protocols (POPE, VQAv2, GQA) ask in the second form; a model that never saw it answered "The." to POPE.
+    """
     shapes = [o.shape for o in scene.objects]
     shape = rng.choice(SHAPES)
     colour = rng.choice(list(COLOURS))
     t = rng.randrange(len(scene.objects))
+    n_shape = shapes.count(shape)
     n_colour = sum(o.colour == colour for o in scene.objects)
-    qas = [
+    present = shape in shapes
+    qas = [  # (question, sentence answer, short answer)
         (
             f"How many {plural(shape)} are there?",
-            f"There {'is' if shapes.count(shape) == 1 else 'are'} {count_phrase(shapes.count(shape), shape)}.",
+            f"There {'is' if n_shape == 1 else 'are'} {count_phrase(n_shape, shape)}.",
+            str(n_shape),
         ),
-        (f"Is there a {shape} in the image?", "Yes." if shape in shapes else "No."),
+        (f"Is there a {shape} in the image?", "Yes." if present else "No.", "Yes" if present else "No"),
         (
             f"How many {colour} objects are there?",
             f"There {'is' if n_colour == 1 else 'are'} {count_phrase(n_colour, f'{colour} object')}.",
+            str(n_colour),
         ),
-        (f"What shape is {unique_name(scene, t)}?", f"It is a {scene.objects[t].shape}."),
-        ("What colour is the background?", f"The background is {scene.background}."),
+        (f"What shape is {unique_name(scene, t)}?", f"It is a {scene.objects[t].shape}.", scene.objects[t].shape),
+        ("What colour is the background?", f"The background is {scene.background}.", scene.background),
     ]
-    picked = rng.sample(qas, 2)
-    return [_sample(f"{sample_id}-qa{k}", scene, image, [], [qa], "instruction") for k, qa in enumerate(picked)]
+    out = []
+    # The form is drawn after the picks, and this is the last file a scene's text rng writes (STAGE_FILES
+    # order): the world's other files stay byte-identical to those of worlds written before the form existed.
+    for k, (question, sentence, word) in enumerate(rng.sample(qas, 2)):
+        qa = (question + SHORT_ANSWER_PROMPT, word) if rng.random() < 0.5 else (question, sentence)
+        out.append(_sample(f"{sample_id}-qa{k}", scene, image, [], [qa], "instruction"))
+    return out
 
 
 STAGE_FILES: dict[str, Builder] = {

@@ -23,11 +23,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT
 from tinygroundinggpt.eval.task import DataError, Item, Task, register, require
 
 SPLITS = ("random", "popular", "adversarial")
-# LLaVA-1.5's short-answer instruction, which its POPE question file appends to every question.
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 NO_WORDS = {"no", "No", "not"}
 
 
@@ -83,7 +82,7 @@ class POPETask(Task):
                 Item(
                     id=str(q["question_id"]),
                     image=str(image_dir / q["image"]),
-                    prompt=q["text"] + SHORT_ANSWER,
+                    prompt=q["text"] + SHORT_ANSWER_PROMPT,
                     reference={"label": q["label"]},
                 )
             )

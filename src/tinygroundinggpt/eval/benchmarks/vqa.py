@@ -18,9 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT
 from tinygroundinggpt.eval.task import Item, Task, register, require
-
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 
 # --- The VQA answer normalisation run by the official evaluation (vqaEval.py, used by EvalAI) ---
 _PUNCTUATION = [
@@ -131,7 +130,7 @@ class VQAv2Task(Task):
             Item(
                 id=str(q["question_id"]),
                 image=str(image_dir / f"COCO_val2014_{q['image_id']:012d}.jpg"),
-                prompt=q["question"] + SHORT_ANSWER,
+                prompt=q["question"] + SHORT_ANSWER_PROMPT,
                 reference={"answers": answers[q["question_id"]]},
             )
             for q in qs["questions"]
@@ -153,7 +152,7 @@ class GQATask(Task):
             Item(
                 id=str(qid),
                 image=str(root / "images" / f"{q['imageId']}.jpg"),
-                prompt=q["question"] + SHORT_ANSWER,
+                prompt=q["question"] + SHORT_ANSWER_PROMPT,
                 reference={"answer": q["answer"]},
             )
             for qid, q in qs.items()
