@@ -52,6 +52,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         out[f"pope_{split}_acc"] = round(m["accuracy"], 2)
         out[f"pope_{split}_f1"] = round(m["f1"], 2)
         out[f"pope_{split}_yes_ratio"] = round(m["yes_ratio"], 2)
+        out[f"pope_{split}_not_yes_or_no"] = round(m["not_yes_or_no"], 2)
     return out
 
 
@@ -63,7 +64,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| REC {name} | mean IoU | {summary[f'rec_{name}_miou']:.2f} |")
     for task in POPE_TASKS:
         split = task.rsplit("_", 1)[1]
-        for metric in ("acc", "f1", "yes_ratio"):
+        for metric in ("acc", "f1", "yes_ratio", "not_yes_or_no"):
             lines.append(f"| POPE {split} | {metric} | {summary[f'pope_{split}_{metric}']:.2f} |")
     if "train_minutes" in summary:
         lines.append(f"| training (2 cores) | minutes | {summary['train_minutes']:.1f} |")

@@ -7,9 +7,10 @@ import pytest
 from tinygroundinggpt.eval.benchmarks.choice import extract_choice, mmbench_circular
 from tinygroundinggpt.eval.benchmarks.judged import parse_desc_scores, parse_review_scores
 from tinygroundinggpt.eval.benchmarks.mme import MMETask, mme_parse, mme_subtask_scores
-from tinygroundinggpt.eval.benchmarks.pope import pope_answer_is_yes, pope_metrics
+from tinygroundinggpt.eval.benchmarks.pope import POPETask, pope_answer_is_yes, pope_answer_is_yes_or_no, pope_metrics
 from tinygroundinggpt.eval.benchmarks.rec import RECTask, score_rec
 from tinygroundinggpt.eval.benchmarks.vqa import gqa_match, normalize_vqa_answer, vqa_accuracy
+from tinygroundinggpt.eval.task import Item
 
 # A 200x100 image: padded to a 200x200 square with 50 px above and below, so the model frame's
 # y = (pixel y + 50) / 200 and x = pixel x / 200.
@@ -105,6 +106,21 @@ class TestPOPE:
         assert m["recall"] == pytest.approx(100.0)
         assert m["f1"] == pytest.approx(50.0)
         assert m["yes_ratio"] == pytest.approx(75.0)  # the labels' yes ratio would be 25
+
+    @pytest.mark.parametrize(
+        ("answer", "yes_or_no"),
+        [("Yes", True), ("no.", True), ("No, there is not.", True), ("NO", True), ("The.", False), ("", False),
+         ("Nope", False), ("There is no cat.", False)],
+    )  # fmt: skip
+    def test_yes_or_no_diagnostic(self, answer, yes_or_no):
+        assert pope_answer_is_yes_or_no(answer) is yes_or_no
+
+    def test_task_reports_answers_that_are_not_yes_or_no(self):
+        task = POPETask("adversarial")
+        items = [Item(id=str(k), image="x.png", prompt="?", reference={"label": "no"}) for k in range(4)]
+        scores = [task.score(a, it) for a, it in zip(["The.", "No", "yes", "A star."], items, strict=True)]
+        m = task.aggregate(scores)
+        assert m["not_yes_or_no"] == pytest.approx(50.0) and m["yes_ratio"] == pytest.approx(75.0)
 
     def test_nothing_predicted_yes_does_not_divide_by_zero(self):
         m = pope_metrics([False, False], [True, False])

@@ -13,7 +13,9 @@ by the ``world_pope_*`` tasks.
 Answer rule of LLaVA's ``eval_pope.py``: keep the text before the first period, drop commas, split on
 spaces; the words "no", "No" or "not" make it a no, anything else a yes. Metrics: accuracy, precision,
 recall and F1 of "yes", and the yes-ratio of the *predictions* (lmms-eval's POPE counts the labels'
-yes-ratio instead, which is always 50 % and says nothing about the model). Table 2's single POPE number
+yes-ratio instead, which is always 50 % and says nothing about the model), and, as a diagnostic, the share
+of answers that do not start with yes or no (``not_yes_or_no``: the rule scores "The." as a yes, which
+once hid that a model never answered the question). Table 2's single POPE number
 is the mean F1 of the three splits (TinyGroundingGPT-3B: (89.47 + 87.90 + 86.22) / 3 = 87.9).
 """
 
@@ -35,6 +37,13 @@ def pope_answer_is_yes(answer: str) -> bool:
     first = answer.split(".")[0]
     words = first.replace(",", "").split(" ")
     return not NO_WORDS.intersection(words)
+
+
+def pope_answer_is_yes_or_no(answer: str) -> bool:
+    """Whether the answer starts with the word yes or no (any case). Not part of LLaVA's rule, which scores
+    "The." as a yes: a diagnostic, so that a model that does not answer the question is seen as such."""
+    words = answer.strip().split(maxsplit=1)
+    return bool(words) and words[0].strip(".,!").lower() in ("yes", "no")
 
 
 def pope_metrics(predicted_yes: list[bool], label_yes: list[bool]) -> dict[str, float]:
@@ -89,10 +98,16 @@ class POPETask(Task):
         return items
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
-        return {"pred_yes": pope_answer_is_yes(answer), "label_yes": item.reference["label"] == "yes"}
+        return {
+            "pred_yes": pope_answer_is_yes(answer),
+            "label_yes": item.reference["label"] == "yes",
+            "yes_or_no": pope_answer_is_yes_or_no(answer),
+        }
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
-        return pope_metrics([s["pred_yes"] for s in scores], [s["label_yes"] for s in scores])
+        out = pope_metrics([s["pred_yes"] for s in scores], [s["label_yes"] for s in scores])
+        out["not_yes_or_no"] = 100.0 * sum(not s["yes_or_no"] for s in scores) / len(scores) if scores else 0.0
+        return out
 
 
 for _split in SPLITS:
