@@ -1,10 +1,13 @@
 import json
 
+import pytest
+import torch
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
 from tinygroundinggpt.cli import main
+from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 
 
 def test_answer_boxes_are_returned_in_the_original_frame():
@@ -45,3 +48,18 @@ def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
     printed = capsys.readouterr().out
     out = json.loads(printed[printed.index("{") :])
     assert set(out) == {"text", "boxes", "boxes_norm", "width", "height"} and out["width"] == 90
+
+
+def test_export_casts_every_weight_once_and_keeps_the_processor(tiny_model, tmp_path):
+    model, proc = tiny_model
+    model.save_pretrained(tmp_path / "ckpt")
+    proc.save_pretrained(tmp_path / "ckpt")
+    assert main(["export", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "bf16")]) == 0
+    small = TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path / "bf16")
+    assert small.dtype == torch.bfloat16
+    full = model.state_dict()
+    for name, value in small.state_dict().items():
+        assert torch.equal(value, full[name].to(torch.bfloat16)), name
+    assert TinyGroundingGPTProcessor.from_pretrained(tmp_path / "bf16").to_dict() == proc.to_dict()
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["export", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "bf16")])

@@ -1,4 +1,4 @@
-"""Model commands: ``tgg predict``."""
+"""Model commands: ``tgg predict``, ``tgg export``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=_predict)
+    e = sub.add_parser("export", help="save a checkpoint (with its processor) in another dtype, e.g. bf16 for shipping")
+    e.add_argument("--model", required=True, help="checkpoint folder")
+    e.add_argument("--out", required=True, help="new folder (must not exist, so nothing is overwritten)")
+    e.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    e.set_defaults(func=_export)
+
+
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -22,4 +30,23 @@ def _predict(args: argparse.Namespace) -> int:
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
     pred = pipe.predict(args.image, args.question, max_new_tokens=args.max_new_tokens)
     print(json.dumps(pred.to_json(), indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
+
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"tgg export: --out {out} already exists")
+    # Loaded in fp32 first so that every weight is rounded once, from the trained values.
+    model = TinyGroundingGPTForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
+    processor = TinyGroundingGPTProcessor.from_pretrained(args.model)
+    model.to(getattr(torch, args.dtype)).save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"wrote {out} ({args.dtype})")
     return 0
