@@ -71,6 +71,8 @@ def miss_kind(pred: bx.Box | None, objects: list[list[float]]) -> str:
     """What a written box is made of; ``objects[0]`` is the named one."""
     if pred is None:
         return "unparseable"
+    if pred[2] < pred[0] or pred[3] < pred[1]:
+        return "inverted (x2 < x1 or y2 < y1)"
     if bx.iou(pred, objects[0]) >= 0.5:
         return "hit"
     xs = {k for k, o in enumerate(objects) if _overlap_1d(pred[0], pred[2], o[0], o[2]) >= 0.5}

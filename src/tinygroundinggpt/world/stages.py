@@ -14,7 +14,8 @@ will hold it. Boxes are stored in original pixels and referenced as ``<box:i>``;
   image, relations between object images (post-process 3);
 * ``stage3_conv.jsonl`` – multi-round grounding conversations (Fig. 11);
 * ``stage3_desc.jsonl`` – grounded descriptions with a box after each phrase (Fig. 12);
-* ``stage3_instruct.jsonl`` – plain instruction-style QAs (counting, existence, attributes).
+* ``stage3_instruct.jsonl`` – plain instruction-style QAs (counting, existence, attributes), half of them in
+  LLaVA-1.5's short-answer form (the instruction POPE and VQAv2 append, a one-word answer).
 
 Options in multiple-choice questions are objects whose boxes overlap little
 (IoU ≤ :data:`MAX_OPTION_IOU`, the paper's filter).
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 from tinygroundinggpt.boxes import iou
 from tinygroundinggpt.data.format import IMAGE_TOKEN, SHORT_ANSWER_PROMPT, Sample
+from tinygroundinggpt.world.formats import POPE_QUESTION
 from tinygroundinggpt.world.language import (
     INVERSE,
     KINDS,
@@ -267,7 +269,7 @@ def stage3_instruct(scene: Scene, image: str, sample_id: str, rng: random.Random
             f"There {'is' if n_shape == 1 else 'are'} {count_phrase(n_shape, shape)}.",
             str(n_shape),
         ),
-        (f"Is there a {shape} in the image?", "Yes." if present else "No.", "Yes" if present else "No"),
+        (POPE_QUESTION.format(shape), "Yes." if present else "No.", "Yes" if present else "No"),
         (
             f"How many {colour} objects are there?",
             f"There {'is' if n_colour == 1 else 'are'} {count_phrase(n_colour, f'{colour} object')}.",
