@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-root", required=True, help="a world with eval files (tgg demo's <out>/world)")
+    parser.add_argument("--batch-size", type=int, default=50)
     args = parser.parse_args()
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
     tok = pipe.processor.tokenizer
@@ -40,16 +41,19 @@ def main() -> None:
     for split in ("random", "popular", "adversarial"):
         task = get_task(f"world_pope_{split}")
         items = task.load(Path(args.data_root))
-        margins, labels, hits = [], [], 0
-        for it in items:
-            batch = {k: v.to(pipe.device) for k, v in pipe.processor([it.prompt], [it.image]).items()}
+        margins: list[float] = []
+        labels = [it.reference["label"] == "yes" for it in items]
+        answers: list[str] = []
+        for start in range(0, len(items), args.batch_size):
+            chunk = items[start : start + args.batch_size]
+            images, prompts = [it.image for it in chunk], [it.prompt for it in chunk]
+            # left-padded: the last position is every row's first answer token
+            batch = {k: v.to(pipe.device) for k, v in pipe.processor(prompts, images).items()}
             with torch.no_grad():
-                logits = pipe.model(**batch).logits[0, -1].float()
-            logp = F.log_softmax(logits, dim=-1)
-            margins.append(float(logp[yes] - logp[no]))
-            labels.append(it.reference["label"] == "yes")
-            answer = pipe.generate_batch([it.image], [it.prompt], max_new_tokens=task.max_new_tokens)[0]
-            hits += task.score(answer, it)["pred_yes"] == labels[-1]
+                logp = F.log_softmax(pipe.model(**batch).logits[:, -1].float(), dim=-1)
+            margins += (logp[:, yes] - logp[:, no]).tolist()
+            answers += pipe.generate_batch(images, prompts, max_new_tokens=task.max_new_tokens)
+        hits = sum(task.score(a, it)["pred_yes"] == y for a, it, y in zip(answers, items, labels, strict=True))
         mean = sum(margins) / len(margins)
         print(f"{split:12s} n {len(items):4d}  AUC of log P(Yes) - log P(No) {auc(margins, labels):.3f}"
               f"  mean margin {mean:+.2f}  greedy accuracy {100 * hits / len(items):.1f} %")  # fmt: skip

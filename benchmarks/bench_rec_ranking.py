@@ -9,9 +9,9 @@ For every REC expression of the world's val and test splits, two answers from th
   after the REC prompt; a hit when the named object's box is the most likely. This is a closed-set choice
   among the scene's objects, as proposal-based REC models make it; the baseline in the same run is chance,
   the mean of 1 / number of objects;
-* **generation**: the greedy answer, scored as the evaluation suite scores it (IoU ≥ 0.5), and what its
-  misses are made of: the box's x-extent and y-extent each compared with every object (1-D IoU ≥ 0.5),
-  so a box whose x comes from one object and y from another shows up as such.
+* **generation**: the greedy answer (or ``--num-beams N``), scored as the evaluation suite scores it
+  (IoU ≥ 0.5), and what its misses are made of: the box's x-extent and y-extent each compared with every
+  object (1-D IoU ≥ 0.5), so a box whose x comes from one object and y from another shows up as such.
 
 A gap between the two says the model holds the answer but cannot write it as one coherent box.
 """
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--data-root", required=True, help="a world with eval files (tgg demo's <out>/world)")
     parser.add_argument("--tasks", default="world_rec_val,world_rec_test")
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search for the written boxes (1: greedy)")
     args = parser.parse_args()
     torch.manual_seed(0)
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
@@ -104,7 +105,9 @@ def main() -> None:
     kinds: Counter[str] = Counter()
     for start in range(0, len(items), args.batch_size):
         chunk = items[start : start + args.batch_size]
-        answers = pipe.generate_batch([i.image for i in chunk], [i.prompt for i in chunk], max_new_tokens=48)
+        answers = pipe.generate_batch(
+            [i.image for i in chunk], [i.prompt for i in chunk], max_new_tokens=48, num_beams=args.num_beams
+        )
         for it, answer in zip(chunk, answers, strict=True):
             objects = [it.reference["box"], *it.reference["others"]]
             ranked += int(box_loglik(pipe, it, objects).argmax()) == 0
@@ -112,12 +115,14 @@ def main() -> None:
             pred = bx.parse_first_box(answer)
             kinds[miss_kind(None if pred is None else bx.model_to_pixel(pred, it.width, it.height), objects)] += 1
     n = len(items)
-    print(f"# python benchmarks/bench_rec_ranking.py --model {args.model} --data-root {args.data_root}")
+    beams = f" --num-beams {args.num_beams}" if args.num_beams > 1 else ""
+    print(f"# python benchmarks/bench_rec_ranking.py --model {args.model} --data-root {args.data_root}{beams}")
     print(f"# {n} expressions ({args.tasks})")
     print(f"ranking, named object's box most likely among the scene's objects: {100 * ranked / n:5.1f} %"
           f"   (chance {100 * chance / n:.1f} %)")  # fmt: skip
-    print(f"generation, greedy box IoU >= 0.5:                                {100 * kinds['hit'] / n:5.1f} %")
-    print("what the greedy boxes are:")
+    how = "greedy" if args.num_beams == 1 else f"{args.num_beams}-beam"
+    print(f"generation, {how} box IoU >= 0.5:{' ' * (38 - len(how))}{100 * kinds['hit'] / n:5.1f} %")
+    print(f"what the {how} boxes are:")
     for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:62s} {count:4d}  {100 * count / n:5.1f} %")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+DTYPES = ("bfloat16", "float16", "float32")
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="answer a question about an image; boxes in the image's pixels")
@@ -15,11 +17,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="save a checkpoint (with its processor) in another dtype, e.g. bf16 for shipping")
     e.add_argument("--model", required=True, help="checkpoint folder")
     e.add_argument("--out", required=True, help="new folder (must not exist, so nothing is overwritten)")
-    e.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    e.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     e.set_defaults(func=_export)
-
-
-DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _predict(args: argparse.Namespace) -> int:
