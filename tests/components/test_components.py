@@ -62,7 +62,7 @@ def _falls(losses: list[float], k: int = 5) -> bool:
 
 def test_clip_trains_and_loads_as_published(samples, tmp_path):
     images = corpus.square_images(samples, clip.CLIP_MEAN)
-    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300, shape_negatives=False)
+    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300, shape_negatives=False, region_weight=0)
     trained = clip.train_clip(images, corpus.captions(samples, 1), seed=0, recipe=recipe)
     assert _falls(trained.losses)
     trained.save(tmp_path)
@@ -103,7 +103,8 @@ def test_swap_one_shape_names_exactly_one_wrong_shape():
 
 def test_clip_with_shape_negatives_trains(samples):
     images = corpus.square_images(samples, clip.CLIP_MEAN)
-    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300)  # negatives are the default
+    # negatives are the default; the region term (also a default) has its own test
+    recipe = clip.ClipRecipe(steps=30, batch_size=16, lr=2e-3, vocab_size=300, region_weight=0)
     trained = clip.train_clip(images, corpus.captions(samples, 1), seed=0, recipe=recipe)
     assert _falls(trained.losses)
     # the first loss is over twice the texts: about log(2B) for image→text, log(B) back
@@ -264,11 +265,11 @@ def test_tgg_components_all_writes_three_checkpoints(tmp_path):
 
 def test_tgg_components_set_overrides_a_recipe_field(tmp_path):
     base = ["components", "dinov2", "--seed", "1", "--scenes", "24", "--steps", "2"]
-    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
-    assert main([*base, "--out", str(tmp_path / "pos"), "--set", "position_weight=1"]) == 0
-    # the term changes training, so the weights differ
-    plain, pos = (tmp_path / d / "model.safetensors" for d in ("plain", "pos"))
-    assert plain.read_bytes() != pos.read_bytes()
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    assert main([*base, "--out", str(tmp_path / "nopos"), "--set", "position_weight=0"]) == 0
+    # the position term (on by default) changes training, so the weights differ
+    default, nopos = (tmp_path / d / "model.safetensors" for d in ("default", "nopos"))
+    assert default.read_bytes() != nopos.read_bytes()
     # a field the recipe lacks, or no '=', stops before any scene is rendered, naming the problem
     with pytest.raises(SystemExit, match="Dinov2Recipe has no field.*'position_wieght'"):
         main([*base, "--out", str(tmp_path / "bad"), "--set", "position_wieght=1"])

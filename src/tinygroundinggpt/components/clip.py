@@ -15,10 +15,12 @@ pools at the first end token (``text_config.eos_token_id``), so plain ``tokenize
 word swapped. After 3000 steps the image prefers its caption to that copy far more often and the grounding chain on
 it reads expressions better, though the patch tokens still hardly tell shapes apart (docs/components.md).
 
-Optional (``region_weight`` > 0, off for the shipped checkpoint): a dense, region-level term in the spirit of
+``region_weight`` (1 for the shipped checkpoint; 0 turns it off): a dense, region-level term in the spirit of
 RegionCLIP: each object's patch tokens (``hidden_states[-2]``, the layer the grounding model reads, pooled by how much
 of each patch the object's box covers) must pick the object's own phrase ("a small striped red star") from the
-batch's phrases and from shape-swapped copies of it, so that shape has to live in the patch tokens themselves.
+batch's phrases and from shape-swapped copies of it, so that shape has to live in the patch tokens themselves (per-patch
+shape probe 22 -> 47 %). Alone it did not help the grounding chain; together with the DINOv2's position term it did
+(docs/components.md).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class ClipRecipe:
     text_layers: int = 3
     projection_dim: int = 64
     shape_negatives: bool = True  # NegCLIP-style hard negatives: held-out REC 18.0 -> 24.0 % in the demo's chain
-    region_weight: float = 0.0  # region-phrase term on the patch tokens (module docstring); shipped: 0
+    region_weight: float = 1.0  # region-phrase term on the patch tokens (module docstring)
 
 
 @dataclass

@@ -13,13 +13,12 @@ must predict the normalised pixels of the hidden patches from their context (Sim
 patches are also reconstructed, at a quarter of the weight, so the features the downstream model sees
 unmasked keep their own patch's colour and texture.
 
-Optional (``position_weight`` > 0, e.g. ``tgg components dinov2 --set position_weight=1``): a second
-linear head must read each patch token's grid position (row, column in [-1, 1]) off the same features.
-Real ViT patch tokens carry their position embedding through the residual stream; the shipped tiny
-encoders lost it (linear row/column R² 0.25/0.07). With the term, R² is 0.99 and a box probe on the
-frozen CLIP + DINOv2 features alone goes from the mean box's 2 % to 61 % Acc@0.5; the grounding chain learns one-object
-scenes faster (stage2_easy 89 vs 67 %) but multi-object REC ends no better, so it is not shipped
-(docs/components.md).
+``position_weight`` (1 for the shipped checkpoint; 0 turns it off): a second linear head must read each patch
+token's grid position (row, column in [-1, 1]) off the same features. Real ViT patch tokens carry their position
+embedding through the residual stream; without the term the tiny encoders lost it (linear row/column R² 0.25/0.07, with
+it 0.99), and a box probe on the frozen CLIP + DINOv2 features alone goes from the mean box's 2 % to 61 % Acc@0.5.
+Alone it made the grounding chain learn one-object scenes faster but not multi-object REC; with the CLIP's
+region-phrase term it did both (docs/components.md).
 
 Measured alternatives (docs/components.md): scattered instead of block masks gave far less
 object-local features (Fig. 6's same-object similarity 67 vs 82); adding iBOT's EMA-teacher prototype
@@ -56,7 +55,7 @@ class Dinov2Recipe:
     layers: int = 4
     mask_min: float = 0.5
     mask_max: float = 0.8
-    position_weight: float = 0.0  # the shipped checkpoint: 0; see the module docstring
+    position_weight: float = 1.0  # grid-position term; see the module docstring
 
 
 @dataclass
