@@ -136,6 +136,36 @@ def test_clip_with_region_term_trains_and_saves_a_plain_clip(samples, tmp_path):
     assert set(reloaded.state_dict()) == set(trained.model.state_dict())
 
 
+def test_dense_region_term_is_the_pooled_one_patch_by_patch():
+    """Where each object covers one patch, asking every covered patch for the phrase is the pooled term; where it
+    covers two, the dense term scores each patch on its own (a pooled mean can pass where one patch fails)."""
+    torch.manual_seed(0)
+    k, n, d, p = 4, clip.GRID**2, 12, 8
+    patches, texts, scale = torch.randn(k, n, d), torch.randn(2 * k, p), torch.tensor(5.0)
+    same = torch.eye(k, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # objects 0 and 1 share a phrase: no negatives for each other
+    pooled, dense = clip.RegionLoss(d, p), clip.RegionLoss(d, p, dense=True)
+    dense.load_state_dict(pooled.state_dict())
+    one = torch.nn.functional.one_hot(torch.tensor([3, 10, 10, 60]), n).float()
+    assert dense(patches, one, texts, same, scale).item() == pytest.approx(
+        pooled(patches, one, texts, same, scale).item()
+    )
+    two = (one + torch.nn.functional.one_hot(torch.tensor([4, 11, 12, 61]), n).float()) / 2
+    got = dense(patches, two, texts, same, scale)
+    with torch.no_grad():
+        heads = torch.nn.functional.normalize(dense.head(patches), dim=-1)
+        logits = scale * heads @ torch.nn.functional.normalize(texts, dim=-1).t()
+        logits[0, :, 1] = logits[1, :, 0] = float("-inf")
+        nll = -logits.log_softmax(-1)[torch.arange(k), :, torch.arange(k)]  # K x N: each patch's own phrase
+        pooled_logits = scale * torch.nn.functional.normalize(dense.head((two[..., None] * patches).sum(1)), dim=-1)
+        pooled_logits = pooled_logits @ torch.nn.functional.normalize(texts[:k], dim=-1).t()
+        pooled_logits[0, 1] = pooled_logits[1, 0] = float("-inf")
+        text_to_region = torch.nn.functional.cross_entropy(pooled_logits.t(), torch.arange(k))
+        want = ((two * nll).sum(1).mean() + text_to_region) / 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert got.item() != pytest.approx(pooled(patches, two, texts, same, scale).item(), rel=1e-3)
+
+
 def test_dinov2_trains_and_loads_as_published(samples, tmp_path):
     images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
     trained = dinov2.train_dinov2(images, seed=0, recipe=dinov2.Dinov2Recipe(steps=30, batch_size=16, lr=2e-3))

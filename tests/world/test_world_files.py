@@ -24,7 +24,7 @@ from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT, LoadReport, iter_j
 from tinygroundinggpt.world import cli as world_cli
 from tinygroundinggpt.world.build import write_world
 from tinygroundinggpt.world.language import plural
-from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, Scene, WorldObject
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES, Scene, WorldObject
 from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, REC_PROMPTS, STAGE_FILES
 
 N_TRAIN, N_EVAL = 40, 16
@@ -59,8 +59,8 @@ def test_same_seed_gives_byte_identical_world(world, tmp_path):
 
 # The shipped tiny checkpoint was trained on worlds these builders write: a change to any of these files (a new
 # random draw before the last builder, another wording) means `tgg demo --train` no longer makes that checkpoint.
-# Change the digests only together with a retrained checkpoint. stage3_instruct.jsonl, the last file a scene's text
-# rng writes, is left free.
+# Change the digests only together with a retrained checkpoint. stage3_presence.jsonl, the last file a scene's text
+# rng writes and in no tiny recipe's mixture, is left free.
 PINNED = {
     "scenes.jsonl": "acd1409b37058af9",
     "stage1.jsonl": "88610f42e7165cd8",
@@ -69,6 +69,7 @@ PINNED = {
     "stage2_ti.jsonl": "ca31d6e4224b154c",
     "stage3_conv.jsonl": "cbb6adda107dae9a",
     "stage3_desc.jsonl": "ce2a7fc39b08c96d",
+    "stage3_instruct.jsonl": "1fc455102329015d",
 }
 
 
@@ -91,7 +92,7 @@ def test_training_files_load_and_point_at_their_images(world):
             assert "[" not in "".join(m["content"] for m in s.messages)  # no coordinates in text, only <box:i>
             tasks[s.meta["task"].split("/")[0]] += 1
     assert {"caption", "rec", "region", "locate", "region_pick", "name_object", "match_object", "object_relation",
-            "conversation", "grounded_description", "instruction"} <= set(tasks)  # fmt: skip
+            "conversation", "grounded_description", "instruction", "presence"} <= set(tasks)  # fmt: skip
     prompts = [
         s.messages[0]["content"] for s in iter_jsonl(world / "stage2_tc.jsonl") if s.meta["task"].startswith("rec")
     ]
@@ -187,6 +188,29 @@ def test_instruct_file_asks_short_answer_questions_as_pope_does(world):
             forms["sentence"] += 1
             assert answer.endswith(".")
     assert forms["pope"] > 0 and 0.3 < forms["short"] / (forms["short"] + forms["sentence"]) < 0.7
+
+
+def test_presence_file_asks_every_shape_present_and_as_many_absent(world):
+    """One conversation per scene: each shape the scene holds answered "Yes", as many absent ones "No", in POPE's
+    short-answer form, the image only before the first question."""
+    scenes = {json.loads(line)["image"]: json.loads(line) for line in (world / "scenes.jsonl").open()}
+    samples = list(iter_jsonl(world / "stage3_presence.jsonl"))
+    assert len(samples) == len(scenes)
+    for s in samples:
+        shapes = {o["shape"] for o in scenes[s.image]["objects"]}
+        users, answers = s.messages[0::2], [m["content"] for m in s.messages[1::2]]
+        assert [m["role"] for m in users] == ["user"] * len(users)
+        assert users[0]["content"].startswith("<image>\n") and all("<image>" not in m["content"] for m in users[1:])
+        asked = []
+        for m, answer in zip(users, answers, strict=True):
+            question = m["content"].removeprefix("<image>\n").removesuffix(SHORT_ANSWER_PROMPT)
+            q = re.fullmatch(r"Is there a (\w+) in the image\?", question)
+            assert q and m["content"].endswith(SHORT_ANSWER_PROMPT)
+            assert answer == ("Yes" if q.group(1) in shapes else "No")
+            asked.append(q.group(1))
+        assert len(set(asked)) == len(asked) and shapes <= set(asked)
+        assert answers.count("Yes") == len(shapes)
+        assert answers.count("No") == min(len(shapes), len(SHAPES) - len(shapes))
 
 
 def test_pope_files(world):

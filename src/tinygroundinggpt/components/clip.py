@@ -15,12 +15,18 @@ pools at the first end token (``text_config.eos_token_id``), so plain ``tokenize
 word swapped. After 3000 steps the image prefers its caption to that copy far more often and the grounding chain on
 it reads expressions better, though the patch tokens still hardly tell shapes apart (docs/components.md).
 
-``region_weight`` (1 for the shipped checkpoint; 0 turns it off): a dense, region-level term in the spirit of
+``region_weight`` (1 for the shipped checkpoint; 0 turns it off): a region-level term in the spirit of
 RegionCLIP: each object's patch tokens (``hidden_states[-2]``, the layer the grounding model reads, pooled by how much
 of each patch the object's box covers) must pick the object's own phrase ("a small striped red star") from the
 batch's phrases and from shape-swapped copies of it, so that shape has to live in the patch tokens themselves (per-patch
 shape probe 22 -> 47 %). Alone it did not help the grounding chain; together with the DINOv2's position term it did
 (docs/components.md).
+
+``region_dense`` (off for the shipped checkpoint): that term asked of every patch token the object covers rather than
+of their pooled mean, weighted by coverage (as dense CLIP variants align each pixel's or patch's feature with text).
+Pooled, an object's patches can split its shape between them; the grounding model reads them one token at a time.
+It lifts the per-patch shape probe (47 -> 62 %), but the demo's chain on it fell on compositional REC (53.8 -> 35.3 %,
+held-out unchanged): each patch learns the whole phrase, colour and shape bound together (docs/components.md).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class ClipRecipe:
     projection_dim: int = 64
     shape_negatives: bool = True  # NegCLIP-style hard negatives: held-out REC 18.0 -> 24.0 % in the demo's chain
     region_weight: float = 1.0  # region-phrase term on the patch tokens (module docstring)
+    region_dense: bool = False  # that term per patch token, not per pooled region (module docstring)
 
 
 @dataclass
@@ -149,25 +156,35 @@ def cell_weights(box: Box) -> torch.Tensor:
 
 
 class RegionLoss(torch.nn.Module):
-    """The region-phrase term: pooled patch tokens of each object against the batch's phrases and shape swaps."""
+    """The region-phrase term: each object's patch tokens, pooled (or with ``dense`` each covered patch on its own),
+    against the batch's phrases and shape swaps; the phrases pick their pooled region in both modes."""
 
-    def __init__(self, hidden: int, projection_dim: int) -> None:
+    def __init__(self, hidden: int, projection_dim: int, dense: bool = False) -> None:
         super().__init__()
         self.head = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, projection_dim))
+        self.dense = dense
 
     def forward(
         self, patches: torch.Tensor, weights: torch.Tensor, texts: torch.Tensor, same: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         """``patches`` (K, GRID², D): each object's image's patch tokens; ``weights`` (K, GRID²); ``texts`` (2K, P):
         the K phrases' embeddings, then their shape-swapped copies'; ``same`` (K, K): phrase i equals phrase j."""
+        texts = torch.nn.functional.normalize(texts, dim=-1)
         regions = torch.nn.functional.normalize(self.head((weights.unsqueeze(-1) * patches).sum(1)), dim=-1)
-        logits = scale * regions @ torch.nn.functional.normalize(texts, dim=-1).t()  # K x 2K
+        logits = scale * regions @ texts.t()  # K x 2K
         k = len(regions)
         # Another object with the very same phrase is no negative.
-        clash = same & ~torch.eye(k, dtype=torch.bool)
-        logits = torch.cat([logits[:, :k].masked_fill(clash, float("-inf")), logits[:, k:]], 1)
+        clash = torch.cat([same & ~torch.eye(k, dtype=torch.bool), torch.zeros(k, k, dtype=torch.bool)], 1)
+        logits = logits.masked_fill(clash, float("-inf"))
         target, ce = torch.arange(k), torch.nn.functional.cross_entropy
-        return (ce(logits, target) + ce(logits[:, :k].t(), target)) / 2
+        if not self.dense:
+            return (ce(logits, target) + ce(logits[:, :k].t(), target)) / 2
+        # Dense: every patch the object covers must pick the phrase itself, weighted by how much it covers.
+        per_patch = scale * torch.nn.functional.normalize(self.head(patches), dim=-1) @ texts.t()  # K x N x 2K
+        per_patch = per_patch.masked_fill(clash[:, None], float("-inf"))
+        n = per_patch.shape[1]
+        nll = ce(per_patch.reshape(k * n, -1), target.repeat_interleave(n), reduction="none").view(k, n)
+        return ((weights * nll).sum(1).mean() + ce(logits[:, :k].t(), target)) / 2
 
 
 def train_clip(
@@ -218,7 +235,9 @@ def train_clip(
     pixels = image_processor(list(images), return_tensors="pt").pixel_values
     model = CLIPModel(clip_config(recipe, len(tokenizer), eos_id))
     model.train()
-    region_loss = RegionLoss(recipe.vision_hidden, recipe.projection_dim) if recipe.region_weight else None
+    region_loss = (
+        RegionLoss(recipe.vision_hidden, recipe.projection_dim, recipe.region_dense) if recipe.region_weight else None
+    )
     n = len(images)
 
     def loss_at(step: int) -> torch.Tensor:

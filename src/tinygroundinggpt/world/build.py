@@ -8,7 +8,7 @@ Public API (stable): :func:`write_world` and :func:`contact_sheet`. ``write_worl
       images/eval_000000.png ...      in-distribution evaluation scenes (REC + POPE)
       images/comp_000000.png ...      compositional scenes (each holds a held-out colour+shape object)
       stage1.jsonl  stage2_tc.jsonl  stage2_ic.jsonl  stage2_ti.jsonl
-      stage3_conv.jsonl  stage3_desc.jsonl  stage3_instruct.jsonl
+      stage3_conv.jsonl  stage3_desc.jsonl  stage3_instruct.jsonl  stage3_presence.jsonl
       scenes.jsonl                    scene graph of each training image: objects (attributes, pixel box),
                                       occlusion pairs, relation triples [a, relation, b] (object indices)
       eval/rec/refs(unc).p, eval/rec/instances.json                    splits "val" and "test"

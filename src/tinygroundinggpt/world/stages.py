@@ -15,7 +15,9 @@ will hold it. Boxes are stored in original pixels and referenced as ``<box:i>``;
 * ``stage3_conv.jsonl`` – multi-round grounding conversations (Fig. 11);
 * ``stage3_desc.jsonl`` – grounded descriptions with a box after each phrase (Fig. 12);
 * ``stage3_instruct.jsonl`` – plain instruction-style QAs (counting, existence, attributes), half of them in
-  LLaVA-1.5's short-answer form (the instruction POPE and VQAv2 append, a one-word answer).
+  LLaVA-1.5's short-answer form (the instruction POPE and VQAv2 append, a one-word answer);
+* ``stage3_presence.jsonl`` – existence questions, one multi-round conversation per scene: every shape it
+  holds and as many it lacks, in the short-answer form (the VQA share of LLaVA-1.5's mixture, in miniature).
 
 Options in multiple-choice questions are objects whose boxes overlap little
 (IoU ≤ :data:`MAX_OPTION_IOU`, the paper's filter).
@@ -287,6 +289,20 @@ def stage3_instruct(scene: Scene, image: str, sample_id: str, rng: random.Random
     return out
 
 
+def stage3_presence(scene: Scene, image: str, sample_id: str, rng: random.Random) -> list[Sample]:
+    """Existence QAs, balanced: each shape the scene holds ("Yes") and as many absent shapes ("No"), shuffled.
+
+    One conversation per scene puts several answers behind one forward pass of the image. Absent shapes are
+    drawn uniformly; POPE's popular and adversarial negatives are a subset of those.
+    """
+    present = sorted({o.shape for o in scene.objects}, key=SHAPES.index)
+    absent = [s for s in SHAPES if s not in present]
+    asked = [(s, "Yes") for s in present] + [(s, "No") for s in rng.sample(absent, min(len(present), len(absent)))]
+    rng.shuffle(asked)
+    turns = [(POPE_QUESTION.format(s) + SHORT_ANSWER_PROMPT, answer) for s, answer in asked]
+    return [_sample(f"{sample_id}-presence", scene, image, [], turns, "presence")]
+
+
 STAGE_FILES: dict[str, Builder] = {
     "stage1.jsonl": stage1,
     "stage2_tc.jsonl": stage2_tc,
@@ -295,4 +311,5 @@ STAGE_FILES: dict[str, Builder] = {
     "stage3_conv.jsonl": stage3_conv,
     "stage3_desc.jsonl": stage3_desc,
     "stage3_instruct.jsonl": stage3_instruct,
+    "stage3_presence.jsonl": stage3_presence,  # last: the files above stay byte-identical to earlier worlds'
 }
