@@ -17,7 +17,8 @@ will hold it. Boxes are stored in original pixels and referenced as ``<box:i>``;
 * ``stage3_instruct.jsonl`` – plain instruction-style QAs (counting, existence, attributes), half of them in
   LLaVA-1.5's short-answer form (the instruction POPE and VQAv2 append, a one-word answer);
 * ``stage3_presence.jsonl`` – existence questions, one multi-round conversation per scene: every shape it
-  holds and as many it lacks, in the short-answer form (the VQA share of LLaVA-1.5's mixture, in miniature).
+  holds and as many it lacks (as far as there are), in the short-answer form (the VQA share of LLaVA-1.5's
+  mixture, in miniature).
 
 Options in multiple-choice questions are objects whose boxes overlap little
 (IoU ≤ :data:`MAX_OPTION_IOU`, the paper's filter).
@@ -281,7 +282,7 @@ def stage3_instruct(scene: Scene, image: str, sample_id: str, rng: random.Random
         ("What colour is the background?", f"The background is {scene.background}.", scene.background),
     ]
     out = []
-    # The form is drawn after the picks, and this is the last file a scene's text rng writes (STAGE_FILES
+    # The form is drawn after the picks, and only stage3_presence (added later still) draws after this file (STAGE_FILES
     # order): the world's other files stay byte-identical to those of worlds written before the form existed.
     for k, (question, sentence, word) in enumerate(rng.sample(qas, 2)):
         qa = (question + SHORT_ANSWER_PROMPT, word) if rng.random() < 0.5 else (question, sentence)
@@ -290,7 +291,8 @@ def stage3_instruct(scene: Scene, image: str, sample_id: str, rng: random.Random
 
 
 def stage3_presence(scene: Scene, image: str, sample_id: str, rng: random.Random) -> list[Sample]:
-    """Existence QAs, balanced: each shape the scene holds ("Yes") and as many absent shapes ("No"), shuffled.
+    """Existence QAs: each shape the scene holds ("Yes") and as many absent shapes ("No"; fewer where the scene holds
+    more than half of the shapes), shuffled.
 
     One conversation per scene puts several answers behind one forward pass of the image. Absent shapes are
     drawn uniformly; POPE's popular and adversarial negatives are a subset of those.
