@@ -132,20 +132,37 @@ def format_box(box: Sequence[float], decimals: int = DECIMALS) -> str:
     return "[" + ", ".join(f"{v:.{decimals}f}" for v in vals) + "]"
 
 
+def _box_matches(text: str) -> list[tuple[re.Match[str], Box]]:
+    """Every ``[a, b, c, d]`` in ``text`` with its floats; one whose number has too many digits to be finite
+    (a degenerate model answer can write hundreds) is no box."""
+    found = [(m, tuple(float(g) for g in m.groups())) for m in _BOX_RE.finditer(text)]
+    return [(m, b) for m, b in found if all(math.isfinite(v) for v in b)]  # type: ignore[misc]
+
+
 def parse_boxes(text: str) -> list[Box]:
     """Every ``[a, b, c, d]`` in ``text``, in order, as floats (no validation: see ``validate_*``)."""
-    return [tuple(float(g) for g in m.groups()) for m in _BOX_RE.finditer(text)]  # type: ignore[misc]
+    return [b for _, b in _box_matches(text)]
 
 
 def box_spans(text: str) -> list[tuple[int, int]]:
     """Character ``(start, end)`` of every box :func:`parse_boxes` finds in ``text``, in the same order."""
-    return [m.span() for m in _BOX_RE.finditer(text)]
+    return [m.span() for m, _ in _box_matches(text)]
+
+
+def model_text_to_norm(text: str, width: int, height: int) -> str:
+    """``text`` with every box the model wrote (model frame) rewritten in the norm frame of a ``width`` x
+    ``height`` image, for scorers that normalise by the image's own size (lmms-eval); the rest unchanged."""
+    out, end = [], 0
+    for m, box in _box_matches(text):
+        out += [text[end : m.start()], format_box(model_to_norm(box, width, height))]
+        end = m.end()
+    return "".join(out) + text[end:]
 
 
 def parse_first_box(text: str) -> Box | None:
     """The first box in ``text`` or ``None`` when there is none (the REC answer rule)."""
-    m = _BOX_RE.search(text)
-    return tuple(float(g) for g in m.groups()) if m else None  # type: ignore[return-value]
+    found = parse_boxes(text)
+    return found[0] if found else None
 
 
 def grid_cell_box(row: int, col: int, grid: int, width: int, height: int) -> Box:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 COMMAND_MODULES = [
     "tinygroundinggpt.model.cli",
@@ -22,6 +23,24 @@ COMMAND_MODULES = [
     "tinygroundinggpt.serve.cli",
     "tinygroundinggpt.interpret.cli",
 ]
+
+
+def positive(kind: type, most: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero (a zero limit would refuse everything, or crash),
+    and at most ``most`` where a deeper layer has its own limit."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

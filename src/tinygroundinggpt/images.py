@@ -95,7 +95,11 @@ def load_image(
             raise ImageTooLargeError(f"{label}: image too large ({exc})") from exc
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even upright images
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a corrupt EXIF block says nothing about the pixels, which decoded: show them as stored
+        orientation = 1
+    if orientation != 1:  # exif_transpose copies even upright images
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 

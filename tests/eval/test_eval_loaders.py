@@ -154,10 +154,16 @@ def test_mmbench_uses_shipped_rotations(tmp_path):
     rows = [
         {"index": 4, "question": "Q", "A": "x", "B": "y", "answer": "A", "image": img},
         {"index": 1000004, "question": "Q", "A": "y", "B": "x", "answer": "B", "image": ""},
+        {"index": 2000004, "question": "Q", "A": "x", "B": "y", "answer": "A", "image": "4"},  # VLMEvalKit's reference
     ]
     _mmbench_tsv(tmp_path / "mmbench" / "MMBench_DEV_EN.tsv", rows)
     items = get_task("mmbench_en_dev").load(tmp_path)
-    assert [it.id for it in items] == ["4", "1000004"] and items[1].image == items[0].image
+    assert [it.id for it in items] == ["4", "1000004", "2000004"]
+    assert items[1].image == items[2].image == items[0].image == _png()
+    rows[0]["image"] = "7"  # every row a reference, none to an image
+    _mmbench_tsv(tmp_path / "mmbench" / "MMBench_DEV_EN.tsv", rows)
+    with pytest.raises(DataError, match="question 4 has no image .it refers to row 7, which has none"):
+        get_task("mmbench_en_dev").load(tmp_path)
 
 
 def mock_judge(tmp_path, reply, calls):

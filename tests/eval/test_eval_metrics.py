@@ -157,6 +157,12 @@ class TestVQA:
         # One human said "cat": left out it gives 0, every other subset has one match → 1/3.
         assert vqa_accuracy("Cat.", ["cat"] + ["dog"] * 9) == pytest.approx(9 / 3 / 10)
 
+    def test_human_answers_are_normalised_only_when_they_disagree(self):
+        # The official scorer's rule: ten identical answers stay as written, the prediction is processed.
+        assert vqa_accuracy("t-shirt", ["t-shirt"] * 10) == 0.0  # "t shirt" against "t-shirt"
+        assert vqa_accuracy("t-shirt", ["t-shirt"] * 9 + ["shirt"]) == pytest.approx(1.0)
+        assert vqa_accuracy("What's it? Yes.", ["what 's it yes"] * 10) == pytest.approx(1.0)
+
     def test_gqa_exact_match(self):
         assert gqa_match("Yes.", "yes") and gqa_match(" left ", "left")
         assert not gqa_match("left side", "left")

@@ -67,6 +67,7 @@ def test_world_rec_and_pope_failures_listed_cache_reused(tmp_path, checkpoint, w
         assert len(rows) == len({r["id"] for r in rows}) == res["tasks"][name]["n_scored"]
     md = (out / "results.md").read_text()
     assert "## Synthetic world" in md and "Failed items:" in md
+    assert "Figures marked * leave out items that failed" in md and f"| {rec['metrics']['acc@0.5']:.2f}* |" in md
     assert json.loads((out / "results.json").read_text())["tasks"]["world_rec_val"]["metrics"] == rec["metrics"]
     scored = (out / "scores" / "world_rec_val.jsonl").read_text().splitlines()
     assert len(scored) == rec["n_scored"]
@@ -77,6 +78,18 @@ def test_world_rec_and_pope_failures_listed_cache_reused(tmp_path, checkpoint, w
     rec2 = again["tasks"]["world_rec_val"]
     assert rec2["timing"]["answered"] == rec["n_failed"] and rec2["n_failed"] == 0
     assert len(cache_rows(out, "world_rec_val")) == rec2["n_items"]
+
+
+def test_a_task_whose_every_item_failed_is_reported_not_raised(tmp_path, checkpoint):
+    (tmp_path / "gqa").mkdir()  # the questions are there, the images are not
+    gqa = {"1": {"imageId": "n1", "question": "Is it red?", "answer": "no"}}
+    (tmp_path / "gqa" / "testdev_balanced_questions.json").write_text(json.dumps(gqa))
+    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
+    res = evaluate(pipe, [get_task("gqa_testdev")], tmp_path, tmp_path / "out", progress=False)
+    entry = res["tasks"]["gqa_testdev"]
+    assert entry["n_failed"] == 1 and entry["metrics"] == {}
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "0 of 1 items scored, 1 failed" in md and "no such image file" in md
 
 
 def _refer_on_non_square_images(root: Path, write_refcoco) -> None:

@@ -48,6 +48,24 @@ def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
     printed = capsys.readouterr().out
     out = json.loads(printed[printed.index("{") :])
     assert set(out) == {"text", "boxes", "boxes_norm", "width", "height"} and out["width"] == 90
+    # A question naming a box it was not given, and a missing image: clear errors, not tracebacks.
+    with pytest.raises(ValueError, match="prompt 0 .*refers to box 1, but there are 1 boxes"):
+        pipe.generate_batch([img_path], ["What is <object:1>?"], boxes=[[(1, 1, 20, 20)]])
+    with pytest.raises(ValueError, match="<object:i>, but there is no image"):
+        pipe.generate_batch([None], ["What is <object:0>?"], boxes=[[(1, 1, 20, 20)]])
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(SystemExit, match="tgg predict: .*refers to box 0, but there are 0 boxes"):
+        main(["predict", "--model", ckpt, "--image", str(img_path), "Where is <box:0>?"])
+    with pytest.raises(SystemExit, match="tgg predict: .*missing.png: no such image file"):
+        main(["predict", "--model", ckpt, "--image", str(tmp_path / "missing.png"), "hi"])
+    with pytest.raises(SystemExit):  # argparse: must be above 0
+        main(["predict", "--model", ckpt, "--image", str(img_path), "hi", "--max-new-tokens", "0"])
+    assert "must be above 0" in capsys.readouterr().err
+
+
+def test_a_number_too_long_to_be_finite_is_not_returned_as_a_box():
+    pixel, norm = answer_boxes(f"[0.1, 0.1, 0.2, 0.2] [{'9' * 400}, 0, 1, 1]", 100, 100)
+    assert pixel == [(10.0, 10.0, 20.0, 20.0)] and len(norm) == 1
 
 
 def test_export_casts_every_weight_once_and_keeps_the_processor(tiny_model, tmp_path):

@@ -87,6 +87,22 @@ def test_box_spans_locate_the_parsed_boxes():
     assert text[spans[1][1] :] == "."
 
 
+def test_a_number_too_long_to_be_finite_is_no_box():
+    huge = "9" * 400  # float() of it is inf: a degenerate answer, not a box to convert
+    text = f"[{huge}, 0.1, 0.2, 0.3] then [0.5, 0.6, 0.7, 0.8]"
+    assert bx.parse_boxes(text) == [(0.5, 0.6, 0.7, 0.8)] and bx.parse_first_box(text) == (0.5, 0.6, 0.7, 0.8)
+    assert len(bx.box_spans(text)) == 1
+
+
+def test_model_text_to_norm_rewrites_only_the_boxes():
+    # 200x100 image: model-frame y 0.25..0.75 is the whole height; lmms-eval normalises by 200 and 100.
+    text = "It is [0.250, 0.250, 0.750, 0.750], not [0.000, 0.500, 1.000, 0.750]."
+    assert (
+        bx.model_text_to_norm(text, 200, 100) == "It is [0.250, 0.000, 0.750, 1.000], not [0.000, 0.500, 1.000, 1.000]."
+    )
+    assert bx.model_text_to_norm("no box", 200, 100) == "no box"
+
+
 def test_grid_cells_map_through_the_padded_square():
     # 64x32 image on a 64 px square: 16 px of padding above and below, 8 px cells of an 8x8 grid.
     assert bx.grid_cell_box(2, 3, 8, 64, 32) == (24.0, 0.0, 32.0, 8.0)

@@ -54,6 +54,12 @@ def test_exif_orientation_is_applied(tmp_path):
     assert upright.resize((4, 2)).getpixel((0, 0)) == (0, 0, 255)  # usable after the caller's file closed
 
 
+def test_corrupt_exif_keeps_the_decoded_pixels():
+    # Pillow raises SyntaxError reading an EXIF block that is not TIFF; the pixels decoded fine.
+    out = load_image(_png(Image.new("RGB", (5, 4), (1, 2, 3)), "PNG", exif=b"garbage!"))
+    assert out.size == (5, 4) and out.getpixel((0, 0)) == (1, 2, 3)
+
+
 def test_bad_images_name_the_input(tmp_path):
     with pytest.raises(ImageLoadError, match="missing.png: no such image file"):
         load_image(tmp_path / "missing.png")

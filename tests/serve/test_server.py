@@ -68,6 +68,7 @@ def test_answer_equals_the_pipeline_prediction(client, scene, expected):
     assert expected.boxes, "the shipped model grounds this scene's object"
     assert message["boxes"] == [list(b) for b in expected.boxes]  # pixels of the 64x48 image
     assert message["boxes_norm"] == [list(b) for b in expected.boxes_norm]
+    assert (message["width"], message["height"]) == (64, 48)
     assert choice["finish_reason"] == "stop"
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 1
@@ -196,6 +197,9 @@ def test_corrupt_images_are_refused_with_the_reason(client, url, why):
                     ).encode(), 400, "placeholder '<|im_end|>'"),
         (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Where is it? " * 1000}]}).encode(),
          400, "more than max_length"),
+        (b'{"model": "%s", "messages": [{"role": "user", "content": "hi \\ud800"}]}' % MODEL.encode(), 400,
+         "not valid Unicode (surrogates not allowed at character 3)"),   # valid JSON; no tokenizer takes it
+        (b"[" * 100_000, 400, "not valid JSON"),   # nesting: RecursionError in the parser
     ],
 )  # fmt: skip
 def test_malformed_requests_say_what_is_wrong(client, payload, status, why):
@@ -254,6 +258,31 @@ def test_requests_beyond_max_pending_get_503_and_the_others_their_answer(pipe, s
         gated.gate.set()
         assert first.result(timeout=60).json()["choices"][0]["message"]["content"] == expected.text
     assert client.post("/v1/chat/completions", json=body).status_code == 200  # the slot was given back
+
+
+def test_a_body_still_arriving_holds_a_slot(pipe, scene, expected):
+    # Bodies of up to max_request_bytes are held in memory while they arrive: they count against max_pending.
+    image, prompt = scene
+    client = TestClient(create_app(pipe, model_name=MODEL, max_pending=1))
+    payload = json.dumps(request(data_url(png_bytes(image)), prompt, stream=None, top_p=0)).encode()
+    halfway, rest = threading.Event(), threading.Event()
+
+    def slow_body():
+        yield payload[:20]
+        halfway.set()
+        assert rest.wait(30)
+        yield payload[20:]
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(
+            client.post, "/v1/chat/completions", content=slow_body(), headers={"content-type": "application/json"}
+        )
+        assert halfway.wait(30)
+        busy = error(client.post("/v1/chat/completions", json=request(data_url(png_bytes(image)), prompt)), 503)
+        assert "1 requests are being received, answered or waiting" in busy["message"]
+        rest.set()
+        # stream=None and top_p=0, as the openai client may send them: the usual greedy answer
+        assert first.result(timeout=60).json()["choices"][0]["message"]["content"] == expected.text
 
 
 def test_sampling_with_temperature_answers(client, scene, expected):

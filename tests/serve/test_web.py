@@ -49,6 +49,8 @@ def test_answer_needs_an_image_and_a_question(pipe, scene):
         answer(pipe, scene[0], "  ")
     with pytest.raises(ValueError, match="placeholder '<box:0>'"):  # would index boxes the demo never has
         answer(pipe, scene[0], "What is at <box:0>?")
+    with pytest.raises(ValueError, match="not valid Unicode"):  # a lone surrogate: no tokenizer takes it
+        answer(pipe, scene[0], "Where is \ud800 it?")
 
 
 def test_random_scene_is_a_world_scene():

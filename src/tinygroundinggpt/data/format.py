@@ -36,6 +36,17 @@ ROLES = ("system", "user", "assistant")
 SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
+def reference_problem(text: str, n_boxes: int, has_image: bool) -> str | None:
+    """What is wrong with ``text``'s ``<box:i>`` / ``<object:i>`` / ``<image>`` given ``n_boxes`` boxes and
+    an image or none, if anything."""
+    for ref in BOX_REF_RE.findall(text) + OBJECT_REF_RE.findall(text):
+        if int(ref) >= n_boxes:
+            return f"<box:{ref}> / <object:{ref}> refers to box {ref}, but there are {n_boxes} boxes"
+    if (IMAGE_TOKEN in text or OBJECT_REF_RE.search(text)) and not has_image:
+        return "uses <image> / <object:i>, but there is no image"
+    return None
+
+
 class SampleError(ValueError):
     """A sample that cannot be used, with the reason."""
 
@@ -95,11 +106,9 @@ class Sample:
     def check_references(self) -> None:
         """Every ``<box:i>``/``<object:i>`` names an existing box; image tokens need an image."""
         for m in self.messages:
-            for ref in BOX_REF_RE.findall(m["content"]) + OBJECT_REF_RE.findall(m["content"]):
-                if int(ref) >= len(self.boxes):
-                    raise SampleError(f"reference to box {ref} but the sample has {len(self.boxes)} boxes")
-            if (IMAGE_TOKEN in m["content"] or OBJECT_REF_RE.search(m["content"])) and self.image is None:
-                raise SampleError("uses <image>/<object:i> but has no 'image'")
+            problem = reference_problem(m["content"], len(self.boxes), self.image is not None)
+            if problem:
+                raise SampleError(problem)
 
     def check_boxes(self, width: int, height: int) -> None:
         for i, b in enumerate(self.boxes):

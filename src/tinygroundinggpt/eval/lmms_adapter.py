@@ -10,6 +10,8 @@ lmms-eval does not import third-party models by itself, so hand it an instance::
 Importing this module also registers the model as ``tinygroundinggpt`` in lmms-eval's registry for
 code that imports it before calling lmms-eval. Generation tasks only: the model is greedy and
 single-image, so a request's first image is used; log-likelihood and multi-round requests are refused.
+Boxes in answers are rewritten from the model's frame (the image padded to a square) into lmms-eval's
+(normalised to the image's own width and height), which its RefCOCO scorer compares them in.
 Data parallelism is lmms-eval's own (``accelerate launch -m lmms_eval``): each process takes its rank.
 """
 
@@ -25,6 +27,8 @@ except ImportError as exc:  # lmms-eval is optional; nothing else in the package
 
 from PIL import Image
 from tqdm.auto import tqdm
+
+from tinygroundinggpt.boxes import model_text_to_norm
 
 IMAGE_PLACEHOLDER = "<image>"  # some lmms-eval prompts carry it; our pipeline inserts the image itself
 
@@ -75,7 +79,9 @@ class TinyGroundingGPTLMMs(lmms):
                 prompts = [requests[i].args[0].replace(IMAGE_PLACEHOLDER, "").strip() for i in chunk]
                 images = [self._first_image(requests[i]) for i in chunk]
                 outs = self.pipe.generate_batch(images, prompts, max_new_tokens=max_new_tokens)
-                for i, out in zip(chunk, outs, strict=True):
+                for i, image, out in zip(chunk, images, outs, strict=True):
+                    if image is not None:
+                        out = model_text_to_norm(out, image.width, image.height)
                     answers[i] = cut_at_stop(out, (requests[i].args[1] or {}).get("until"))
                 bar.update(len(chunk))
         bar.close()

@@ -56,6 +56,17 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"  # ints are counts
 
 
+def _partial(results: dict[str, Any], tasks: list[str]) -> bool:
+    """Whether any of ``tasks`` ran with failed items, so that its figures cover only the scored ones."""
+    return any(results["tasks"].get(t, {}).get("n_failed") for t in tasks)
+
+
+def _cell(results: dict[str, Any], tasks: list[str], value: float | None, digits: int = 2) -> str:
+    """A table cell for a figure computed from ``tasks``: ``*`` marks one that misses failed items."""
+    text = _fmt(value, digits)
+    return text + "*" if value is not None and _partial(results, tasks) else text
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -65,19 +76,25 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Evaluation of `{model}`", ""]
     if results.get("limit"):
         lines += [f"Only the first {results['limit']} items of each task were evaluated.", ""]
+    if _partial(results, list(ran)):
+        lines += ["Figures marked * leave out items that failed (listed under each task below).", ""]
     if ran & {t for _, t in TABLE1}:
         accs = [_metric(results, t, "acc@0.5") for _, t in TABLE1]
         present = [a for a in accs if a is not None]
         avg = sum(present) / len(present) if present else None
         avg_title = "Avg" if len(present) == len(TABLE1) else f"Avg ({len(present)}/{len(TABLE1)})"
+        cells = [_cell(results, [t], a) for (_, t), a in zip(TABLE1, accs, strict=True)]
         lines += ["## REC, Acc@0.5 (layout of Table 1)", ""]
-        lines += _table(["Model", *(c for c, _ in TABLE1), avg_title], [[model, *map(_fmt, accs), _fmt(avg)]])
+        lines += _table(
+            ["Model", *(c for c, _ in TABLE1), avg_title],
+            [[model, *cells, _cell(results, [t for _, t in TABLE1], avg)]],
+        )
         lines.append("")
     if ran & {t for _, t in POPE_SPLITS}:
         header, row = ["Model"], [model]
         for split, task in POPE_SPLITS:
             header += [f"{split} Accuracy", f"{split} F1-Score", f"{split} Yes"]
-            row += [_fmt(_metric(results, task, m)) for m in ("accuracy", "f1", "yes_ratio")]
+            row += [_cell(results, [task], _metric(results, task, m)) for m in ("accuracy", "f1", "yes_ratio")]
         lines += ["## POPE (layout of Table 8; Yes = share of predictions that are yes)", ""]
         lines += [*_table(header, [row]), ""]
     if ran & ({t for _, t, _ in TABLE2 if t} | {t for _, t in POPE_SPLITS}):
@@ -85,17 +102,21 @@ def markdown(results: dict[str, Any]) -> str:
         for _, task, metric in TABLE2:
             if task is None:
                 f1s = [v for _, t in POPE_SPLITS if (v := _metric(results, t, "f1")) is not None]
-                row.append(_fmt(sum(f1s) / len(f1s) if f1s else None, 1))
+                pope = [t for _, t in POPE_SPLITS]
+                row.append(_cell(results, pope, sum(f1s) / len(f1s) if f1s else None, 1))
             else:
-                row.append(_fmt(_metric(results, task, metric), 1))
+                row.append(_cell(results, [task], _metric(results, task, metric), 1))
         lines += ["## Image understanding (layout of Table 2; POPE = mean F1 of the splits run)", ""]
         lines += [*_table(["Model", *(c for c, _, _ in TABLE2)], [row]), ""]
     if ran & {t for _, t, _ in WORLD}:
         lines += ["## Synthetic world (REC Acc@0.5, POPE F1 and yes-ratio)", ""]
-        row = [model, *(_fmt(_metric(results, t, m)) for _, t, m in WORLD)]
+        row = [model, *(_cell(results, [t], _metric(results, t, m)) for _, t, m in WORLD)]
         lines += [*_table(["Model", *(c for c, _, _ in WORLD)], [row]), ""]
     if "desc_quality" in ran:
-        vals = [_fmt(_metric(results, "desc_quality", a)) for a in ("quality", "richness", "accuracy")]
+        vals = [
+            _cell(results, ["desc_quality"], _metric(results, "desc_quality", a))
+            for a in ("quality", "richness", "accuracy")
+        ]
         lines += ["## Description assessment (layout of Table 13)", ""]
         lines += [*_table(["Model", "Quality", "Richness", "Accuracy"], [[model, *vals]]), ""]
     lines += ["## Every task", ""]

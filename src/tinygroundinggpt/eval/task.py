@@ -61,8 +61,10 @@ class Task:
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
         """Default: the mean of every numeric field, as a percentage."""
+        if not scores:  # every item failed (e.g. the images are missing): the failures are the report
+            return {}
         keys = [k for k, v in scores[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        return {k: 100.0 * sum(float(s[k]) for s in scores) / len(scores) for k in keys} if scores else {}
+        return {k: 100.0 * sum(float(s[k]) for s in scores) / len(scores) for k in keys}
 
 
 TaskFactory = Callable[[EvalOptions], Task]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tinygroundinggpt.cli import positive
+
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -12,7 +14,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
     p.add_argument("--image", required=True)
     p.add_argument("question")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive(int), default=64)
     p.set_defaults(func=_predict)
     e = sub.add_parser("export", help="save a checkpoint (with its processor) in another dtype, e.g. bf16 for shipping")
     e.add_argument("--model", required=True, help="checkpoint folder")
@@ -27,7 +29,10 @@ def _predict(args: argparse.Namespace) -> int:
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
 
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
-    pred = pipe.predict(args.image, args.question, max_new_tokens=args.max_new_tokens)
+    try:
+        pred = pipe.predict(args.image, args.question, max_new_tokens=args.max_new_tokens)
+    except ValueError as exc:  # an unreadable image (ImageLoadError), a question naming boxes it was not given
+        raise SystemExit(f"tgg predict: {exc}") from None
     print(json.dumps(pred.to_json(), indent=2))
     return 0
 

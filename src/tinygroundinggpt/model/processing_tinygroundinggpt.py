@@ -25,7 +25,14 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN, Sample
+from tinygroundinggpt.data.format import (
+    BOX_REF_RE,
+    IMAGE_TOKEN,
+    OBJECT_REF_RE,
+    OBJECT_TOKEN,
+    Sample,
+    reference_problem,
+)
 from tinygroundinggpt.images import crop_box, load_image, pad_to_square
 
 IGNORE_INDEX = -100
@@ -310,6 +317,9 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             raise ValueError(f"{len(texts)} prompts but {len(imgs)} images")
         items = []
         for i, (t, img) in enumerate(zip(texts, imgs, strict=True)):
+            problem = reference_problem(t, len(boxes[i]) if boxes else 0, img is not None)
+            if problem:  # found here, not as an IndexError deep in rendering
+                raise ValueError(f"prompt {i} ({t[:80]!r}): {problem}")
             items.append(
                 self.encode(
                     self.user_turn(t, with_image=img is not None),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinygroundinggpt.cli import positive
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS
 from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -19,24 +19,6 @@ from tinygroundinggpt.serve import (
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-
-def _positive(kind: type, most: float | None = None) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` above zero (a zero limit would refuse everything, or crash),
-    and at most ``most`` where a deeper layer has its own limit."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-        if most is not None and value > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
-        return value
-
-    return parse
 
 
 def _common_args(p: argparse.ArgumentParser, port: int) -> None:
@@ -58,31 +40,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-request-mb",
-        type=_positive(float),
+        type=positive(float),
         default=DEFAULT_MAX_REQUEST_BYTES / MIB,
         help="request body limit, MiB (default: %(default)s)",
     )
     p.add_argument(
         "--max-image-mb",
-        type=_positive(float),
+        type=positive(float),
         default=DEFAULT_MAX_IMAGE_BYTES / MIB,
         help="image file limit, MiB (default: %(default)s)",
     )
     p.add_argument(
         "--max-image-pixels",
-        type=_positive(int, most=DEFAULT_MAX_PIXELS),
+        type=positive(int, most=DEFAULT_MAX_PIXELS),
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help=f"decoded image limit, at most the pipeline's own {DEFAULT_MAX_PIXELS} (default: %(default)s)",
     )
     p.add_argument(
         "--max-new-tokens",
-        type=_positive(int),
+        type=positive(int),
         default=DEFAULT_MAX_NEW_TOKENS_CAP,
         help="cap (and default) of max_tokens (default: %(default)s)",
     )
     p.add_argument(
         "--max-pending",
-        type=_positive(int),
+        type=positive(int),
         default=DEFAULT_MAX_PENDING,
         help="requests answered or waiting at once; more get 503 (default: %(default)s)",
     )

@@ -21,7 +21,7 @@ default), ``temperature`` (0 or absent: greedy), ``top_p`` (with sampling), ``n`
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request or image, 404 for another model name, 413 for a body, image file or image pixel count over
-its limit, 503 when ``max_pending`` requests are already being answered or waiting. Generation runs in a
+its limit, 503 when ``max_pending`` requests are already being received, answered or waiting. Generation runs in a
 worker thread, one request at a time.
 """
 
@@ -69,10 +69,15 @@ _PLACEHOLDER_RE = re.compile(
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
-def forbidden_placeholder(text: str) -> str | None:
-    """The first placeholder or control token in a user's ``text`` that it may not contain, if any."""
+def text_problem(text: str) -> str | None:
+    """Why a user's ``text`` may not reach the model, if it may not: text that is not valid Unicode (JSON allows
+    lone surrogates, which no tokenizer takes), or a placeholder or control token in it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"the text is not valid Unicode ({exc.reason} at character {exc.start})"
     found = _PLACEHOLDER_RE.search(text)
-    return found.group(0) if found else None
+    return f"the text may not contain the model's placeholder {found.group(0)!r}" if found else None
 
 
 class APIError(Exception):
@@ -107,9 +112,9 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = None
-    stream: bool = False
+    stream: bool | None = False  # the openai client may send null
     stream_options: StreamOptions | None = None
 
 
@@ -166,13 +171,9 @@ def conversation_input(messages: Sequence[ChatMessage]) -> ChatInput:
     text = text_by_message[users[-1]] or ""
     if not text.strip():
         raise APIError(400, f"the last user message (messages[{users[-1]}]) has no text", param="messages")
-    placeholder = forbidden_placeholder(text)
-    if placeholder:
-        raise APIError(
-            400,
-            f"messages[{users[-1]}]: the text may not contain the model's placeholder {placeholder!r}",
-            param="messages",
-        )
+    problem = text_problem(text)
+    if problem:
+        raise APIError(400, f"messages[{users[-1]}]: {problem}", param="messages")
     return ChatInput(text, *images[0]) if images else ChatInput(text)
 
 
@@ -290,7 +291,7 @@ def load_request_image(url: str, roots: Sequence[Path], max_bytes: int, max_pixe
         raise APIError(400, str(exc), code="invalid_image") from exc
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int) -> bytearray:
     """The request body, refused with 413 as soon as its declared or actual size passes ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -309,14 +310,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise APIError(
                 413, f"the request body is larger than the limit of {max_bytes} bytes", code="request_too_large"
             )
-    return bytes(body)
+    return body  # json.loads takes it as it is: no second copy of up to max_bytes
 
 
-def parse_request(body: bytes) -> ChatCompletionRequest:
+def parse_request(body: bytes | bytearray) -> ChatCompletionRequest:
     """A request body → the validated request; :class:`APIError` (400) saying what is wrong."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: a few bytes per level
         raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
@@ -349,7 +350,7 @@ def create_app(
             raise ValueError(f"image root {root} is not a directory")
     created = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "tinygroundinggpt"}
-    pending = 0  # requests past parsing, being answered or waiting for the model (event-loop state: no lock needed)
+    pending = 0  # requests being received, answered or waiting for the model (event-loop state: no lock needed)
     app = FastAPI(title="TinyGroundingGPT", description="OpenAI-compatible Chat Completions with grounding boxes")
 
     @app.exception_handler(APIError)
@@ -392,37 +393,47 @@ def create_app(
         except TruncationError as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
-        # The body is read and parsed here rather than by FastAPI so its size is checked before parsing.
-        req = parse_request(await read_body(request, max_request_bytes))
-        check_model(req.model)
-        if req.n not in (None, 1):
-            raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", param="n")
-        chat = conversation_input(req.messages)
-        max_new_tokens = min(req.max_completion_tokens or req.max_tokens or max_new_tokens_cap, max_new_tokens_cap)
-        sampling: dict[str, Any] = {}
-        if req.temperature:
-            sampling = {"do_sample": True, "temperature": req.temperature}
-            if req.top_p is not None:
-                sampling["top_p"] = req.top_p
+    async def admitted(request: Request) -> tuple[ChatCompletionRequest, Prediction]:
+        """The request parsed and answered. A slot is taken before the body is read: each body may hold up to
+        ``max_request_bytes`` (and its decoded image) in memory, so bodies being received count too."""
         nonlocal pending
         if pending >= max_pending:
             raise APIError(
-                503, f"the server is busy: {pending} requests are being answered or waiting; retry later", code="busy"
+                503,
+                f"the server is busy: {pending} requests are being received, answered or waiting; retry later",
+                code="busy",
             )
         pending += 1
         try:
-            result = await run_in_threadpool(answer, chat, max_new_tokens, sampling)
+            # Read and parsed here rather than by FastAPI so the body's size is checked before parsing.
+            req = parse_request(await read_body(request, max_request_bytes))
+            check_model(req.model)
+            if req.n not in (None, 1):
+                raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", param="n")
+            chat = conversation_input(req.messages)
+            cap = max_new_tokens_cap
+            max_new_tokens = min(req.max_completion_tokens or req.max_tokens or cap, cap)
+            sampling: dict[str, Any] = {}
+            if req.temperature:
+                sampling = {"do_sample": True, "temperature": req.temperature}
+                if req.top_p is not None:
+                    sampling["top_p"] = req.top_p
+            return req, await run_in_threadpool(answer, chat, max_new_tokens, sampling)
         finally:
             pending -= 1
 
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        req, result = await admitted(request)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         message = {
             "role": "assistant",
             "content": result.text,
             "boxes": [list(b) for b in result.boxes],
             "boxes_norm": [list(b) for b in result.boxes_norm],
+            # the frame of boxes: the image upright, its EXIF orientation applied as a browser shows it (0: no image)
+            "width": result.width,
+            "height": result.height,
         }
         finish_reason = "stop" if result.finished else "length"
         usage = {

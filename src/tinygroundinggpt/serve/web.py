@@ -14,7 +14,7 @@ from PIL import Image
 
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
 from tinygroundinggpt.images import draw_boxes, load_image
-from tinygroundinggpt.serve.server import forbidden_placeholder
+from tinygroundinggpt.serve.server import text_problem
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -42,9 +42,9 @@ def answer(
         raise ValueError("upload an image first")
     if not question.strip():
         raise ValueError("type a question")
-    placeholder = forbidden_placeholder(question)
-    if placeholder:
-        raise ValueError(f"the question may not contain the model's placeholder {placeholder!r}")
+    problem = text_problem(question)
+    if problem:
+        raise ValueError(problem)
     img = load_image(image)
     pred = pipeline.predict(img, question, max_new_tokens=max_new_tokens)
     scale = max(1.0, DISPLAY_SIDE / max(img.size))

@@ -135,6 +135,9 @@ def read_mmbench_rows(path: Path) -> list[dict[str, str]]:
     return expanded
 
 
+MMBENCH_IMAGE_REF_MAX = 64  # VLMEvalKit's rule: a shorter image value is another row's index
+
+
 class MMBenchTask(Task):
     family = "vqa"
     headline = "circular_accuracy"
@@ -144,20 +147,32 @@ class MMBenchTask(Task):
         root = Path(data_root) / "mmbench"
         path = next((root / n for n in MMBENCH_FILES if (root / n).exists()), root / MMBENCH_FILES[0])
         rows = read_mmbench_rows(require(path, "MMBench"))
-        # Rotations may ship without their own image; they share the original's.
-        images = {int(r["index"]) % CIRCULAR_STRIDE: r["image"] for r in rows if _present(r.get("image"))}
+        # Rotations may ship without their own image, or (as VLMEvalKit writes them) with the index of the row
+        # whose image they share: a value of at most 64 characters is such a reference, not base64.
+        encoded = {int(r["index"]): r["image"] for r in rows if len(r.get("image") or "") > MMBENCH_IMAGE_REF_MAX}
+        by_group: dict[int, str] = {}
+        for index, image in sorted(encoded.items()):
+            by_group.setdefault(index % CIRCULAR_STRIDE, image)
         items = []
         for r in rows:
             index = int(r["index"])
             group = index % CIRCULAR_STRIDE
             options = {c: r[c] for c in "ABCD" if _present(r.get(c))}
             hint = f"{r['hint']}\n" if _present(r.get("hint")) else ""
-            if group not in images:
-                raise DataError(f"{path}: question {group} has no image")
+            ref = (r.get("image") or "").strip()
+            if index in encoded:
+                image = encoded[index]
+            elif ref.isdigit():
+                image = encoded.get(int(ref)) or by_group.get(int(ref) % CIRCULAR_STRIDE)
+            else:
+                image = by_group.get(group)
+            if image is None:
+                where = f"refers to row {ref}, which has none" if ref else "has none"
+                raise DataError(f"{path}: question {index} has no image (it {where})")
             items.append(
                 Item(
                     id=str(index),
-                    image=base64.b64decode(images[group]),
+                    image=base64.b64decode(image),
                     prompt=f"{hint}{r['question']}\n{format_options(options)}\n{LETTER_INSTRUCTION}",
                     reference={
                         "options": options,

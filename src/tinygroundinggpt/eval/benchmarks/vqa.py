@@ -98,11 +98,21 @@ def normalize_vqa_answer(text: str) -> str:
     return " ".join(words)
 
 
+def normalize_vqa_prediction(text: str) -> str:
+    """A model's answer as LLaVA / lmms-eval hand it to the VQA scorer (EvalAI's answer processor): lower case,
+    commas and question marks dropped, "'s" split off, then :func:`normalize_vqa_answer`."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_vqa_answer(text)
+
+
 def vqa_accuracy(answer: str, gt_answers: list[str]) -> float:
     """VQAv2 accuracy in [0, 1]: the mean over the leave-one-out subsets of the human answers of
-    min(1, matches / 3), with the prediction and the answers normalised."""
-    pred = normalize_vqa_answer(answer)
-    gts = [normalize_vqa_answer(a) for a in gt_answers]
+    min(1, matches / 3). As the official scorer does, the human answers are normalised only when they
+    disagree; the prediction always is."""
+    pred = normalize_vqa_prediction(answer)
+    gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in gt_answers]
+    if len(set(gts)) > 1:
+        gts = [normalize_vqa_answer(a) for a in gts]
     accs = []
     for i in range(len(gts)):
         matches = sum(1 for j, g in enumerate(gts) if j != i and g == pred)
