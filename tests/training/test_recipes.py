@@ -1,9 +1,12 @@
+import json
+
 import pytest
 import torch
 
+from tinygroundinggpt.cli import main
 from tinygroundinggpt.training.ablations import ABLATIONS, variant_overrides
 from tinygroundinggpt.training.chain import load_checkpoint
-from tinygroundinggpt.training.engine import train_stage
+from tinygroundinggpt.training.engine import is_complete, train_stage
 from tinygroundinggpt.training.recipe import STAGES, RecipeError, chain_stages, load_recipe, stage_recipe
 
 
@@ -127,3 +130,30 @@ def test_lora_stage_trains_adapters_and_saves_a_merged_checkpoint(world, tiny_ck
     q = "language_model.model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(sd[q], before[q])  # merged adapter changed the base weight
     assert torch.equal(sd["language_model.model.norm.weight"], before["language_model.model.norm.weight"])
+
+
+def test_a_stage_that_diverges_is_never_marked_complete(world, tiny_ckpt, tmp_path):
+    model, proc = load_checkpoint(tiny_ckpt)
+    recipe = load_recipe("stage1b", ["batch_size=2", "max_steps=4", "learning_rate=1e30", "warmup=0"])
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train_stage(recipe, model, proc, tmp_path / "nan", data_root=world, disable_tqdm=True)
+    assert not is_complete(tmp_path / "nan")  # a rerun of the chain trains it again instead of building on it
+
+
+def test_bad_lines_are_skipped_and_bad_samples_replaced_and_reported(world, tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "images").symlink_to(world / "images")
+    lines = (world / "stage2_tc.jsonl").read_text().splitlines()[:6]
+    missing = dict(json.loads(lines[1]), id="no-image", image="images/missing.png")
+    (tmp_path / "mixed.jsonl").write_text("\n".join([lines[0], "{not json", json.dumps(missing), *lines[2:]]) + "\n")
+    out = tmp_path / "run"
+    cli = ["train", "--recipe", "stage1b", "--init", str(tiny_ckpt), "--data-root", str(tmp_path), "--out", str(out)]
+    sets = ["batch_size=6", "max_steps=2", "warmup=0", "data=[{path: mixed.jsonl, weight: 1.0}]"]
+    assert main([*cli, *(a for s in sets for a in ("--set", s))]) == 0
+    assert "1 bad lines skipped, 1 samples replaced (see train_report.json)" in capsys.readouterr().out
+    report = json.loads((out / "train_report.json").read_text())
+    ((path, line, problem),) = report["skipped"]  # file, line, problem; the other samples went on
+    assert path == str(tmp_path / "mixed.jsonl") and line == 2 and "JSON" in problem
+    ((path, sample, problem),) = report["replaced"]  # found when its image was read, replaced by the next sample
+    assert sample == "no-image" and "missing.png: no such image file" in problem
+    indices = json.loads((out / "data_rank0.json").read_text())["indices"]
+    assert len(indices) == 12 and sorted(set(indices)) == list(range(6))  # two batches of the 6 good-line samples

@@ -89,6 +89,19 @@ def test_two_process_torchrun_matches_one_process(world, tiny_ckpt, tmp_path):
     assert sorted(r0 + r1) == sorted(single)  # together the ranks saw exactly the one-process batches
 
 
+def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path):
+    # Text-only samples (LLaVA's mixture has them) leave a rank without images or objects; DDP still waits for the
+    # projector's gradient on every rank.
+    chat = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
+    (tmp_path / "text.jsonl").write_text((json.dumps(chat) + "\n") * 16)
+    data = f"data=[{{path: {tmp_path / 'text.jsonl'}, weight: 1.0}}, {{path: stage2_tc.jsonl, weight: 0.2}}]"
+    out = tmp_path / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
+    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--set", "max_steps=4", "--set", data))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sorted(_losses(out)) == [1, 2, 3, 4]
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU ops with g++")
 def test_deepspeed_zero2_two_processes_shard_the_data(world, tiny_ckpt, tmp_path):
     pytest.importorskip("deepspeed")

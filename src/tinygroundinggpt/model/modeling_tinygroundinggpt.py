@@ -174,7 +174,17 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
             if object_pixel_values is None or object_pixel_values.numel() == 0
             else self.get_object_features(object_pixel_values)
         )
-        return self._scatter(embeds, input_ids == self.config.object_token_id, object_feats, "object")
+        embeds = self._scatter(embeds, input_ids == self.config.object_token_id, object_feats, "object")
+        if self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank must run the vision tower and projector the same number of times per step: DDP waits
+            # for the projector's gradient, ZeRO-3 / FSDP gather weights collectively, and a rank whose batch
+            # has no images or no objects would skip them (as LLaVA does, a dummy input that adds exactly 0).
+            s = self.config.image_size
+            dummy = torch.zeros(1, 3, s, s, device=embeds.device)  # what the processor gives: float32 pixels
+            for feats, encode in ((image_feats, self.get_image_features), (object_feats, self.get_object_features)):
+                if feats is None:
+                    embeds = embeds + 0.0 * encode(dummy).sum()
+        return embeds
 
     # --- language -----------------------------------------------------------------------------------
     def forward(

@@ -3,7 +3,9 @@
 * Bad lines (not JSON, missing keys, box references out of range) are reported with file and line when
   the files are read; the rest of the file is used.
 * A sample whose image turns out corrupt, or whose box is invalid for its image, is replaced by the next
-  good sample (so batch sizes stay fixed) and counted with its file, line and reason.
+  good sample (so batch sizes stay fixed) and counted with its file, line and reason. Which samples a batch
+  holds and which were replaced travel with the batch (``BATCH_INFO``): dataloader workers encode copies of
+  the dataset, so nothing they record in it would reach the trainer.
 * ``lengths`` are known before any image is decoded, for length-grouped batching.
 """
 
@@ -16,9 +18,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from tinygroundinggpt.boxes import BoxError
-from tinygroundinggpt.data.format import IMAGE_TOKEN, OBJECT_REF_RE, LoadReport, Sample, SampleError, iter_jsonl
-from tinygroundinggpt.images import ImageLoadError
+from tinygroundinggpt.data.format import IMAGE_TOKEN, OBJECT_REF_RE, LoadReport, Sample, iter_jsonl
 from tinygroundinggpt.model.processing_tinygroundinggpt import Encoded, TinyGroundingGPTProcessor, TruncationError
 from tinygroundinggpt.training.recipe import DataSource
 
@@ -36,19 +36,10 @@ class _Entry:
 class MixtureReport:
     files: list[LoadReport] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # samples drawn per file
-    bad_at_runtime: list[tuple[str, str, str]] = field(default_factory=list)  # (file, sample id, problem)
 
     @property
     def skipped(self) -> list[tuple[str, int, str]]:
         return [s for r in self.files for s in r.skipped]
-
-    def summary(self) -> str:
-        lines = [f"{f}: {n} samples in the mixture" for f, n in self.counts.items()]
-        for path, line, problem in self.skipped:
-            lines.append(f"skipped {path}:{line}: {problem}")
-        for path, sid, problem in self.bad_at_runtime:
-            lines.append(f"replaced {path} sample {sid}: {problem}")
-        return "\n".join(lines)
 
 
 def _draw(n: int, weight: float, rng: random.Random) -> list[int]:
@@ -94,7 +85,6 @@ class MixtureDataset(Dataset):
         if not self.entries:
             raise ValueError("the data mixture is empty")
         self.lengths = self._lengths()
-        self.fetched: list[int] = []  # indices this process encoded, for the data-sharding audit
 
     def _lengths(self) -> list[int]:
         """Token counts (text + expanded visual tokens) without decoding any image."""
@@ -116,24 +106,41 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> Encoded:
-        self.fetched.append(index)
+    def __getitem__(self, index: int) -> Fetched:
+        replaced: list[tuple[str, str, str]] = []
         for step in range(len(self.entries)):
             entry = self.entries[(index + step) % len(self.entries)]
             rng = random.Random(self.seed * 1_000_003 + index) if self.augment else None
             try:
-                return self.processor.encode_sample(entry.sample, str(entry.root), rng=rng)
-            except (ImageLoadError, SampleError, BoxError, TruncationError) as exc:
-                self.report.bad_at_runtime.append((entry.origin[0], entry.sample.id, str(exc)))
+                return Fetched(index, replaced, self.processor.encode_sample(entry.sample, str(entry.root), rng=rng))
+            except (ValueError, TruncationError) as exc:  # a bad image or box, or a conversation the template refuses
+                replaced.append((entry.origin[0], entry.sample.id, str(exc)))
                 logger.warning("replacing %s sample %s: %s", entry.origin[0], entry.sample.id, exc)
         raise ValueError("no sample of the mixture can be encoded")
 
 
+@dataclass
+class Fetched:
+    """One training item: its index in the mixture, the samples replaced on the way to it, its encoding."""
+
+    index: int
+    replaced: list[tuple[str, str, str]]
+    encoded: Encoded
+
+
+BATCH_INFO = "batch_info"  # a batch's key for {"indices": [...], "replaced": [...]}; the trainer pops it
+
+
 class Collator:
-    """Right-padded training batches from :class:`Encoded` items."""
+    """Right-padded training batches from :class:`Fetched` items."""
 
     def __init__(self, processor: TinyGroundingGPTProcessor) -> None:
         self.processor = processor
 
-    def __call__(self, items: list[Encoded]) -> dict:
-        return self.processor.collate(items, padding_side="right")
+    def __call__(self, items: list[Fetched]) -> dict:
+        batch = self.processor.collate([it.encoded for it in items], padding_side="right")
+        batch[BATCH_INFO] = {
+            "indices": [it.index for it in items],
+            "replaced": [r for it in items for r in it.replaced],
+        }
+        return batch

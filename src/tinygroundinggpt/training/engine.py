@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
-from tinygroundinggpt.training.data import Collator, MixtureDataset
+from tinygroundinggpt.training.data import BATCH_INFO, Collator, MixtureDataset
 from tinygroundinggpt.training.recipe import MODULES, Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class GroundingTrainer(Trainer):
         self.recipe = recipe
         self.lengths = lengths
         self.health = _Health()
+        self.trained_indices: list[int] = []  # mixture indices this process trained on, for the sharding audit
+        self.replaced: dict[tuple[str, str, str], None] = {}  # (file, sample id, problem), in order
         base = self.model.module if hasattr(self.model, "module") else self.model
         base.projector.register_forward_hook(self._record_visual_norm)
 
@@ -151,6 +153,10 @@ class GroundingTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        info = inputs.pop(BATCH_INFO, None)
+        if info:
+            self.trained_indices += info["indices"]
+            self.replaced.update(dict.fromkeys(tuple(r) for r in info["replaced"]))  # once each, whatever the epochs
         loss = super().training_step(model, inputs, num_items_in_batch)
         base = model.module if hasattr(model, "module") else model
         for name in ("projector", "vision_tower"):
@@ -235,6 +241,7 @@ def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> 
         report_to="none",
         use_cpu=not cuda,
         ddp_find_unused_parameters=False,
+        logging_nan_inf_filter=False,  # a diverged step shows in the logs and the stage loss, not averaged away
     )
     if recipe.gradient_checkpointing:  # renamed activation_checkpointing in later 5.x; the old name still works
         args["gradient_checkpointing"] = True
@@ -290,19 +297,23 @@ def train_stage(
         "log_history": trainer.state.log_history,
         "data": dataset.report.counts,
         "skipped": [list(s) for s in dataset.report.skipped],
-        "replaced": [list(s) for s in dataset.report.bad_at_runtime],
+        "replaced": [list(s) for s in trainer.replaced],  # this process's batches; rank 0 writes the report
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     rank = trainer.args.process_index
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"data_rank{rank}.json").write_text(
-        json.dumps({"rank": rank, "world_size": trainer.args.world_size, "indices": dataset.fetched})
+        json.dumps({"rank": rank, "world_size": trainer.args.world_size, "indices": trainer.trained_indices})
     )
+    if trainer.is_fsdp_enabled:  # checkpoints may stay sharded; the stage's model must load with from_pretrained
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather the weights collectively
+    if not math.isfinite(result.training_loss):  # never marked complete: a rerun must not build on it
+        raise FloatingPointError(f"stage {recipe.name} ended with a non-finite loss {result.training_loss}")
     if trainer.is_world_process_zero():
+        if not any(output_dir.glob("model*.safetensors")):
+            raise RuntimeError(f"stage {recipe.name}: saving wrote no model weights to {output_dir}")
         processor.save_pretrained(str(output_dir))
         (output_dir / "train_report.json").write_text(json.dumps(report, indent=2, default=str))
         _mark_complete(output_dir, {"stage": recipe.name, "global_step": trainer.state.global_step})
-    if not math.isfinite(result.training_loss):
-        raise FloatingPointError(f"stage {recipe.name} ended with a non-finite loss {result.training_loss}")
     return report
