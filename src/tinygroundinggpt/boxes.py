@@ -58,14 +58,26 @@ def validate_pixel_box(
         y1, y2 = sorted((y1, y2))
         x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
         y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-    else:
-        if x2 < x1 or y2 < y1:
-            raise BoxError(f"{what} is inverted (x2 < x1 or y2 < y1): {[x1, y1, x2, y2]}")
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise BoxError(f"{what} {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
+    return _check_corners((x1, y1, x2, y2), width, height, what)
+
+
+def validate_box_shape(box: Sequence[float], *, what: str = "box") -> Box:
+    """What can be checked of a pixel-frame box without its image's size: four finite numbers, none
+    negative, ``x2 > x1`` and ``y2 > y1``. Raises :class:`BoxError` naming the problem."""
+    return _check_corners(_as_box(box, what), math.inf, math.inf, what)
+
+
+def _check_corners(box: Box, width: float, height: float, what: str) -> Box:
+    x1, y1, x2, y2 = box
+    if x2 < x1 or y2 < y1:
+        raise BoxError(f"{what} is inverted (x2 < x1 or y2 < y1): {[x1, y1, x2, y2]}")
+    if x1 < 0 or y1 < 0:
+        raise BoxError(f"{what} {[x1, y1, x2, y2]} has a negative coordinate (lies outside the image)")
+    if x2 > width or y2 > height:
+        raise BoxError(f"{what} {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
     if x2 - x1 <= 0 or y2 - y1 <= 0:
         raise BoxError(f"{what} has zero area: {[x1, y1, x2, y2]}")
-    return (x1, y1, x2, y2)
+    return box
 
 
 def validate_unit_box(box: Sequence[float], *, repair: bool = False, what: str = "box") -> Box:

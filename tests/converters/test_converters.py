@@ -248,3 +248,92 @@ def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                     {"name": "dog", "box": [1.0, 2.0, 31.0, 42.0]}],
         "captions": ["A man and a dog."],
     }  # fmt: skip
+
+
+def _ref(ref_id: int, image_id: int, split: str, ann_id: int) -> dict:
+    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split, "category_id": 1,
+            "sentences": [{"sent_id": ref_id * 10, "sent": f"thing {ref_id}", "raw": "", "tokens": []}]}  # fmt: skip
+
+
+def _refer_root(tmp_path: Path) -> Path:
+    """refer/data as published: RefCOCO (unc) uses COCO images 1 (train), 2 (val), 3 (testA); RefCOCOg (umd)
+    trains on images 2 (RefCOCO's val: a cross-dataset leak) and 4, and tests on 5."""
+    root = tmp_path / "refer"
+    files = {
+        "refcoco/refs(unc).p": [_ref(1, 1, "train", 100), _ref(2, 2, "val", 101), _ref(3, 3, "testA", 102)],
+        "refcocog/refs(umd).p": [_ref(4, 2, "train", 101), _ref(5, 4, "train", 103), _ref(6, 5, "test", 104)],
+    }
+    images = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": 100, "height": 100} for i in range(1, 6)]
+    anns = [{"id": 99 + i, "image_id": i, "bbox": [1.0, 2.0, 30.0, 40.0], "category_id": 1, "iscrowd": 0}
+            for i in range(1, 6)]  # fmt: skip
+    instances = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+    for rel, refs in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(pickle.dumps(refs, protocol=2))
+        (root / rel).with_name("instances.json").write_text(json.dumps(instances))
+    return root
+
+
+def test_refcoco_converts_the_train_split_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _refer_root(tmp_path)
+    args = ["convert", "refcoco", "--refs", str(root / "refcoco/refs(unc).p"), "--instances",
+            str(root / "refcoco/instances.json"), "--tasks", "rec", "--no-progress"]  # fmt: skip
+    main([*args, "--out", str(tmp_path / "train.jsonl")])
+    assert [s["meta"]["split"] for s in read(tmp_path / "train.jsonl")] == ["train"]
+    with pytest.warns(UserWarning, match="evaluation data"):
+        main([*args, "--split", "val", "--out", str(tmp_path / "val.jsonl")])
+    assert [s["meta"]["ref_id"] for s in read(tmp_path / "val.jsonl")] == [2]
+
+
+def test_refcocog_train_leaves_out_refcoco_eval_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _refer_root(tmp_path)
+    main(["convert", "refcocog", "--refs", str(root / "refcocog/refs(umd).p"), "--instances",
+          str(root / "refcocog/instances.json"), "--exclude-refer-eval", str(root), "--out",
+          str(tmp_path / "g.jsonl"), "--no-progress"])  # fmt: skip
+    assert "2 samples written; skipped: RefCOCO/+/g val/test image 2 (1 RefCOCO/+/g val/test images excluded)" in (
+        capsys.readouterr().out
+    )
+    assert {s["meta"]["ref_id"] for s in read(tmp_path / "g.jsonl")} == {5}
+
+
+def test_coco_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _refer_root(tmp_path)
+    main(["convert", "coco-manifest", str(root / "refcoco/instances.json"), "--exclude-refer-eval", str(root),
+          "--out", str(tmp_path / "m.jsonl"), "--no-progress"])  # fmt: skip
+    assert "skipped: RefCOCO/+/g val/test image 3 (3 RefCOCO/+/g val/test images excluded)" in capsys.readouterr().out
+    assert [json.loads(x)["id"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == ["coco-1", "coco-4"]
+
+
+def test_visual_genome_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _vg_files(tmp_path)  # VG image 2 is COCO image 5: RefCOCOg's test
+    root = _refer_root(tmp_path)
+    args = ["--image-data", str(tmp_path / "image_data.json"), "--exclude-refer-eval", str(root), "--no-progress"]
+    main(["convert", "vg-regions", str(tmp_path / "region_descriptions.json"), "--out", str(tmp_path / "r.jsonl"),
+          *args])  # fmt: skip
+    assert "skipped: RefCOCO/+/g val/test image 2, " in capsys.readouterr().out
+    assert {s["image"] for s in read(tmp_path / "r.jsonl")} == {"VG_100K/1.jpg"}
+    image_data = json.loads((tmp_path / "image_data.json").read_text())
+    image_data[0]["coco_id"] = 3  # now VG image 1, the one with a relationship, is RefCOCO's testA
+    (tmp_path / "image_data.json").write_text(json.dumps(image_data))
+    main(["convert", "vg-relationships", str(tmp_path / "relationships.json"), "--out", str(tmp_path / "rel.jsonl"),
+          *args])  # fmt: skip
+    assert "0 samples written; skipped: RefCOCO/+/g val/test image 1, " in capsys.readouterr().out
+
+
+def test_llava_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _refer_root(tmp_path)
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
+    images = ["coco/train2017/000000000002.jpg", "train2014/COCO_train2014_000000000003.jpg",
+              "coco/train2017/000000000001.jpg", "ocr_vqa/images/000000000002.jpg", "gqa/images/2.jpg"]  # fmt: skip
+    records = [{"id": str(i), "image": im, "conversations": turns} for i, im in enumerate(images)]
+    (tmp_path / "mix.json").write_text(json.dumps(records))
+    main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--exclude-refer-eval", str(root), "--out",
+          str(tmp_path / "l.jsonl"), "--no-progress"])  # fmt: skip
+    assert "3 samples written; skipped: RefCOCO/+/g val/test image 2 " in capsys.readouterr().out
+    assert [s["image"] for s in read(tmp_path / "l.jsonl")] == images[2:]  # not COCO: not matched
+
+
+def test_refer_eval_root_without_refs_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no refs\(\*\)\.p"):
+        main(["convert", "coco-manifest", str(tmp_path / "x.json"), "--exclude-refer-eval", str(tmp_path), "--out",
+              str(tmp_path / "m.jsonl")])  # fmt: skip

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinygroundinggpt.boxes import Box, BoxError, validate_pixel_box
+from tinygroundinggpt.boxes import Box, BoxError, validate_box_shape, validate_pixel_box
 
 IMAGE_TOKEN = "<image>"
 OBJECT_TOKEN = "<object>"
@@ -87,21 +87,44 @@ class Sample:
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise SampleError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r}")
         boxes = obj.get("boxes") or []
-        if not isinstance(boxes, list):
+        if not isinstance(boxes, list) or not all(isinstance(b, list) for b in boxes):
             raise SampleError("'boxes' must be a list of [x1, y1, x2, y2]")
         sample = cls(
             id=str(obj["id"]),
             messages=messages,
             image=obj.get("image"),
-            boxes=[tuple(float(v) for v in b) for b in boxes],  # type: ignore[misc]
+            boxes=[tuple(b) for b in boxes],  # type: ignore[misc]
             width=obj.get("width"),
             height=obj.get("height"),
             meta=obj.get("meta") or {},
         )
-        sample.check_references()
-        if sample.width is not None and sample.height is not None:
-            sample.check_boxes(sample.width, sample.height)
+        sample.validate()
+        sample.boxes = [tuple(float(v) for v in b) for b in sample.boxes]  # type: ignore[misc]
         return sample
+
+    def validate(self) -> None:
+        """Everything checkable without opening the image; raises :class:`SampleError`."""
+        self.check_messages()
+        self.check_references()
+        self.check_boxes(self.width, self.height)
+
+    def check_messages(self) -> None:
+        """The turn order the chat template needs and one global image at most.
+
+        Labels come from rendering each conversation prefix before an assistant turn, which needs a turn
+        before the first reply; ChatML renders any order after that, so alternation is not required.
+        """
+        roles = [m["role"] for m in self.messages]
+        turns = [r for r in roles if r != "system"]
+        if not turns or turns[0] != "user":
+            raise SampleError(f"the conversation must start with a user turn (after any system turn), got {roles}")
+        if "assistant" not in turns:
+            raise SampleError(f"the conversation has no assistant turn to learn from: {roles}")
+        n_images = sum(m["content"].count(IMAGE_TOKEN) for m in self.messages)
+        if n_images > 1:
+            raise SampleError(f"the conversation has {n_images} <image> placeholders; a sample has one image")
+        if any(IMAGE_TOKEN in m["content"] for m in self.messages if m["role"] != "user"):
+            raise SampleError("<image> must be in a user turn")
 
     def check_references(self) -> None:
         """Every ``<box:i>``/``<object:i>`` names an existing box; image tokens need an image."""
@@ -110,10 +133,15 @@ class Sample:
             if problem:
                 raise SampleError(problem)
 
-    def check_boxes(self, width: int, height: int) -> None:
+    def check_boxes(self, width: int | None = None, height: int | None = None) -> None:
+        """Boxes against the image size, or, without one, what can be checked of them alone."""
         for i, b in enumerate(self.boxes):
+            what = f"boxes[{i}]"
             try:
-                validate_pixel_box(b, width, height, what=f"boxes[{i}]")
+                if width is None or height is None:
+                    validate_box_shape(b, what=what)
+                else:
+                    validate_pixel_box(b, width, height, what=what)
             except BoxError as exc:
                 raise SampleError(str(exc)) from exc
 

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tinygroundinggpt.data.converters.common import ReferEvalImages
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, coco_images: bool = True) -> None:
     p.add_argument("--out", required=True, help="output JSONL (samples, or a synthesis manifest)")
     p.add_argument("--image-prefix", default="", help="prepended to each image path (e.g. 'train2014/')")
     p.add_argument("--no-progress", action="store_true")
+    if coco_images:
+        p.add_argument(
+            "--exclude-refer-eval", metavar="REFER_ROOT",
+            help="leave out the images of every RefCOCO/+/g val and test split (refs(*).p in REFER_ROOT or its "
+            "subfolders): recommended for training data, as the REC benchmarks use COCO train2014 images",
+        )  # fmt: skip
+
+
+def _exclude(args: argparse.Namespace) -> ReferEvalImages:
+    from tinygroundinggpt.data.converters.common import NO_EXCLUSION, ReferEvalImages
+
+    return ReferEvalImages.load(args.exclude_refer_eval) if args.exclude_refer_eval else NO_EXCLUSION
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +34,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = ds.add_parser("refcoco", aliases=["refcoco+", "refcocog"], help="refer API files: refs(*).p + instances.json")
     p.add_argument("--refs", required=True, help="refs(unc).p, refs(umd).p or refs(google).p")
     p.add_argument("--instances", required=True, help="instances.json next to it")
-    p.add_argument("--split", help="keep one split (train, val, testA, testB, test)")
+    p.add_argument(
+        "--split", default="train",
+        help="the split to convert (default train; val, testA, testB, test are evaluation data, with a warning)",
+    )  # fmt: skip
     p.add_argument("--tasks", default="rec,reg", help="rec (expression → box) and/or reg (box → expression)")
     _common(p)
     p.set_defaults(func=_refcoco)
@@ -35,7 +54,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", required=True, help="the Annotations folder")
     p.add_argument("--ids", help="an id list as published (train.txt, val.txt, test.txt); default: all")
     p.add_argument("--manifest", action="store_true", help="write a synthesis manifest for `tgg synth` instead")
-    _common(p)
+    _common(p, coco_images=False)  # Flickr30K's own images: none is a COCO image
     p.set_defaults(func=_flickr)
 
     p = ds.add_parser("coco-manifest", help="COCO instances (+ captions) → a synthesis manifest for `tgg synth`")
@@ -67,7 +86,7 @@ def _refcoco(args: argparse.Namespace) -> int:
         raise SystemExit(f"--tasks must be drawn from {TASKS}, got {args.tasks!r}")
     return _done(convert_refcoco(
         args.refs, args.instances, args.out, dataset=args.dataset, split=args.split, tasks=tasks,
-        image_prefix=args.image_prefix, progress=not args.no_progress,
+        image_prefix=args.image_prefix, exclude=_exclude(args), progress=not args.no_progress,
     ))  # fmt: skip
 
 
@@ -75,7 +94,7 @@ def _vg(args: argparse.Namespace) -> int:
     from tinygroundinggpt.data.converters.visual_genome import convert_vg
 
     return _done(convert_vg(
-        args.kind, args.input, args.image_data, args.out, image_prefix=args.image_prefix,
+        args.kind, args.input, args.image_data, args.out, image_prefix=args.image_prefix, exclude=_exclude(args),
         progress=not args.no_progress,
     ))  # fmt: skip
 
@@ -94,7 +113,7 @@ def _coco(args: argparse.Namespace) -> int:
 
     return _done(convert_coco_manifest(
         args.instances, args.out, captions_path=args.captions, image_prefix=args.image_prefix,
-        progress=not args.no_progress,
+        exclude=_exclude(args), progress=not args.no_progress,
     ))  # fmt: skip
 
 
@@ -103,5 +122,6 @@ def _llava(args: argparse.Namespace) -> int:
 
     prefix = args.id_prefix if args.id_prefix is not None else f"{args.dataset}-"
     return _done(convert_llava(
-        args.input, args.out, prefix=prefix, image_prefix=args.image_prefix, progress=not args.no_progress
+        args.input, args.out, prefix=prefix, image_prefix=args.image_prefix, exclude=_exclude(args),
+        progress=not args.no_progress,
     ))  # fmt: skip

@@ -3,6 +3,7 @@
 This is the paper's "boxes/categories of an existing annotation" route to object recognition: each
 non-crowd annotation becomes an object named by its category with its ``bbox`` (``[x, y, w, h]``
 pixels, converted to the pixel frame), and the image's captions become the description material.
+``exclude`` drops the RefCOCO/+/g val/test images (all train2014 images).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tinygroundinggpt.boxes import BoxError, validate_pixel_box, xywh_to_xyxy
-from tinygroundinggpt.data.converters.common import ConvertReport
+from tinygroundinggpt.data.converters.common import NO_EXCLUSION, ConvertReport, ReferEvalImages
 
 
 def convert_coco_manifest(
@@ -24,6 +25,7 @@ def convert_coco_manifest(
     *,
     captions_path: str | Path | None = None,
     image_prefix: str = "",
+    exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> ConvertReport:
     report = ConvertReport()
@@ -44,6 +46,8 @@ def convert_coco_manifest(
     tmp = out.with_suffix(out.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for img in tqdm(instances["images"], desc="coco", unit="img", disable=not progress):
+            if exclude.drops(img["id"], report):
+                continue
             w, h = int(img["width"]), int(img["height"])
             objects = []
             for ann in sorted(by_image.get(img["id"], []), key=lambda a: a["id"]):

@@ -1,8 +1,11 @@
-"""What every converter shares: streaming a JSON array, progress by bytes, and a count of what was skipped."""
+"""What every converter shares: streaming a JSON array, progress by bytes, a count of what was skipped, and
+keeping the RefCOCO/+/g evaluation images out of training data."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +18,10 @@ from tinygroundinggpt.data.format import Sample, SampleError, write_jsonl
 
 _CHUNK = 1 << 20
 _WS = " \t\r\n"
+REFER_EVAL_REASON = "RefCOCO/+/g val/test image"
+# COCO file names: COCO_train2014_000000123456.jpg, or 000000123456.jpg under a COCO folder (train2017/...).
+_COCO_FILE_RE = re.compile(r"(?:^|/)COCO_[a-z]+\d{4}_(\d{12})\.\w+$")
+_COCO_BARE_RE = re.compile(r"(?:^|/)(?:[^/]*coco[^/]*|(?:train|val)20(?:14|17))/(?:[^/]+/)*(\d{12})\.\w+$", re.I)
 
 
 @dataclass
@@ -23,12 +30,71 @@ class ConvertReport:
 
     written: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    excluded_images: set[int] = field(default_factory=set)  # COCO ids
 
     def summary(self) -> str:
         text = f"{self.written} samples written"
         if self.skipped:
             text += "; skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+        if self.excluded_images:
+            text += f" ({len(self.excluded_images)} {REFER_EVAL_REASON}s excluded)"
         return text
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """refs files hold only lists, dicts, strings and numbers: refuse anything that would run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a refs file holds plain data only")
+
+
+def load_refs(path: str | Path) -> list[dict[str, Any]]:
+    """A ``refer`` API ``refs(*).p`` file (RefCOCO/+/g) as plain data."""
+    with Path(path).open("rb") as fh:
+        # The published files were pickled by Python 2; latin1 maps its byte strings one to one.
+        return _PlainDataUnpickler(fh, encoding="latin1").load()
+
+
+def coco_id_of_file(path: str) -> int | None:
+    """The COCO image id in a COCO image's file name, else ``None`` (train2014 and train2017 share ids)."""
+    m = _COCO_FILE_RE.search(path) or _COCO_BARE_RE.search(path)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class ReferEvalImages:
+    """The COCO image ids that any RefCOCO/RefCOCO+/RefCOCOg val or test split uses.
+
+    Every RefCOCO image is a COCO train2014 image, so COCO, Visual Genome (``coco_id``) and LLaVA data hold
+    them too; training on them leaks the REC benchmarks (Shikra, MiniGPT-v2, Ferret and GroundingGPT remove
+    them). An empty instance excludes nothing.
+    """
+
+    coco_ids: frozenset[int] = frozenset()
+
+    @classmethod
+    def load(cls, root: str | Path) -> ReferEvalImages:
+        """Every ``refs(*).p`` in ``root`` or its subfolders one level down (the refer API's ``data/<dataset>/``)."""
+        root = Path(root)
+        files = sorted([*root.glob("refs(*).p"), *root.glob("*/refs(*).p")])
+        if not files:
+            raise FileNotFoundError(f"no refs(*).p in {root} or its subfolders (refcoco/, refcoco+/, refcocog/)")
+        return cls(frozenset(int(r["image_id"]) for f in files for r in load_refs(f) if r.get("split") != "train"))
+
+    def drops(self, coco_id: int | None, report: ConvertReport, n: int = 1) -> bool:
+        """Whether the image ``coco_id`` is an evaluation image; if so its ``n`` records count as skipped."""
+        if coco_id is None or coco_id not in self.coco_ids:
+            return False
+        report.skipped[REFER_EVAL_REASON] += n
+        report.excluded_images.add(coco_id)
+        return True
+
+    def drops_file(self, path: str | None, report: ConvertReport, n: int = 1) -> bool:
+        """:meth:`drops` for an image named by its COCO file name (other names never match)."""
+        return self.drops(coco_id_of_file(path), report, n) if path else False
+
+
+NO_EXCLUSION = ReferEvalImages()
 
 
 def _fill(fh: IO[str], buf: str, bar: tqdm | None) -> tuple[str, bool]:
@@ -82,14 +148,12 @@ def iter_json_array(path: str | Path, *, progress: bool = False, desc: str | Non
 
 
 def write_samples(out: str | Path, samples: Iterator[Sample], report: ConvertReport) -> ConvertReport:
-    """Validate each sample (references, boxes against width/height) and write them atomically."""
+    """Validate each sample (:meth:`Sample.validate`) and write them atomically."""
 
     def valid() -> Iterator[Sample]:
         for s in samples:
             try:
-                s.check_references()
-                if s.width is not None and s.height is not None:
-                    s.check_boxes(s.width, s.height)
+                s.validate()
             except SampleError as exc:
                 report.skipped[f"invalid sample ({str(exc).split(':')[0]})"] += 1
                 continue

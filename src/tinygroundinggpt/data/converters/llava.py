@@ -4,6 +4,8 @@ LLaVA-v1.5-mix665K (``llava_v1_5_mix665k.json``) and ShareGPT4V (``sharegpt4v_*.
 Each file is one JSON array of ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}``;
 ``<image>`` marks the image in a human turn; text-only records have no ``image``. Boxes that some of
 these texts hold as ``[0.12, 0.3, ...]`` stay text: the files do not say which frame they are in.
+Their COCO images (``coco/train2017/000000123456.jpg``) include the RefCOCO/+/g val/test images, and
+LLaVA-v1.5-mix665K holds RefCOCO REC data itself: ``exclude`` drops the records on those images.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tinygroundinggpt.data.converters.common import ConvertReport, iter_json_array, write_samples
+from tinygroundinggpt.data.converters.common import (
+    NO_EXCLUSION,
+    ConvertReport,
+    ReferEvalImages,
+    iter_json_array,
+    write_samples,
+)
 from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, Sample
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -53,9 +61,17 @@ def llava_sample(rec: dict[str, Any], index: int, *, prefix: str = "", image_pre
 
 
 def iter_llava(
-    path: str | Path, report: ConvertReport, *, prefix: str = "", image_prefix: str = "", progress: bool = False
+    path: str | Path,
+    report: ConvertReport,
+    *,
+    prefix: str = "",
+    image_prefix: str = "",
+    exclude: ReferEvalImages = NO_EXCLUSION,
+    progress: bool = False,
 ) -> Iterator[Sample]:
     for i, rec in enumerate(iter_json_array(path, progress=progress)):
+        if isinstance(rec, dict) and isinstance(rec.get("image"), str) and exclude.drops_file(rec["image"], report):
+            continue
         out = (
             llava_sample(rec, i, prefix=prefix, image_prefix=image_prefix) if isinstance(rec, dict) else "not an object"
         )

@@ -11,7 +11,7 @@ region-description sample (Fig. 10, post-process 1a).
 from __future__ import annotations
 
 import json
-import pickle
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,25 +19,19 @@ from typing import Any
 from tqdm import tqdm
 
 from tinygroundinggpt.boxes import BoxError, validate_pixel_box, xywh_to_xyxy
-from tinygroundinggpt.data.converters.common import ConvertReport, write_samples
+from tinygroundinggpt.data.converters.common import (
+    NO_EXCLUSION,
+    ConvertReport,
+    ReferEvalImages,
+    load_refs,
+    write_samples,
+)
 from tinygroundinggpt.data.format import Sample
 
 REC_PROMPT = "Output the coordinate of {exp}"
 REG_PROMPT = "Describe the object located within the region <box:0>."
 TASKS = ("rec", "reg")
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """refs files hold only lists, dicts, strings and numbers: refuse anything that would run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing {module}.{name}: a refs file holds plain data only")
-
-
-def load_refs(path: str | Path) -> list[dict[str, Any]]:
-    with Path(path).open("rb") as fh:
-        # The published files were pickled by Python 2; latin1 maps its byte strings one to one.
-        return _PlainDataUnpickler(fh, encoding="latin1").load()
+TRAIN_SPLIT = "train"
 
 
 def iter_refcoco(
@@ -46,15 +40,20 @@ def iter_refcoco(
     report: ConvertReport,
     *,
     dataset: str = "refcoco",
-    split: str | None = None,
+    split: str | None = TRAIN_SPLIT,
     tasks: Sequence[str] = TASKS,
     image_prefix: str = "",
+    exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> Iterator[Sample]:
+    """The samples of one split (``None``: every split, evaluation ones included); refs on an image that
+    ``exclude`` holds (another refs file's val/test image) are skipped."""
     anns = {a["id"]: a for a in instances["annotations"]}
     imgs = {i["id"]: i for i in instances["images"]}
     for ref in tqdm(refs, desc=dataset, unit="ref", disable=not progress):
         if split is not None and ref.get("split") != split:
+            continue
+        if exclude.drops(ref["image_id"], report, len(ref["sentences"]) * len(tasks)):
             continue
         ann, img = anns.get(ref["ann_id"]), imgs.get(ref["image_id"])
         if ann is None or img is None:
@@ -90,7 +89,15 @@ def iter_refcoco(
 
 
 def convert_refcoco(refs_path: str | Path, instances_path: str | Path, out: str | Path, **kwargs: Any) -> ConvertReport:
-    """Write the samples of one refs file (optionally one split) to ``out``; see :func:`iter_refcoco`."""
+    """Write the samples of one split of a refs file (the train split by default) to ``out``; see
+    :func:`iter_refcoco`."""
+    split = kwargs.get("split", TRAIN_SPLIT)
+    if split != TRAIN_SPLIT:
+        # Every split but train is what the REC benchmarks score (Table 1): never train on it.
+        warnings.warn(
+            f"converting RefCOCO/+/g split {split or 'all'!r}: it holds evaluation data, do not train on it",
+            stacklevel=2,
+        )
     report = ConvertReport()
     refs = load_refs(refs_path)
     instances = json.loads(Path(instances_path).read_text(encoding="utf-8"))

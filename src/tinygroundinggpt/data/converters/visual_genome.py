@@ -8,17 +8,24 @@
 
 Boxes are ``[x, y, w, h]`` pixels, converted to the pixel frame and clamped (VG boxes often cross the
 border). Region descriptions give text–coordinate pairs both ways; relationships give a sentence
-grounding both objects.
+grounding both objects. About half of VG's images are COCO images (``coco_id``): ``exclude`` drops those
+that the RefCOCO/+/g val/test splits use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tinygroundinggpt.boxes import Box, BoxError, validate_pixel_box, xywh_to_xyxy
-from tinygroundinggpt.data.converters.common import ConvertReport, iter_json_array, write_samples
+from tinygroundinggpt.data.converters.common import (
+    NO_EXCLUSION,
+    ConvertReport,
+    ReferEvalImages,
+    iter_json_array,
+    write_samples,
+)
 from tinygroundinggpt.data.format import Sample
 
 REGION_PROMPTS = (
@@ -28,14 +35,22 @@ REGION_PROMPTS = (
 RELATION_PROMPT = "What is the relationship between the objects in <box:0> and <box:1>?"
 
 
-def load_image_data(path: str | Path, *, image_prefix: str = "") -> dict[int, tuple[str, int, int]]:
-    """image id → (image path, width, height)."""
+class VGImage(NamedTuple):
+    path: str
+    width: int
+    height: int
+    coco_id: int | None
+
+
+def load_image_data(path: str | Path, *, image_prefix: str = "") -> dict[int, VGImage]:
+    """image id → :class:`VGImage`."""
     out = {}
     for rec in iter_json_array(path):
         iid = int(rec.get("image_id", rec.get("id")))
+        coco_id = None if rec.get("coco_id") is None else int(rec["coco_id"])
         url = rec.get("url") or ""
         rel = "/".join(url.split("/")[-2:]) if url.count("/") >= 1 else f"{iid}.jpg"
-        out[iid] = (image_prefix + rel, int(rec["width"]), int(rec["height"]))
+        out[iid] = VGImage(image_prefix + rel, int(rec["width"]), int(rec["height"]), coco_id)
     return out
 
 
@@ -49,7 +64,12 @@ def _name(obj: dict[str, Any]) -> str:
 
 
 def iter_regions(
-    regions_path: str | Path, images: dict[int, tuple[str, int, int]], report: ConvertReport, *, progress: bool = False
+    regions_path: str | Path,
+    images: dict[int, VGImage],
+    report: ConvertReport,
+    *,
+    exclude: ReferEvalImages = NO_EXCLUSION,
+    progress: bool = False,
 ) -> Iterator[Sample]:
     for entry in iter_json_array(regions_path, progress=progress):
         for reg in entry.get("regions", []):
@@ -57,7 +77,9 @@ def iter_regions(
             if iid not in images:
                 report.skipped["image not in image_data.json"] += 1
                 continue
-            image, w, h = images[iid]
+            image, w, h, coco_id = images[iid]
+            if exclude.drops(coco_id, report, len(REGION_PROMPTS)):
+                continue
             phrase = " ".join(str(reg.get("phrase", "")).split())
             try:
                 box = _box(reg, w, h, "width", "height")
@@ -80,14 +102,21 @@ def iter_regions(
 
 
 def iter_relationships(
-    rel_path: str | Path, images: dict[int, tuple[str, int, int]], report: ConvertReport, *, progress: bool = False
+    rel_path: str | Path,
+    images: dict[int, VGImage],
+    report: ConvertReport,
+    *,
+    exclude: ReferEvalImages = NO_EXCLUSION,
+    progress: bool = False,
 ) -> Iterator[Sample]:
     for entry in iter_json_array(rel_path, progress=progress):
         iid = int(entry.get("image_id", entry.get("id", -1)))
         if iid not in images:
             report.skipped["image not in image_data.json"] += len(entry.get("relationships", []))
             continue
-        image, w, h = images[iid]
+        image, w, h, coco_id = images[iid]
+        if exclude.drops(coco_id, report, len(entry.get("relationships", []))):
+            continue
         for rel in entry.get("relationships", []):
             subj, obj = rel["subject"], rel["object"]
             predicate = " ".join(str(rel.get("predicate", "")).split()).lower()
@@ -117,10 +146,11 @@ def convert_vg(
     out: str | Path,
     *,
     image_prefix: str = "",
+    exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> ConvertReport:
     """``kind`` is ``"regions"`` (region_descriptions.json) or ``"relationships"`` (relationships.json)."""
     report = ConvertReport()
     images = load_image_data(image_data, image_prefix=image_prefix)
     it = {"regions": iter_regions, "relationships": iter_relationships}[kind]
-    return write_samples(out, it(path, images, report, progress=progress), report)
+    return write_samples(out, it(path, images, report, exclude=exclude, progress=progress), report)
