@@ -3,9 +3,9 @@
 Replies come from :func:`default_reply`, a tiny "VLM" that reads the object names and boxes out of the
 paper's prompts and answers in the requested format. ``faults`` overrides replies for requests whose
 prompt contains a marker: a list of actions consumed one per matching request — ``429``, ``(429, s)``
-(with ``Retry-After: s``), ``(status, message)``, ``"timeout"`` (sleep longer than the client waits)
-or a reply string (e.g. a malformed one). ``kill`` = (n, pid): on the n-th request the server
-SIGKILLs the client process before answering.
+(with ``Retry-After: s``), ``(status, message)``, ``"timeout"`` (sleep longer than the client waits),
+a reply string (e.g. a malformed one) or ``("length", text)`` (a reply cut by the token limit).
+``kill`` = (n, pid): on the n-th request the server SIGKILLs the client process before answering.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class FakeOpenAI:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status, text, headers = server._handle(body)
+                finish = headers.pop("x-finish-reason", "stop")
                 payload = json.dumps(
                     {
                         "id": "x",
@@ -84,7 +85,7 @@ class FakeOpenAI:
                         "created": 0,
                         "model": "fake",
                         "choices": [
-                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                            {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
                         ],
                     }
                     if status == 200
@@ -123,6 +124,10 @@ class FakeOpenAI:
                     break
         if action == 429:
             return 429, "rate limited", {}
+        if isinstance(action, tuple) and action[0] == "length":  # a reply cut by max_tokens
+            with self._lock:
+                self.answered.append(hashlib.sha256(body).hexdigest())
+            return 200, action[1], {"x-finish-reason": "length"}
         if isinstance(action, tuple) and action[0] == 429:  # (429, seconds): says when to come back
             return 429, "rate limited", {"Retry-After": str(action[1])}
         if isinstance(action, tuple):  # (status, message): any other HTTP error

@@ -30,24 +30,25 @@ def test_each_filter_on_hand_made_cases() -> None:
         sample("overlap", [A, A_SHIFTED], "Which? a. <object:0>; b. <object:1>"),
         sample("overlap-box-only", [A, A_SHIFTED], "Is <box:0> left of <box:1>?"),  # kept
         sample("unsure", [A, B], "Where is <box:1>?", scores=[1.0, 0.2]),
-        sample("unknown-score", [A], "Where is <box:0>?", scores=[None]),  # model-written box: kept
+        sample("unknown-score", [A], "Where is <box:0>?", scores=[None]),  # model-written box, no match
         sample("crowded", [[i, 0, i + 1, 1] for i in range(11)], "<box:0>"),
         sample("ten", [[i, 0, i + 1, 1] for i in range(10)], "<box:0>"),
     ]
     kept, removed, counts = apply_filters(cases, W, H, FilterConfig())
-    assert [s["id"] for s in kept] == ["ok", "huge-box-only", "overlap-box-only", "unknown-score", "ten"]
+    assert [s["id"] for s in kept] == ["ok", "huge-box-only", "overlap-box-only", "ten"]
     assert removed == [
         {"id": "tiny", "filter": "object_area", "reason": "object_too_small"},
         {"id": "huge", "filter": "object_area", "reason": "object_too_large"},
         {"id": "overlap", "filter": "object_iou", "reason": "object_iou_too_high"},
         {"id": "unsure", "filter": "confidence", "reason": "low_confidence"},
+        {"id": "unknown-score", "filter": "confidence", "reason": "low_confidence"},
         {"id": "crowded", "filter": "box_count", "reason": "too_many_boxes"},
     ]
     assert counts == {
         "object_area/object_too_small": 1,
         "object_area/object_too_large": 1,
         "object_iou/object_iou_too_high": 1,
-        "confidence/low_confidence": 1,
+        "confidence/low_confidence": 2,
         "box_count/too_many_boxes": 1,
     }
 
@@ -56,5 +57,8 @@ def test_thresholds_are_options() -> None:
     cases = [sample("overlap", [A, A_SHIFTED], "a. <object:0>; b. <object:1>")]
     assert apply_filters(cases, W, H, FilterConfig(max_object_iou=0.6))[0] == cases
     assert apply_filters(cases, W, H, FilterConfig(max_object_iou=0.5))[0] == []
+    unscored = [sample("unscored", [A, B], "<box:0> <box:1>", scores=[0.9, None])]
+    assert apply_filters(unscored, W, H, FilterConfig())[0] == []
+    assert apply_filters(unscored, W, H, FilterConfig(keep_unscored=True))[0] == unscored
     tiny = [sample("tiny", [[0, 0, 9, 10]], "<object:0>")]
     assert apply_filters(tiny, W, H, FilterConfig(min_object_area=0.005))[0] == tiny

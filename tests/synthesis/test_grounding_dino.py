@@ -8,7 +8,7 @@ import pytest
 from fake_openai import FakeOpenAI
 from helpers import write_corpus
 
-from tinygroundinggpt.boxes import validate_pixel_box
+from tinygroundinggpt.boxes import iou, validate_pixel_box
 from tinygroundinggpt.data.format import LoadReport, iter_jsonl
 from tinygroundinggpt.synthesis.backends import CachedModels, GroundingDinoGrounder, OpenAIChatBackend, RetryCounter
 from tinygroundinggpt.synthesis.cache import DiskCache
@@ -94,3 +94,32 @@ def test_mllm_recognition_then_grounding_dino_in_the_pipeline(tmp_path: Path, ti
         rep = run(1.01, "none")
         assert rep["counts"]["grounded"] == 0 and rep["counts"]["ground_dropped_low_confidence"] == 4
         assert rep["calls"] == 0 and not any(rep["samples"].values())
+
+
+def test_names_past_the_text_limit_are_grounded_in_chunks(tiny_dino: Path) -> None:
+    from PIL import Image
+
+    grounder = GroundingDinoGrounder(str(tiny_dino))
+    image = Image.new("RGB", (90, 60), (200, 30, 30))
+    colours = ("red", "green", "blue")
+    names = [f"{a} {b} box" for a in colours for b in colours] + ["box", "red", "green", "blue"]
+    too_long = "red " * 40 + "box"  # 41 tokens: no chunk can hold it
+    dets = grounder.ground(image, [*names, too_long])  # 13 names, 46 tokens: past max_text_len = 32
+    assert [d.name for d in dets] == names
+    for d in dets:
+        validate_pixel_box(d.box, 90, 60)
+    # Each "a b box." is 4 tokens: 7 names fill the first chunk ([CLS] + 28 + [SEP] <= 32), which is
+    # therefore the very forward pass that grounds those 7 alone.
+    assert grounder.ground(image, names[:7]) == dets[:7]
+
+
+def test_a_repeated_name_gets_distinct_boxes(tiny_dino: Path) -> None:
+    from PIL import Image
+
+    grounder = GroundingDinoGrounder(str(tiny_dino))
+    image = Image.new("RGB", (90, 60), (200, 30, 30))
+    once = grounder.ground(image, ["red box", "blue box"])
+    twice = grounder.ground(image, ["red box", "blue box", "red box"])
+    assert [d.name for d in twice] == ["red box", "blue box", "red box"]
+    assert twice[:2] == once  # the same text, so the same best boxes; the second red box is the next best
+    assert iou(twice[0].box, twice[2].box) <= 0.5 and twice[2].score <= twice[0].score

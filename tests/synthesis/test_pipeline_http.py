@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fake_openai import FakeOpenAI
-from helpers import write_corpus
+from helpers import SCENES, write_corpus
 
 from tinygroundinggpt.boxes import format_box, pixel_to_norm
 from tinygroundinggpt.cli import main
@@ -103,7 +103,8 @@ def test_faults_are_counted_exactly_and_never_fatal(tmp_path: Path) -> None:
         assert len(set(srv.answered)) == len(srv.answered)
     assert rep["failures"] == {
         "generate/not_json": 1,  # img0 object_in_question
-        "generate/wrong_keys": 1,  # img2 objects_as_options (second item)
+        "generate/wrong_keys": 1,  # img2 objects_as_options: the second item is dropped, the first kept...
+        "postprocess/object_not_in_list": 1,  # ...until post-processing: <purple box> was not grounded
         "relate/object_not_in_list": 1,  # img1 "yellow box"
         "postprocess/no_box": 1,  # img1 description
         "postprocess/box_out_of_range": 1,  # img2 conversation, first QA
@@ -132,7 +133,7 @@ def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
     with FakeOpenAI() as srv:
         srv.faults = {
             "Given a list of instances: [green box, red box]": [429] * 4,  # more than 3 retries
-            "Given a list of instances: [blue box, green box, red box]": [(400, "image too large")],  # not retried
+            "Given a list of instances: [blue box, green box, red box]": [(401, "bad key")],  # not retried
         }
         rep = run(tmp_path, srv.url)
         assert not rep["complete"] and rep["call_errors"] == 2 and rep["retries"] == 3
@@ -142,6 +143,104 @@ def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
         assert rep["complete"] and rep["samples"] == CLEAN
         assert rep["stages"]["relate"] == {"done": 3, "resumed": 1, "unfinished": 0}
         assert len(set(srv.answered)) == len(srv.answered)
+
+
+def test_a_rejected_request_marks_its_image_unusable_and_the_run_completes(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        srv.faults = {
+            "Given a list of instances: [blue box, green box, red box]": [(400, "image too large")],
+            judge_marker((10, 10, 60, 60), 160, 120): [(400, "content policy violation")],  # img0, mid-judge
+            "Given a list of instances: [green box, red box]": [(408, "request timeout")],  # retried
+        }
+        rep = run(tmp_path, srv.url)
+        assert not any(srv.faults.values())
+        assert rep["complete"] and rep["unusable_images"] == 2
+        assert rep["retries"] == 1 and rep["call_errors"] == 2
+        assert rep["failures"] == {"relate/request_rejected": 1, "judge/request_rejected": 1}
+        # Only img1 (2 objects) gives samples; img0's 13 samples, made before its judge call was refused, are
+        # removed and counted.
+        assert rep["samples"] == {"stage2_tc": 4, "stage2_ic": 4, "stage2_ti": 3, "stage3_conv": 1, "stage3_desc": 1}
+        assert rep["removed"] == {"request/rejected": 13}
+        failures = read(tmp_path / "out" / "failures.jsonl")
+        assert {(f["image_id"], f["stage"]) for f in failures} == {("img0", "judge"), ("img2", "relate")}
+        assert any("content policy violation" in f["error"] for f in failures)
+        assert {s["meta"]["image_id"] for s in read(tmp_path / "out" / "stage2_tc.jsonl")} == {"img1"}
+        # A rerun keeps the verdict and asks nothing again.
+        n = len(srv.requests)
+        again = run(tmp_path, srv.url)
+        assert len(srv.requests) == n and again["samples"] == rep["samples"] and again["failures"] == rep["failures"]
+
+
+def test_cut_off_and_chatty_replies_keep_their_complete_items(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    img0_object_in_question = (
+        "present in the image): [red box, blue box], and a list of triples describing the relationships between "
+        "the objects : [(red box, next to, blue box)]. You may include additional objects and relationships that "
+        "you are confident about. Please generate 5 optimal QA pairs that accurately reflect the image. Each question"
+    )
+    with FakeOpenAI() as srv:
+        srv.faults = {
+            img0_object_in_question: [
+                ("length", 'Here you go:\n[{"question": "What is <red box> next to?", "answer": "a shape"}, {"que')
+            ],
+            # Fig. 11's style: one Python dict per line, no list, prose around.
+            "image): [green box, red box], and a list of triples describing the relationships between the objects "
+            ": [(green box, next to, red box)]. You may include additional objects and relationships that you are "
+            "confident about. Please generate 5 optimal QA pairs that accurately reflect the image. For each": [
+                "Sure! The QA pairs:\n{ 'question' : 'Which is first? A. <green box> B. <red box>', 'answer' : 'A' }\n"
+                "{ 'question' : \"Which one's lower? A. <green box> B. <red box>\", 'answer' : 'B' }\nHope this helps."
+            ],
+            "Given a list of instances: [blue box, green box, red box]": [
+                ("length", "[(blue box, next to, green box), (green box, abo")
+            ],
+        }
+        rep = run(tmp_path, srv.url)
+        assert not any(srv.faults.values())
+        assert rep["complete"]
+        assert rep["failures"] == {"generate/truncated": 1, "generate/unterminated_item": 1, "relate/truncated": 1}
+        assert rep["counts"]["relations"] == 1 + 1 + 1  # img2 keeps its one complete triple
+        ti = {s["id"] for s in read(tmp_path / "out" / "stage2_ti.jsonl")}
+        assert "img0-object_in_question-0" in ti and "img0-object_in_question-1" not in ti
+        assert {"img1-objects_as_options-0", "img1-objects_as_options-1"} <= ti
+        # The cut reply is cached as cut: a rerun from the cache reports the same and calls nothing.
+        again = run(tmp_path, srv.url, out="out2")
+        assert again["calls"] == 0 and again["failures"] == rep["failures"] and again["samples"] == rep["samples"]
+    cached = [json.loads(p.read_text())["value"] for p in (tmp_path / "cache").rglob("*.json")]
+    assert sum(isinstance(v, dict) and v["truncated"] for v in cached) == 2
+
+
+def test_the_endpoint_is_part_of_the_cache_identity(tmp_path: Path) -> None:
+    with FakeOpenAI(reply=lambda prompt: "one") as one, FakeOpenAI(reply=lambda prompt: "two") as two:
+        replies = []
+        for srv in (one, two, one):
+            counter = RetryCounter()
+            chat = OpenAIChatBackend("fake", base_url=srv.url, timeout=5, counter=counter)
+            replies.append(CachedModels(DiskCache(tmp_path), chat, None, counter).chat("hello", []).text)
+        assert replies == ["one", "two", "one"]
+        assert len(one.requests) == len(two.requests) == 1
+
+
+def test_unscored_boxes_are_dropped_unless_asked_to_keep_them(tmp_path: Path) -> None:
+    write_corpus(tmp_path, SCENES[:1])
+    with FakeOpenAI() as srv:
+        # img0's conversation mentions a box that matches no grounded object.
+        srv.faults = {
+            'for objects: {"red box"': [
+                '[{"question": "Where is <red box> [0.063, 0.083, 0.375, 0.500]?", '
+                '"answer": "Beside <a yellow box> [0.700, 0.700, 0.900, 0.900]."}]'
+            ]
+        }
+        reports = {}
+        for keep in (False, True):
+            out = tmp_path / f"keep-{keep}"
+            args = ["synth", str(tmp_path / "manifest.jsonl"), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                    "--model", "fake", "--base-url", srv.url, "--no-judge", "--no-progress"]  # fmt: skip
+            assert main(args + ["--keep-unscored-boxes"] * keep) == 0
+            reports[keep] = json.loads((out / "report.json").read_text())
+    assert reports[False]["removed"] == {"confidence/low_confidence": 1}
+    assert reports[False]["samples"]["stage3_conv"] == 0
+    assert reports[True]["removed"] == {} and reports[True]["samples"]["stage3_conv"] == 1
 
 
 def test_shards_partition_the_corpus_and_merge_to_the_unsharded_output(tmp_path: Path) -> None:
@@ -176,5 +275,5 @@ def test_backoff_honours_retry_after() -> None:
         counter = RetryCounter()
         chat = OpenAIChatBackend("fake", base_url=srv.url, timeout=5, max_retries=2, backoff=0.01, counter=counter)
         start = time.monotonic()
-        assert chat.chat("hello", []) == "fine"
+        assert chat.chat("hello", []).text == "fine"
         assert time.monotonic() - start >= 0.5 and counter.retries == 2 and len(srv.requests) == 3

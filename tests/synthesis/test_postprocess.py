@@ -74,7 +74,7 @@ def test_fig10_examples_become_text_image_pairs() -> None:
          "answer": "The answer is A. newspaper."},
         {"question": "Who holds <umbrella>?", "answer": "nobody"},
     ]  # fmt: skip
-    samples, problems = text_image_samples("img", "object_in_question", qas, grounding)
+    samples, problems = text_image_samples("img", "object_in_question", qas, grounding, W, H)
     assert [p.kind for p in problems] == ["object_not_in_list"]
     assert samples[0]["messages"][0]["content"].endswith("Can you identify <object:0> is worn by whom? A. the left "
                                                          "woman B. the right man")  # fmt: skip
@@ -82,11 +82,23 @@ def test_fig10_examples_become_text_image_pairs() -> None:
     assert samples[1]["boxes"] == [[100, 100, 200, 180], [300, 50, 330, 400]]
 
 
+def test_bare_boxes_in_fig10_qas_become_box_references() -> None:
+    qas = [
+        {"question": "What is <playhouse> next to? A. a tree B. a car", "answer": "A. the tree [0.5, 0.2, 0.7, 0.6]."},
+        {"question": "Is <the girl> at [0.019, 0.302, 0.285, 0.678] or [0.1, 0.2, 1.4, 0.3]?", "answer": "the first"},
+    ]
+    samples, problems = text_image_samples("img", "object_in_question", qas, GROUNDING, W, H)
+    assert [p.kind for p in problems] == ["box_out_of_range"]
+    assert samples[0]["messages"][1]["content"] == "A. the tree <box:1>."
+    assert samples[0]["boxes"] == [HOUSE, list(norm_to_pixel([0.5, 0.2, 0.7, 0.6], W, H))]
+    assert samples[0]["meta"]["scores"] == [0.8, None]  # a box that matches no grounded object has no score
+
+
 def test_two_objects_grounded_to_one_box_are_filtered_as_ambiguous() -> None:
     same = [10, 10, 60, 60]
     grounding = [{"name": "cat", "box": same, "score": 0.9}, {"name": "dog", "box": same, "score": 0.9}]
     qas = [{"question": "Which is asleep? A. <cat> B. <dog>", "answer": "A"}]
-    samples, _ = text_image_samples("img", "objects_as_options", qas, grounding)
+    samples, _ = text_image_samples("img", "objects_as_options", qas, grounding, 100, 100)
     samples += [s for s in template_samples("img", grounding) if s["id"].startswith("img-ic-0b")]
     assert [len(s["boxes"]) for s in samples] == [2, 2]
     kept, removed, _ = apply_filters(samples, 100, 100, FilterConfig())

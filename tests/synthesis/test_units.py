@@ -15,6 +15,7 @@ from tinygroundinggpt.synthesis.replies import (
     parse_judgement,
     parse_object_list,
     parse_qa_list,
+    parse_qa_reply,
     parse_triples,
 )
 
@@ -26,7 +27,10 @@ def test_cxcywh_to_xyxy() -> None:
 def test_object_list_accepts_the_papers_format_and_rejects_others() -> None:
     assert parse_object_list("[red box, blue box, red box]") == ["red box", "blue box"]
     assert parse_object_list('```json\n["a cat", "a dog"]\n```') == ["a cat", "a dog"]
-    for bad in ("a cat and a dog", "[]", '{"objects": ["cat"]}', "[1, 2]"):
+    # Prose around the list is dropped.
+    assert parse_object_list('Objects: ["a cat", "a dog"].') == ["a cat", "a dog"]
+    assert parse_object_list('{"objects": ["a cat", "a dog"]}') == ["a cat", "a dog"]
+    for bad in ("a cat and a dog", "[]", "[1, 2]"):
         with pytest.raises(MalformedReply):
             parse_object_list(bad)
 
@@ -56,6 +60,37 @@ def test_qa_list() -> None:
         with pytest.raises(MalformedReply) as exc:
             parse_qa_list(bad)
         assert exc.value.kind == kind
+
+
+def test_triples_with_instance_labels_and_cut_off() -> None:
+    assert parse_triples("[(person (2), holding, umbrella), ('person (1)', next to, person (2))]") == [
+        ("person (2)", "holding", "umbrella"),
+        ("person (1)", "next to", "person (2)"),
+    ]
+    assert parse_triples("The triples: [(a, on, b)]. Done (I think).") == [("a", "on", "b")]
+    assert parse_triples("[(a, on, b), (b, und", partial=True) == [("a", "on", "b")]
+    assert parse_object_list("[cat, dog, hor", partial=True) == ["cat", "dog"]
+    with pytest.raises(MalformedReply):
+        parse_triples("[(a, on, b), (b, und")  # a complete reply must close its list
+
+
+def test_qa_reply_keeps_every_complete_item() -> None:
+    q1, q2 = {"question": "Q1?", "answer": "A1."}, {"question": "Q2?", "answer": "A2 [0.1, 0.2, 0.3, 0.4]."}
+    listed = json.dumps([q1, q2])
+    for reply in (
+        f"Here are the pairs:\n{listed}\nLet me know if you need more.",  # prose around a bare list
+        f"Sure.\n```json\n{listed}\n```\nDone.",  # prose around a fenced list
+        f"{json.dumps(q1)}\n{json.dumps(q2)}",  # one object per line
+        "{ 'question' : 'Q1?' , 'answer' : 'A1.' }\n{ 'question' : 'Q2?' , 'answer' : 'A2 [0.1, 0.2, 0.3, 0.4].' }",
+        f"{json.dumps(q1)},\n{json.dumps(q2)}",
+        json.dumps({"qa_pairs": [q1, q2]}),
+    ):
+        assert parse_qa_reply(reply) == ([q1, q2], []), reply
+    items, dropped = parse_qa_reply(listed[: listed.index("Q2?") + 2])  # cut off inside the second item
+    assert items == [q1] and [p.kind for p in dropped] == ["unterminated_item"]
+    broken = '{"q": "x"}, {"question": "Q3", "answer": }'  # wrong keys; not even a literal
+    items, dropped = parse_qa_reply(f"[{json.dumps(q1)}, {broken}, {json.dumps(q2)}]")
+    assert items == [q1, q2] and sorted(p.kind for p in dropped) == ["bad_item", "wrong_keys"]
 
 
 def test_judgement() -> None:

@@ -28,6 +28,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per model call")
     p.add_argument("--max-retries", type=int, default=5)
     p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds; doubles each retry")
+    p.add_argument(
+        "--max-tokens", type=int, default=1024, help="reply token limit; a cut reply keeps its complete items"
+    )
     p.add_argument("--recogniser", choices=["annotation", "mllm"], default="annotation")
     p.add_argument("--grounder", help="GroundingDINO Hub id or folder (default: the manifest's boxes)")
     p.add_argument("--device", default="cpu")
@@ -39,6 +42,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-object-area", type=float, default=0.8)
     p.add_argument("--max-object-iou", type=float, default=0.3)
     p.add_argument("--min-confidence", type=float, default=0.35)
+    p.add_argument(
+        "--keep-unscored-boxes",
+        action="store_true",
+        help="keep samples with model-written boxes that match no grounded object (dropped by default)",
+    )
     p.add_argument("--max-boxes", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: this machine's share of the corpus")
@@ -98,6 +106,7 @@ def _synth(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             max_retries=args.max_retries,
             backoff=args.backoff,
+            max_tokens=args.max_tokens,
             counter=counter,
         )
     grounder = GroundingDinoGrounder(args.grounder, device=args.device) if args.grounder else None
@@ -112,6 +121,7 @@ def _synth(args: argparse.Namespace) -> int:
             max_object_area=args.max_object_area,
             max_object_iou=args.max_object_iou,
             min_confidence=args.min_confidence,
+            keep_unscored=args.keep_unscored_boxes,
             max_boxes=args.max_boxes,
         ),
     )

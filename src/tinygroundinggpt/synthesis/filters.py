@@ -2,7 +2,9 @@
 
 Thresholds default to the paper's intent: object images neither tiny (low-resolution noise) nor
 nearly the whole image, option objects that barely overlap (no reference ambiguity, Fig. 10 step 4),
-boxes the grounder was confident about, and not too many boxes in one sample.
+boxes the grounder was confident about, and not too many boxes in one sample. A box with no
+grounding score (one the model wrote that matches no grounded object) fails the confidence filter
+unless ``keep_unscored``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class FilterConfig:
     max_object_area: float = 0.8
     max_object_iou: float = 0.3  # between any two object images of one sample
     min_confidence: float = 0.35  # grounding score of every box a sample uses
+    keep_unscored: bool = False  # keep boxes with no grounding score (model-written, matching no object)
     max_boxes: int = 10
 
 
@@ -59,7 +62,7 @@ def _object_iou(sample: dict[str, Any], width: int, height: int, cfg: FilterConf
 
 def _confidence(sample: dict[str, Any], width: int, height: int, cfg: FilterConfig) -> str | None:
     scores = sample.get("meta", {}).get("scores", [])
-    if any(s is not None and s < cfg.min_confidence for s in scores):
+    if any(s < cfg.min_confidence if s is not None else not cfg.keep_unscored for s in scores):
         return "low_confidence"
     return None
 

@@ -9,7 +9,10 @@ Input is a manifest, one JSON object per line::
 After each stage every image's state is appended to ``out/state/<stage>.jsonl``; a rerun reads
 those files, skips what is done and truncates a half-written last line, and all model calls are
 served from the disk cache, so a run killed at any point resumes to exactly the output of an
-uninterrupted run. Outputs are written in manifest order once every image has passed every stage:
+uninterrupted run. An image the server refuses a request for (a 4xx such as a content-policy
+refusal) is marked unusable with the reason, like an unreadable image, and the run goes on; one whose
+call failed after every retry is left unfinished for a rerun.
+Outputs are written in manifest order once every image has passed every stage:
 one file per task named as the training recipes read them (``stage2_tc.jsonl``, ``stage2_ic.jsonl``,
 ``stage2_ti.jsonl``, ``stage3_conv.jsonl``, ``stage3_desc.jsonl``; project sample format, images
 relative to ``out``),
@@ -35,7 +38,7 @@ from tqdm import tqdm
 
 from tinygroundinggpt.boxes import BoxError, validate_pixel_box
 from tinygroundinggpt.images import ImageLoadError, load_image
-from tinygroundinggpt.synthesis.backends import CachedModels, ModelCallError
+from tinygroundinggpt.synthesis.backends import CachedModels, ModelCallError, RequestRejected
 from tinygroundinggpt.synthesis.cache import hash_inputs
 from tinygroundinggpt.synthesis.postprocess import OUTPUT_FILES
 from tinygroundinggpt.synthesis.replies import MalformedReply
@@ -185,13 +188,32 @@ class Pipeline:
             objs.append(obj)
         state["annotation"]["objects"] = objs
 
+    @staticmethod
+    def _reject(state: dict[str, Any], stage: str, exc: RequestRejected) -> None:
+        """Mark the image unusable: its samples so far are removed (and counted), the reason recorded."""
+        state["unusable"] = True
+        for s in state.get("samples", []):
+            state.setdefault("removed", []).append(
+                {"id": s["id"], "filter": "request", "reason": "rejected", "image_id": state["id"]}
+            )
+            counts = state.setdefault("counts", {})
+            counts["removed/request/rejected"] = counts.get("removed/request/rejected", 0) + 1
+        state["samples"] = []
+        state.setdefault("failures", []).append(
+            {"stage": stage, "kind": "request_rejected", "error": str(exc), "image_id": state["id"]}
+        )
+
     def _work(self, stage: str, prev: dict[str, Any]) -> dict[str, Any]:
         state = copy.deepcopy(prev)
         image = self._load(state)
         if image is not None:
             if stage == "recognise":
                 self._check_annotation(state)
-            STAGES[stage](state, image, self.ctx)
+            try:
+                STAGES[stage](state, image, self.ctx)
+            except RequestRejected as exc:
+                state = copy.deepcopy(prev)  # nothing of the refused stage is kept
+                self._reject(state, stage, exc)
         for f in state.get("failures", [])[len(prev.get("failures", [])) :]:
             log.warning("%s %s: %s (%s)", f["image_id"], f["stage"], f["kind"], f["error"])
         return state
@@ -286,6 +308,7 @@ class Pipeline:
             "cache_hits": self.models.cache.hits,
             "retries": self.models.counter.retries,
             "call_errors": self.models.counter.errors,
+            "unusable_images": sum(1 for st in final if st.get("unusable")),
             "stages": stage_report,
             "counts": counts,
             "removed": {k[len("removed/") :]: v for k, v in counts.items() if k.startswith("removed/")},

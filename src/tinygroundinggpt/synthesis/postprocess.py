@@ -5,6 +5,10 @@ original width and height (the frame the prompts give them). Here every such box
 box in ``sample["boxes"]`` referenced as ``<box:i>``, and a highlighted object in a question becomes
 ``<object:i>``: the object image cut from its box at training time.
 
+Several objects may share a name (three persons). Each grounded object then has a ``label`` that tells
+them apart (``person (2)``, see :func:`instance_labels`): the models are shown labels, training text only
+plain names, and no sample asks where "the person" is when several objects are persons.
+
 Each sample's ``meta`` keeps ``task`` (see :data:`OUTPUT_FILES`), ``image_id`` and ``scores`` (the grounding
 confidence of each box, ``None`` for a box the model wrote that matches no grounded object) — the
 filters read them.
@@ -41,7 +45,48 @@ DESCRIBE_PROMPT = "Describe this image in detail, giving the coordinates of the 
 # A highlighted object, optionally followed by its box; or a bare box.
 _SPAN_RE = re.compile(r"<([^<>]+)>(\s*\[[^\[\]]*\])?|(\[[^\[\]]*\])")
 _HIGHLIGHT_RE = re.compile(r"<([^<>]+)>")
+_BARE_BOX_RE = re.compile(r"\[[^\[\]]*\]")
+_ARTICLE_RE = re.compile(r"^(the|a|an) ")
 _MATCH_IOU = 0.5  # a model-written box this close to a grounded one inherits its confidence
+
+
+def instance_labels(names: Sequence[str]) -> list[str]:
+    """One distinct label per object: its name, or ``name (k)`` for the k-th of several objects that share
+    it (case and spacing ignored), so that a model can tell them apart and name each one."""
+    keys = [normalise_name(n) for n in names]
+    seen: dict[str, int] = {}
+    labels = []
+    for name, key in zip(names, keys, strict=True):
+        seen[key] = seen.get(key, 0) + 1
+        labels.append(f"{name} ({seen[key]})" if keys.count(key) > 1 else name)
+    return labels
+
+
+def label_of(obj: dict[str, Any]) -> str:
+    """The grounded object's identity label (states written before labels existed have only a name)."""
+    return obj.get("label", obj["name"])
+
+
+def _bare(name: str) -> str:
+    return _ARTICLE_RE.sub("", normalise_name(name))
+
+
+def shared_names(grounding: Sequence[dict[str, Any]]) -> set[str]:
+    """Plain names (normalised, article dropped) that more than one recognised object bears."""
+    counts: dict[str, int] = {}
+    for g in grounding:
+        counts[_bare(g["name"])] = counts.get(_bare(g["name"]), 0) + 1
+    return {k for k, n in counts.items() if n > 1} | {_bare(g["name"]) for g in grounding if label_of(g) != g["name"]}
+
+
+def plain_text(text: str, grounding: Sequence[dict[str, Any]]) -> str:
+    """``text`` with every instance label written as its plain name (``person (2)`` → ``person``)."""
+    for g in grounding:
+        label, name = label_of(g), g["name"]
+        if label != name and label.startswith(name):
+            suffix = re.escape(label[len(name) :].strip())
+            text = re.sub(rf"(?<!\w)({re.escape(name)})\s*{suffix}", r"\1", text, flags=re.I)
+    return text
 
 
 def seeded_rng(*parts: Any) -> random.Random:
@@ -74,6 +119,7 @@ class _Builder:
     def sample(self, sid: str, image_id: str, task: str, turns: list[tuple[str, str]]) -> dict[str, Any]:
         messages = []
         for n, (q, a) in enumerate(turns):
+            q, a = plain_text(q, self.grounding), plain_text(a, self.grounding)
             messages.append({"role": "user", "content": ("<image>\n" + q) if n == 0 else q})
             messages.append({"role": "assistant", "content": a})
         return {
@@ -85,14 +131,20 @@ class _Builder:
 
 
 def find_object(name: str, grounding: Sequence[dict[str, Any]]) -> int | None:
-    """Index of the grounded object called ``name`` (case and spacing ignored; a leading article may differ)."""
+    """Index of the grounded object labelled ``name`` (case and spacing ignored; a leading article may
+    differ). A name several objects share matches none of them: only their labels do."""
     key = normalise_name(name)
-    bare = re.sub(r"^(the|a|an) ", "", key)
     for i, g in enumerate(grounding):
-        gk = normalise_name(g["name"])
-        if key == gk or bare == re.sub(r"^(the|a|an) ", "", gk):
+        gk = normalise_name(label_of(g))
+        if key == gk or _bare(key) == _bare(gk):
             return i
     return None
+
+
+def _names_shared_object(name: str, grounding: Sequence[dict[str, Any]], shared: set[str]) -> bool:
+    """Whether ``name`` (a plain name or a label) refers to one of several objects with one name."""
+    i = find_object(name, grounding)
+    return _bare(name) in shared or (i is not None and _bare(grounding[i]["name"]) in shared)
 
 
 # Fig. 10 steps 1 (text–coordinate, both directions) and 2 (image–coordinate), one object each.
@@ -105,10 +157,15 @@ OPTION_TEMPLATE = ("Which is the item in region <box:0>? a. <object:{a}>; b. <ob
 
 
 def template_samples(image_id: str, grounding: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fig. 10 steps 1 and 2: text–coordinate and image–coordinate pairs from the grounded objects alone."""
+    """Fig. 10 steps 1 and 2: text–coordinate and image–coordinate pairs from the grounded objects alone.
+
+    "Where is {name}" is left out for a name that several objects share: it would have several answers."""
     out = []
+    shared = shared_names(grounding)
     for i, obj in enumerate(grounding):
         for suffix, task, q, a in SINGLE_OBJECT_TEMPLATES:
+            if "{name}" in q and _bare(obj["name"]) in shared:
+                continue
             b = _Builder(grounding)
             b.add(obj["box"], obj["score"])
             turn = (q.format(name=obj["name"]), a.format(name=obj["name"]))
@@ -132,14 +189,21 @@ def template_samples(image_id: str, grounding: Sequence[dict[str, Any]]) -> list
 
 
 def text_image_samples(
-    image_id: str, task: str, qas: Sequence[dict[str, str]], grounding: Sequence[dict[str, Any]]
+    image_id: str,
+    task: str,
+    qas: Sequence[dict[str, str]],
+    grounding: Sequence[dict[str, Any]],
+    width: int,
+    height: int,
 ) -> tuple[list[dict[str, Any]], list[MalformedReply]]:
     """Fig. 10 step 3: each ``<name>`` in a question becomes that object's image; in answers, plain text.
+    A bare ``[x1, y1, x2, y2]`` (prompt frame) becomes a ``<box:i>`` like every other box.
 
-    A QA whose question highlights nothing, or names an object that was not grounded, is dropped and
-    returned as a :class:`MalformedReply` for the log.
+    A QA whose question highlights nothing, names an object that was not grounded or that several objects
+    share, or holds a malformed box, is dropped and returned as a :class:`MalformedReply` for the log.
     """
     samples, problems = [], []
+    shared = shared_names(grounding)
     for n, qa in enumerate(qas):
         b = _Builder(grounding)
         try:
@@ -149,18 +213,32 @@ def text_image_samples(
             refs, slots = {}, {}  # name → box index; grounded object → box index
             for name in names:
                 g = find_object(name, grounding)
+                if g is None and _bare(name) in shared:
+                    raise MalformedReply("ambiguous_object", f"<{name}> names several objects")
                 if g is None:
                     raise MalformedReply("object_not_in_list", f"<{name}> is not a grounded object")
                 if g not in slots:
                     slots[g] = b.add(grounding[g]["box"], grounding[g]["score"], dedupe=False)
                 refs[name] = slots[g]
+            question = _HIGHLIGHT_RE.sub(lambda m, refs=refs: f"<object:{refs[m.group(1)]}>", qa["question"])
+            answer = _HIGHLIGHT_RE.sub(lambda m: m.group(1), qa["answer"])
+            question, answer = (_bare_boxes(t, b, width, height) for t in (question, answer))
         except MalformedReply as exc:
             problems.append(exc)
             continue
-        question = _HIGHLIGHT_RE.sub(lambda m, refs=refs: f"<object:{refs[m.group(1)]}>", qa["question"])
-        answer = _HIGHLIGHT_RE.sub(lambda m: m.group(1), qa["answer"])
         samples.append(b.sample(f"{image_id}-{task}-{n}", image_id, "text_image", [(question, answer)]))
     return samples, problems
+
+
+def _bare_boxes(text: str, b: _Builder, width: int, height: int) -> str:
+    """Every ``[x1, y1, x2, y2]`` in ``text`` (prompt frame) as a ``<box:i>`` of ``b``; other brackets kept."""
+
+    def repl(m: re.Match[str]) -> str:
+        if parse_first_box(m.group(0)) is None:
+            return m.group(0)  # brackets that hold no box are ordinary text
+        return f"<box:{b.add(_reply_box(m.group(0), width, height))}>"
+
+    return _BARE_BOX_RE.sub(repl, text)
 
 
 def _reply_box(text: str, width: int, height: int) -> list[float]:
@@ -188,9 +266,7 @@ def _ground_text(
     def repl(m: re.Match[str]) -> str:
         name, named_box, bare_box = m.group(1), m.group(2), m.group(3)
         if bare_box is not None:
-            if parse_first_box(bare_box) is None:
-                return bare_box  # brackets that hold no box are ordinary text
-            return f"<box:{b.add(_reply_box(bare_box, width, height))}>"
+            return _bare_boxes(bare_box, b, width, height)
         if named_box is None:
             return name
         k = b.add(_reply_box(named_box, width, height))
@@ -228,8 +304,11 @@ def conversation_sample(
         turns.append((q, a))
     if not turns:
         return None, problems
-    # Fig. 11 step 1: extra location turns for objects the conversation grounded.
-    for name, k in list(mentioned.items())[:max_location_turns]:
+    # Fig. 11 step 1: extra location turns for objects the conversation grounded, but not for a name that
+    # several objects share ("What is the person?" would have several answers).
+    shared = shared_names(grounding)
+    located = [(name, k) for name, k in mentioned.items() if not _names_shared_object(name, grounding, shared)]
+    for name, k in located[:max_location_turns]:
         turns.append((f"What is {name}? Specify the location.", f"It's {name} <box:{k}>."))
     return b.sample(f"{image_id}-conversation", image_id, "conversation", turns), problems
 

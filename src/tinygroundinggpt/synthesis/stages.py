@@ -3,9 +3,14 @@
 A state is a JSON-able dict that each stage extends; the runner (:mod:`.pipeline`) persists it after
 every stage, so each stage is a separate, restartable step. A stage raises
 :class:`~tinygroundinggpt.synthesis.backends.ModelCallError` only for a call that failed after all
-retries: the image is then left unfinished for that stage and a rerun tries it again. A malformed
-reply is never an exception: it is recorded in ``state["failures"]`` with its prompt and reply, and
-the stage goes on with what it could use.
+retries: the image is then left unfinished for that stage and a rerun tries it again; and
+:class:`~tinygroundinggpt.synthesis.backends.RequestRejected` when the server refused a request for
+its content: the runner then marks the image unusable. A malformed or truncated reply is never an
+exception: it is recorded in ``state["failures"]`` with its prompt and reply, and the stage goes on
+with what it could use.
+
+``state["objects"]`` holds the recognised names as they are (several objects may share one); each
+grounded object also has a distinct ``label`` (``person (2)``), which is what the models are shown.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from tinygroundinggpt.boxes import format_box, pixel_to_norm
 from tinygroundinggpt.data.format import BOX_REF_RE, OBJECT_REF_RE, Sample, SampleError
 from tinygroundinggpt.images import crop_box
 from tinygroundinggpt.synthesis import prompts
-from tinygroundinggpt.synthesis.backends import CachedModels
+from tinygroundinggpt.synthesis.backends import CachedModels, ChatReply
 from tinygroundinggpt.synthesis.filters import FilterConfig, apply_filters, object_indices
 from tinygroundinggpt.synthesis.postprocess import (
     conversation_sample,
     description_sample,
+    instance_labels,
+    label_of,
     template_samples,
     text_image_samples,
 )
@@ -34,7 +41,7 @@ from tinygroundinggpt.synthesis.replies import (
     normalise_name,
     parse_judgement,
     parse_object_list,
-    parse_qa_list,
+    parse_qa_reply,
     parse_triples,
 )
 
@@ -78,6 +85,12 @@ def _fail(state: dict[str, Any], stage: str, exc: MalformedReply, prompt: str = 
     )
 
 
+def _note_truncated(state: dict[str, Any], stage: str, prompt: str, reply: ChatReply) -> None:
+    if reply.truncated:
+        msg = "the reply hit max_tokens; only its complete items are used"
+        _fail(state, stage, MalformedReply("truncated", msg), prompt, reply.text)
+
+
 def _count(state: dict[str, Any], key: str, n: int = 1) -> None:
     counts = state.setdefault("counts", {})
     counts[key] = counts.get(key, 0) + n
@@ -94,46 +107,54 @@ def _relations_text(relations: list[list[str]]) -> str:
 def _grounding_text(state: dict[str, Any]) -> str:
     w, h = state["width"], state["height"]
     return (
-        "{" + ", ".join(f'"{g["name"]}": {format_box(pixel_to_norm(g["box"], w, h))}' for g in state["grounding"]) + "}"
+        "{"
+        + ", ".join(f'"{label_of(g)}": {format_box(pixel_to_norm(g["box"], w, h))}' for g in state["grounding"])
+        + "}"
     )
 
 
 def recognise(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
     """L1: object names, from the annotation or from the MLLM (Fig. 7)."""
     if ctx.config.recogniser == "annotation":
-        names: list[str] = []
-        for obj in state.get("annotation", {}).get("objects", []):
-            name, n = obj["name"], 2
-            # Two objects with one name would make "<name>" ambiguous; number the later ones.
-            while normalise_name(name) in map(normalise_name, names):
-                name, n = f"{obj['name']} ({n})", n + 1
-            names.append(name)
-        state["objects"] = names
+        # Names as annotated, repeats kept: the grounding stage labels the instances apart.
+        state["objects"] = [obj["name"] for obj in state.get("annotation", {}).get("objects", [])]
     else:
         reply = ctx.models.chat(prompts.OBJECT_RECOGNITION, [image])
+        _note_truncated(state, "recognise", prompts.OBJECT_RECOGNITION, reply)
         try:
-            state["objects"] = parse_object_list(reply)
+            state["objects"] = parse_object_list(reply.text, partial=reply.truncated)
         except MalformedReply as exc:
-            _fail(state, "recognise", exc, prompts.OBJECT_RECOGNITION, reply)
+            _fail(state, "recognise", exc, prompts.OBJECT_RECOGNITION, reply.text)
             state["objects"] = []
     _count(state, "objects", len(state["objects"]))
 
 
 def ground(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
-    """S1: one box per name, from the grounder (low-confidence ones dropped) or from the annotation."""
+    """S1: one box per object, from the grounder (low-confidence ones dropped) or from the annotation.
+
+    Each grounded object keeps its plain ``name`` and gets its instance ``label`` (see ``instance_labels``)."""
     names = state["objects"]
+    labels = instance_labels(names)
     if not names:
         state["grounding"] = []
     elif ctx.models.grounder is not None:
-        dets = ctx.models.ground(image, names)
-        kept = [d for d in dets if d.score >= ctx.config.box_threshold]
-        _count(state, "ground_dropped_low_confidence", len(dets) - len(kept))
-        state["grounding"] = [{"name": d.name, "box": list(d.box), "score": d.score} for d in kept]
+        dets = ctx.models.ground(image, names)  # a repeated name gets one box per listing
+        # The k-th detection of a name is its k-th instance (instances of one name are interchangeable).
+        unused: dict[str, list[str]] = {}
+        for name, label in zip(names, labels, strict=True):
+            unused.setdefault(name, []).append(label)
+        found = [
+            {"name": d.name, "label": unused[d.name].pop(0), "box": list(d.box), "score": d.score}
+            for d in dets
+            if unused.get(d.name)
+        ]
+        state["grounding"] = [g for g in found if g["score"] >= ctx.config.box_threshold]
+        _count(state, "ground_dropped_low_confidence", len(found) - len(state["grounding"]))
     else:
         objs = state.get("annotation", {}).get("objects", [])
         state["grounding"] = [
-            {"name": name, "box": list(obj["box"]), "score": float(obj.get("score", 1.0))}
-            for name, obj in zip(names, objs, strict=False)
+            {"name": name, "label": label, "box": list(obj["box"]), "score": float(obj.get("score", 1.0))}
+            for name, label, obj in zip(names, labels, objs, strict=False)
             if obj.get("box") is not None
         ]
     _count(state, "grounded", len(state["grounding"]))
@@ -141,24 +162,24 @@ def ground(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None
 
 def relate(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
     """L2: (instance, relation, instance) triples among the grounded objects (Fig. 7)."""
-    names = [g["name"] for g in state["grounding"]]
+    names = [label_of(g) for g in state["grounding"]]
     state["relations"] = []
     if len(names) < 2:
         return
     prompt = prompts.RELATION_EXTRACTION.format(objects=_names_text(names))
     reply = ctx.models.chat(prompt, [image])
+    _note_truncated(state, "relate", prompt, reply)
     try:
-        triples = parse_triples(reply)
+        triples = parse_triples(reply.text, partial=reply.truncated)
     except MalformedReply as exc:
-        _fail(state, "relate", exc, prompt, reply)
+        _fail(state, "relate", exc, prompt, reply.text)
         return
     by_key = {normalise_name(n): n for n in names}
     for a, r, b in triples:
         if normalise_name(a) not in by_key or normalise_name(b) not in by_key:
             missing = a if normalise_name(a) not in by_key else b
-            _fail(
-                state, "relate", MalformedReply("object_not_in_list", f"{missing!r} is not in the list"), prompt, reply
-            )
+            problem = MalformedReply("object_not_in_list", f"{missing!r} is not in the list")
+            _fail(state, "relate", problem, prompt, reply.text)
             continue
         state["relations"].append([by_key[normalise_name(a)], r, by_key[normalise_name(b)]])
     _count(state, "relations", len(state["relations"]))
@@ -171,7 +192,7 @@ def generate(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> No
         return
     fields = {
         "image": prompts.IMAGE_REF,
-        "objects": _names_text([g["name"] for g in state["grounding"]]),
+        "objects": _names_text([label_of(g) for g in state["grounding"]]),
         "relations": _relations_text(state["relations"]),
         "grounding": _grounding_text(state),
         "annotation": " ".join(state.get("annotation", {}).get("captions", [])) or "none",
@@ -181,13 +202,19 @@ def generate(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> No
         reply = ctx.models.chat(prompt, [image])
         try:
             if task == "description":
-                if not reply.strip():
+                if reply.truncated:
+                    raise MalformedReply("truncated", "the description hit max_tokens: dropped, not cut mid-sentence")
+                if not reply.text.strip():
                     raise MalformedReply("empty", "empty description")
-                state["generated"][task] = reply.strip()
+                state["generated"][task] = reply.text.strip()
             else:
-                state["generated"][task] = parse_qa_list(reply)
+                _note_truncated(state, "generate", prompt, reply)
+                items, dropped = parse_qa_reply(reply.text)
+                for p in dropped:  # the reply's other items are kept
+                    _fail(state, "generate", p, prompt, reply.text)
+                state["generated"][task] = items
         except MalformedReply as exc:
-            _fail(state, "generate", exc, prompt, reply)
+            _fail(state, "generate", exc, prompt, reply.text)
             continue
         _count(state, f"generated/{task}")
 
@@ -199,7 +226,7 @@ def postprocess(state: dict[str, Any], image: Image.Image, ctx: StageContext) ->
     samples = template_samples(iid, grounding) if cfg.templates and grounding else []
     for task in ("object_in_question", "objects_as_options"):
         if task in gen:
-            made, problems = text_image_samples(iid, task, gen[task], grounding)
+            made, problems = text_image_samples(iid, task, gen[task], grounding, w, h)
             samples += made
             for p in problems:
                 _fail(state, "postprocess", p, reply=str(gen[task]))
@@ -263,7 +290,7 @@ def judge(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None:
     for s in state["samples"]:
         prompt = prompts.QA_JUDGE + "\n\n" + judge_text(s, state["width"], state["height"])
         crops = [crop_box(image, tuple(s["boxes"][i])) for i in object_indices(s)]
-        reply = ctx.models.chat(prompt, [image, *crops])
+        reply = ctx.models.chat(prompt, [image, *crops]).text  # a cut-off verdict still parses or is malformed
         try:
             quality, correct = parse_judgement(reply)
         except MalformedReply as exc:
