@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +41,17 @@ def test_labels_are_exactly_the_assistant_replies(tiny_model):
     # no label on any visual token
     vis = {proc.image_token_id, proc.object_token_id}
     assert all(lab == IGNORE_INDEX for i, lab in zip(enc.input_ids, enc.labels, strict=True) if i in vis)
+
+
+def test_a_base_models_eos_does_not_stop_the_end_of_turn_being_learned(tiny_model):
+    # A base Qwen2.5's eos is <|endoftext|>; its ChatML template still closes each reply with <|im_end|>.
+    _, proc = tiny_model
+    base = copy.deepcopy(proc)
+    base.tokenizer.eos_token = "<|endoftext|>"
+    assert proc.tokenizer.eos_token == "<|im_end|>" and base.end_of_turn_token == "<|im_end|>"
+    assert base.end_of_turn_id == proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    assert _labelled_text(base, base.encode(msgs, None, [])) == "Hello.<|im_end|>"
 
 
 def test_placeholders_expand_to_feature_counts(tiny_model):

@@ -38,6 +38,9 @@ from tinygroundinggpt.images import crop_box, load_image, pad_to_square
 IGNORE_INDEX = -100
 
 
+END_OF_TURN = "<|im_end|>"
+
+
 class TruncationError(ValueError):
     """A conversation that cannot be cut to ``max_length`` without losing everything it is for."""
 
@@ -149,6 +152,18 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
                 break
         return messages
 
+    @property
+    def end_of_turn_token(self) -> str:
+        """What closes a reply: ChatML's ``<|im_end|>`` where the tokenizer has it (an instruct Qwen2.5's eos, but a
+        base Qwen2.5's eos is ``<|endoftext|>``, which the template never writes), else the eos token."""
+        tok = self.tokenizer
+        found = tok.convert_tokens_to_ids(END_OF_TURN)
+        return END_OF_TURN if isinstance(found, int) and found != tok.unk_token_id else tok.eos_token
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.end_of_turn_token)
+
     def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         if self.system_prompt is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
@@ -162,7 +177,7 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
         """Template → ids, with labels on assistant replies and their end-of-turn token only, and each labelled
         token's characters within its reply (:attr:`Encoded.reply_offsets`)."""
         full = self._template(messages, add_generation_prompt)
-        eos = self.tokenizer.eos_token
+        eos = self.end_of_turn_token
         spans = []
         for k, m in enumerate(messages):
             if m["role"] != "assistant":
