@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor, CLIPVisionModel, Dinov2Model, Qwen2ForCausalLM
+from transformers import AutoModel, AutoProcessor, AutoTokenizer, CLIPVisionModel, Dinov2Model, Qwen2ForCausalLM
 
 from tinygroundinggpt.model import PlaceholderMismatchError, TinyGroundingGPTForConditionalGeneration
 from tinygroundinggpt.model.modeling_tinygroundinggpt import _normalise
@@ -150,3 +150,29 @@ def test_assembly_is_seeded_and_leaves_the_callers_random_state_alone(tiny_compo
     a, b, c = (dict(m.named_parameters()) for m in (first, again, other))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the fresh projector too: two chains start from one model
     assert any(not torch.equal(a[k], c[k]) for k in a if "projector" in k)
+
+
+def test_published_dtypes_and_generation_settings_are_reconciled_on_assembly(tiny_components, tmp_path):
+    # As published: CLIP-L and DINOv2-L in fp32, Qwen2.5-Instruct in bf16 with sampling and a repetition penalty.
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    llm = AutoModelForCausalLM.from_pretrained(tiny_components["llm"], dtype=torch.bfloat16)
+    llm.generation_config = GenerationConfig(do_sample=True, temperature=0.7, repetition_penalty=1.05, eos_token_id=2)
+    llm.save_pretrained(tmp_path / "llm")
+    AutoTokenizer.from_pretrained(tiny_components["llm"]).save_pretrained(tmp_path / "llm")
+    clip, dino = str(tiny_components["clip"]), str(tiny_components["dino"])
+    model, proc = assemble(clip, dino, str(tmp_path / "llm"), object_grid=2)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # one dtype: no fp32 features into a bf16 MLP
+    gen = model.language_model.generation_config
+    assert not gen.do_sample and gen.repetition_penalty in (None, 1.0) and gen.eos_token_id == 2
+    batch = proc(["Where is <object:0>?"], [Image.new("RGB", (64, 32))], boxes=[[(0, 0, 10, 10)]])
+    assert model(**batch).logits.dtype == torch.bfloat16
+    # Loaded again, the vision tower stays frozen (transformers 5 loads weights into Parameters that require grad).
+    model.save_pretrained(tmp_path / "tgg")
+    loaded = TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path / "tgg")
+    assert not any(p.requires_grad for p in loaded.vision_tower.parameters())
+    assert all(p.requires_grad for p in loaded.projector.parameters())
+    # An image size other than CLIP's own: both encoders interpolate their position embeddings.
+    big, big_proc = assemble(clip, dino, str(tmp_path / "llm"), object_grid=2, image_size=128, dtype=torch.float32)
+    feats = big.get_image_features(big_proc(["Hi"], [Image.new("RGB", (64, 32))])["pixel_values"])
+    assert feats.shape[1] == (128 // 8) ** 2

@@ -51,7 +51,9 @@ class MultiScaleVisionEncoder(nn.Module):
         """``[N, 3, S, S]`` in [0, 1] → ``[N, grid², clip_dim + dino_dim]``."""
         cfg = self.config
         clip_in = _normalise(pixel_values, cfg.clip_image_mean, cfg.clip_image_std).to(self.clip.dtype)
-        clip_out = self.clip(pixel_values=clip_in, output_hidden_states=True)
+        # DINOv2 interpolates its position embeddings by itself; CLIP only when asked (e.g. 448 px on a 336 px CLIP)
+        resized = cfg.image_size != cfg.clip_config.image_size
+        clip_out = self.clip(pixel_values=clip_in, output_hidden_states=True, interpolate_pos_encoding=resized)
         feats = [clip_out.hidden_states[cfg.clip_feature_layer][:, 1:]]  # drop CLS
         if self.dino is not None:
             dino_in = _normalise(pixel_values, cfg.dino_image_mean, cfg.dino_image_std).to(self.dino.dtype)
@@ -119,6 +121,14 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
         if config.freeze_vision_tower:
             self.vision_tower.requires_grad_(False)
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> TinyGroundingGPTForConditionalGeneration:
+        model = super().from_pretrained(*args, **kwargs)
+        # transformers 5 loads weights into new Parameters that require grad, undoing the freeze of __init__
+        if model.config.freeze_vision_tower:
+            model.vision_tower.requires_grad_(False)
+        return model
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
@@ -129,9 +139,14 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
         return self.language_model.get_output_embeddings()
 
     # --- vision -------------------------------------------------------------------------------------
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        """The projector's dtype: the encoders may run in another (fp32 CLIP/DINOv2 next to a bf16 LLM)."""
+        return next(self.projector.parameters()).dtype
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Global images ``[N, 3, S, S]`` → projected features ``[N, grid², hidden]``."""
-        return self.projector(self.vision_tower(pixel_values))
+        return self.projector(self.vision_tower(pixel_values).to(self.projector_dtype))
 
     def get_object_features(self, object_pixel_values: torch.Tensor) -> torch.Tensor:
         """Zoomed object crops ``[M, 3, S, S]`` → ``[M, object_grid², hidden]`` (pooled before projection)."""
@@ -141,7 +156,7 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
             n, _, d = feats.shape
             maps = feats.transpose(1, 2).reshape(n, d, grid, grid)
             feats = F.adaptive_avg_pool2d(maps, out).reshape(n, d, out * out).transpose(1, 2)
-        return self.projector(feats)
+        return self.projector(feats.to(self.projector_dtype))
 
     def _scatter(self, embeds: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor | None, what: str) -> torch.Tensor:
         n_tokens = int(mask.sum())

@@ -21,6 +21,7 @@ from transformers import (
     CLIPVisionModel,
     Dinov2Config,
     Dinov2Model,
+    GenerationConfig,
     PreTrainedTokenizerBase,
     Qwen2Config,
 )
@@ -140,9 +141,18 @@ def assemble(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clip, llm = str(clip), str(llm)
+        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        # One dtype for all three: CLIP and DINOv2 are published in fp32, Qwen2.5 in bf16.
+        dtype = dtype or language_model.dtype
         clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype)
         dino_model = Dinov2Model.from_pretrained(str(dino), dtype=dtype) if dino is not None else None
-        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        # Greedy with the LLM's own stop tokens: an instruct model's published sampling and repetition penalty would
+        # otherwise apply to a freshly assembled model (and not after save / load), and a penalty on repeated
+        # digits harms box text.
+        gen = language_model.generation_config
+        language_model.generation_config = GenerationConfig(
+            bos_token_id=gen.bos_token_id, eos_token_id=gen.eos_token_id, pad_token_id=gen.pad_token_id
+        )
         tokenizer = add_placeholder_tokens(AutoTokenizer.from_pretrained(llm))
         if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
             language_model.resize_token_embeddings(len(tokenizer))
