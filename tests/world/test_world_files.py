@@ -222,7 +222,7 @@ def test_pope_files(world):
     for a in instances["annotations"]:
         present[id_to_file[a["image_id"]]].add(cats[a["category_id"]])
     cooc = Counter((a, b) for p in present.values() for a in p for b in p if a != b)
-    negatives = {}
+    negatives, pairs = {}, {}
     for strategy in ("random", "popular", "adversarial"):
         lines = (world / "eval" / "pope" / f"coco_pope_{strategy}.json").read_text().splitlines()
         qs = [json.loads(line) for line in lines]
@@ -235,12 +235,17 @@ def test_pope_files(world):
         negatives[strategy] = [
             (q["image"], re.search(r"a (\w+) in", q["text"]).group(1)) for q in qs if q["label"] == "no"
         ]
-    # Adversarial negatives co-occur with the present objects at least as often as any absent one left out.
-    for image in {i for i, _ in negatives["adversarial"]}:
-        absent = {c for c in cats.values() if c not in present[image]}
-        chosen = {o for i, o in negatives["adversarial"] if i == image}
-        score = {c: sum(cooc[(g, c)] for g in present[image]) for c in absent}
-        assert min(score[c] for c in chosen) >= max([score[c] for c in absent - chosen], default=0)
+        pairs[strategy] = [(qs[i], qs[i + 1]) for i in range(0, len(qs), 2)]  # each positive, then its negative
+    # Adversarial, as POPE's code: each positive's negative co-occurs with it at least as often as any absent shape
+    # not already asked about in that image.
+    used: dict[str, set[str]] = {}
+    for pos, neg in pairs["adversarial"]:
+        assert pos["label"] == "yes" and neg["label"] == "no" and pos["image"] == neg["image"]
+        image, shape = pos["image"], re.search(r"a (\w+) in", pos["text"]).group(1)
+        chosen = re.search(r"a (\w+) in", neg["text"]).group(1)
+        left = {c for c in cats.values() if c not in present[image] and c not in used.setdefault(image, set())}
+        assert cooc[(shape, chosen)] == max(cooc[(shape, c)] for c in left)
+        used[image].add(chosen)
     assert negatives["random"] != negatives["popular"] != negatives["adversarial"]
 
 

@@ -9,7 +9,7 @@
 * POPE as its repository ships question files: JSON lines ``{"question_id", "image", "text", "label"}``
   named ``coco_pope_{random,popular,adversarial}.json``; per image up to three present objects
   ("yes") and as many absent ones ("no"), absent ones drawn at random, by frequency (popular) or by
-  co-occurrence with the present ones (adversarial), as POPE builds them.
+  co-occurrence with each present one in turn (adversarial), as POPE builds them.
 """
 
 from __future__ import annotations
@@ -133,9 +133,11 @@ def pope_questions(images: Sequence[EvalImage], strategy: str, rng: random.Rando
             negatives = rng.sample(absent, k)
         elif strategy == "popular":
             negatives = sorted(absent, key=lambda s: (-frequency[s], SHAPES.index(s)))[:k]
-        elif strategy == "adversarial":
-            score = {s: sum(cooccur[(g, s)] for g in gt) for s in absent}
-            negatives = sorted(absent, key=lambda s: (-score[s], SHAPES.index(s)))[:k]
+        elif strategy == "adversarial":  # as POPE's code: per positive, its most frequent absent partner not yet used
+            negatives = []
+            for pos in positives:
+                left = [s for s in absent if s not in negatives]
+                negatives.append(min(left, key=lambda s, p=pos: (-cooccur[(p, s)], SHAPES.index(s))))
         else:
             raise ValueError(f"unknown POPE strategy {strategy!r}; expected one of {POPE_STRATEGIES}")
         for pos, neg in zip(positives, negatives, strict=True):
