@@ -72,7 +72,7 @@ def _check_corners(box: Box, width: float, height: float, what: str) -> Box:
     if x2 < x1 or y2 < y1:
         raise BoxError(f"{what} is inverted (x2 < x1 or y2 < y1): {[x1, y1, x2, y2]}")
     if x1 < 0 or y1 < 0:
-        raise BoxError(f"{what} {[x1, y1, x2, y2]} has a negative coordinate (lies outside the image)")
+        raise BoxError(f"{what} has a negative coordinate (lies outside the image): {[x1, y1, x2, y2]}")
     if x2 > width or y2 > height:
         raise BoxError(f"{what} {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
     if x2 - x1 <= 0 or y2 - y1 <= 0:

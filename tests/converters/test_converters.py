@@ -262,6 +262,8 @@ def _refer_root(tmp_path: Path) -> Path:
     files = {
         "refcoco/refs(unc).p": [_ref(1, 1, "train", 100), _ref(2, 2, "val", 101), _ref(3, 3, "testA", 102)],
         "refcocog/refs(umd).p": [_ref(4, 2, "train", 101), _ref(5, 4, "train", 103), _ref(6, 5, "test", 104)],
+        # RefCOCOg's Google split divides objects, not images, and is no benchmark: its val image 4 stays in
+        "refcocog/refs(google).p": [_ref(7, 4, "val", 103)],
     }
     images = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": 100, "height": 100} for i in range(1, 6)]
     anns = [{"id": 99 + i, "image_id": i, "bbox": [1.0, 2.0, 30.0, 40.0], "category_id": 1, "iscrowd": 0}
@@ -290,7 +292,7 @@ def test_refcocog_train_leaves_out_refcoco_eval_images(tmp_path: Path, capsys: p
     main(["convert", "refcocog", "--refs", str(root / "refcocog/refs(umd).p"), "--instances",
           str(root / "refcocog/instances.json"), "--exclude-refer-eval", str(root), "--out",
           str(tmp_path / "g.jsonl"), "--no-progress"])  # fmt: skip
-    assert "2 samples written; skipped: RefCOCO/+/g val/test image 2 (1 RefCOCO/+/g val/test images excluded)" in (
+    assert "2 samples written; skipped: on a RefCOCO/+/g val/test image 2 (1 RefCOCO/+/g val/test images excluded)" in (
         capsys.readouterr().out
     )
     assert {s["meta"]["ref_id"] for s in read(tmp_path / "g.jsonl")} == {5}
@@ -300,7 +302,9 @@ def test_coco_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.Captur
     root = _refer_root(tmp_path)
     main(["convert", "coco-manifest", str(root / "refcoco/instances.json"), "--exclude-refer-eval", str(root),
           "--out", str(tmp_path / "m.jsonl"), "--no-progress"])  # fmt: skip
-    assert "skipped: RefCOCO/+/g val/test image 3 (3 RefCOCO/+/g val/test images excluded)" in capsys.readouterr().out
+    assert (
+        "skipped: on a RefCOCO/+/g val/test image 3 (3 RefCOCO/+/g val/test images excluded)" in capsys.readouterr().out
+    )
     assert [json.loads(x)["id"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == ["coco-1", "coco-4"]
 
 
@@ -310,14 +314,15 @@ def test_visual_genome_leaves_out_refer_eval_images(tmp_path: Path, capsys: pyte
     args = ["--image-data", str(tmp_path / "image_data.json"), "--exclude-refer-eval", str(root), "--no-progress"]
     main(["convert", "vg-regions", str(tmp_path / "region_descriptions.json"), "--out", str(tmp_path / "r.jsonl"),
           *args])  # fmt: skip
-    assert "skipped: RefCOCO/+/g val/test image 2, " in capsys.readouterr().out
+    assert "on a RefCOCO/+/g val/test image 2 (1 RefCOCO/+/g val/test images excluded)" in capsys.readouterr().out
     assert {s["image"] for s in read(tmp_path / "r.jsonl")} == {"VG_100K/1.jpg"}
     image_data = json.loads((tmp_path / "image_data.json").read_text())
     image_data[0]["coco_id"] = 3  # now VG image 1, the one with a relationship, is RefCOCO's testA
     (tmp_path / "image_data.json").write_text(json.dumps(image_data))
     main(["convert", "vg-relationships", str(tmp_path / "relationships.json"), "--out", str(tmp_path / "rel.jsonl"),
           *args])  # fmt: skip
-    assert "0 samples written; skipped: RefCOCO/+/g val/test image 1, " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 samples written; skipped: " in out and "on a RefCOCO/+/g val/test image 1 " in out
 
 
 def test_llava_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -329,11 +334,20 @@ def test_llava_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "mix.json").write_text(json.dumps(records))
     main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--exclude-refer-eval", str(root), "--out",
           str(tmp_path / "l.jsonl"), "--no-progress"])  # fmt: skip
-    assert "3 samples written; skipped: RefCOCO/+/g val/test image 2 " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 samples written; skipped: on a RefCOCO/+/g val/test image 2 " in out
+    assert "excluding 3 images of the val/test splits of " in out and "refs(google)" not in out
     assert [s["image"] for s in read(tmp_path / "l.jsonl")] == images[2:]  # not COCO: not matched
+    # LLaVA-Instruct's bare names are COCO names once the prefix is on
+    bare = [{"id": str(i), "image": f"{i:012d}.jpg", "conversations": turns} for i in (1, 2, 4)]
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    main(["convert", "llava", str(tmp_path / "bare.json"), "--image-prefix", "coco/train2017/", "--exclude-refer-eval",
+          str(root), "--out", str(tmp_path / "b.jsonl"), "--no-progress"])  # fmt: skip
+    assert [s["image"] for s in read(tmp_path / "b.jsonl")] == ["coco/train2017/000000000001.jpg",
+                                                                 "coco/train2017/000000000004.jpg"]  # fmt: skip
 
 
 def test_refer_eval_root_without_refs_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no refs\(\*\)\.p"):
+    with pytest.raises(FileNotFoundError, match=r"no refs\(unc\)\.p or refs\(umd\)\.p"):
         main(["convert", "coco-manifest", str(tmp_path / "x.json"), "--exclude-refer-eval", str(tmp_path), "--out",
               str(tmp_path / "m.jsonl")])  # fmt: skip

@@ -3,7 +3,7 @@
 Replies come from :func:`default_reply`, a tiny "VLM" that reads the object names and boxes out of the
 paper's prompts and answers in the requested format. ``faults`` overrides replies for requests whose
 prompt contains a marker: a list of actions consumed one per matching request — ``429``, ``(429, s)``
-(with ``Retry-After: s``), ``(status, message)``, ``"timeout"`` (sleep longer than the client waits),
+(with ``Retry-After: s``), ``(status, message[, error code])``, ``"timeout"`` (sleep longer than the client waits),
 a reply string (e.g. a malformed one) or ``("length", text)`` (a reply cut by the token limit).
 ``kill`` = (n, pid): on the n-th request the server SIGKILLs the client process before answering.
 """
@@ -78,6 +78,7 @@ class FakeOpenAI:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status, text, headers = server._handle(body)
                 finish = headers.pop("x-finish-reason", "stop")
+                code = headers.pop("x-error-code", status)
                 payload = json.dumps(
                     {
                         "id": "x",
@@ -89,7 +90,7 @@ class FakeOpenAI:
                         ],
                     }
                     if status == 200
-                    else {"error": {"message": text, "type": "fake", "code": status}}
+                    else {"error": {"message": text, "type": "fake", "code": code}}
                 ).encode()
                 try:
                     self.send_response(status)
@@ -130,8 +131,8 @@ class FakeOpenAI:
             return 200, action[1], {"x-finish-reason": "length"}
         if isinstance(action, tuple) and action[0] == 429:  # (429, seconds): says when to come back
             return 429, "rate limited", {"Retry-After": str(action[1])}
-        if isinstance(action, tuple):  # (status, message): any other HTTP error
-            return action[0], action[1], {}
+        if isinstance(action, tuple):  # (status, message[, code]): any other HTTP error
+            return action[0], action[1], {"x-error-code": action[2]} if len(action) > 2 else {}
         if action == "timeout":
             time.sleep(self.timeout_sleep)
             return 500, "too late", {}

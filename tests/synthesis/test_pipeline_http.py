@@ -133,7 +133,10 @@ def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
     with FakeOpenAI() as srv:
         srv.faults = {
             "Given a list of instances: [green box, red box]": [429] * 4,  # more than 3 retries
-            "Given a list of instances: [blue box, green box, red box]": [(401, "bad key")],  # not retried
+            # not retried; a server's limit (vLLM's on images per request), not the image: left for a rerun
+            "Given a list of instances: [blue box, green box, red box]": [
+                (400, "At most 1 image(s) may be provided in one request.")
+            ],
         }
         rep = run(tmp_path, srv.url)
         assert not rep["complete"] and rep["call_errors"] == 2 and rep["retries"] == 3
@@ -149,8 +152,9 @@ def test_a_rejected_request_marks_its_image_unusable_and_the_run_completes(tmp_p
     write_corpus(tmp_path)
     with FakeOpenAI() as srv:
         srv.faults = {
-            "Given a list of instances: [blue box, green box, red box]": [(400, "image too large")],
-            judge_marker((10, 10, 60, 60), 160, 120): [(400, "content policy violation")],  # img0, mid-judge
+            "Given a list of instances: [blue box, green box, red box]": [(400, "image too large", "invalid_image")],
+            # img0, mid-judge
+            judge_marker((10, 10, 60, 60), 160, 120): [(400, "content policy violation", "content_policy_violation")],
             "Given a list of instances: [green box, red box]": [(408, "request timeout")],  # retried
         }
         rep = run(tmp_path, srv.url)

@@ -10,7 +10,7 @@ from tinygroundinggpt.synthesis.postprocess import (
     template_samples,
     text_image_samples,
 )
-from tinygroundinggpt.synthesis.replies import parse_qa_list
+from tinygroundinggpt.synthesis.replies import parse_qa_reply
 
 W, H = 1000, 500
 GIRL = list(norm_to_pixel([0.019, 0.302, 0.285, 0.678], W, H))
@@ -30,7 +30,7 @@ FIG11 = """[{ 'question' : 'What clothes is <the girl> [0.019, 0.302, 0.285, 0.6
 
 
 def test_fig11_example_becomes_a_grounded_conversation() -> None:
-    sample, problems = conversation_sample("img", parse_qa_list(FIG11), GROUNDING, W, H, object_rate=0.0)
+    sample, problems = conversation_sample("img", parse_qa_reply(FIG11)[0], GROUNDING, W, H, object_rate=0.0)
     assert problems == []
     assert sample["boxes"] == [[19.0, 151.0, 285.0, 339.0], [19.0, 190.0, 227.0, 298.0], [69.0, 7.0, 997.0, 387.0]]
     assert sample["meta"]["scores"] == [0.9, 0.3, 0.8]  # matched to the grounded boxes
@@ -44,7 +44,7 @@ def test_fig11_example_becomes_a_grounded_conversation() -> None:
     # Fig. 11 post-process 1: location turns for the grounded mentions.
     assert contents[4:6] == ["What is the girl? Specify the location.", "It's the girl <box:0>."]
     # Fig. 11 post-process 3: with object_rate=1 every named box in a question is an object image.
-    sample, _ = conversation_sample("img", parse_qa_list(FIG11), GROUNDING, W, H, object_rate=1.0)
+    sample, _ = conversation_sample("img", parse_qa_reply(FIG11)[0], GROUNDING, W, H, object_rate=1.0)
     assert sample["messages"][0]["content"] == "<image>\nWhat clothes is <object:0> wearing?"
 
 

@@ -14,7 +14,6 @@ from tinygroundinggpt.synthesis.replies import (
     MalformedReply,
     parse_judgement,
     parse_object_list,
-    parse_qa_list,
     parse_qa_reply,
     parse_triples,
 )
@@ -30,6 +29,9 @@ def test_object_list_accepts_the_papers_format_and_rejects_others() -> None:
     # Prose around the list is dropped.
     assert parse_object_list('Objects: ["a cat", "a dog"].') == ["a cat", "a dog"]
     assert parse_object_list('{"objects": ["a cat", "a dog"]}') == ["a cat", "a dog"]
+    # The list ends at the bracket that closes it: a later bracket in the prose is not part of it.
+    assert parse_object_list('["cat", "dog"]\nNote: [none hidden]') == ["cat", "dog"]
+    assert parse_object_list("1. [cat] 2. [dog]") == ["cat"]
     for bad in ("a cat and a dog", "[]", "[1, 2]"):
         with pytest.raises(MalformedReply):
             parse_object_list(bad)
@@ -49,8 +51,8 @@ def test_triples() -> None:
 
 def test_qa_list() -> None:
     # JSON, and the Python quoting of the paper's own Fig. 11 example.
-    assert parse_qa_list('[{"question": " Q? ", "answer": "A."}]') == [{"question": "Q?", "answer": "A."}]
-    assert parse_qa_list("[{'question': 'Q?', 'answer': 'A.'}]") == [{"question": "Q?", "answer": "A."}]
+    assert parse_qa_reply('[{"question": " Q? ", "answer": "A."}]')[0] == [{"question": "Q?", "answer": "A."}]
+    assert parse_qa_reply("[{'question': 'Q?', 'answer': 'A.'}]")[0] == [{"question": "Q?", "answer": "A."}]
     for bad, kind in (
         ("nope", "not_json"),
         ('{"question": "q"}', "not_list"),
@@ -58,7 +60,7 @@ def test_qa_list() -> None:
         ("[]", "empty"),
     ):
         with pytest.raises(MalformedReply) as exc:
-            parse_qa_list(bad)
+            parse_qa_reply(bad)[0]
         assert exc.value.kind == kind
 
 

@@ -117,7 +117,7 @@ class Sample:
         roles = [m["role"] for m in self.messages]
         turns = [r for r in roles if r != "system"]
         if not turns or turns[0] != "user":
-            raise SampleError(f"the conversation must start with a user turn (after any system turn), got {roles}")
+            raise SampleError(f"the conversation must start with a user turn (after any system turn): {roles}")
         if "assistant" not in turns:
             raise SampleError(f"the conversation has no assistant turn to learn from: {roles}")
         n_images = sum(m["content"].count(IMAGE_TOKEN) for m in self.messages)

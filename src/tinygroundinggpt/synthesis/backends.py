@@ -37,8 +37,8 @@ class ModelCallError(RuntimeError):
 
 
 class RequestRejected(RuntimeError):
-    """The server refused this request for what it holds (a 4xx such as a content-policy refusal or an
-    invalid image): retrying cannot help, so the image is marked unusable and the run goes on."""
+    """The server refused this request for what it holds (a 4xx whose error code is a content-policy refusal
+    or an invalid image): retrying cannot help, so the image is marked unusable and the run goes on."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,10 @@ def _retry_after(exc: Exception) -> float | None:
 
 # 4xx answers about the key, its permissions or the model/endpoint rather than about one request. Other
 # 4xx (but 408 and 429, retried) reject the request itself.
-_RUN_LEVEL_4XX = (401, 403, 404)
+# Error codes that refuse this request for what it holds, so that no rerun can help (OpenAI's, Azure's).
+_REFUSAL_CODES = frozenset(
+    {"content_policy_violation", "content_filter", "invalid_image", "invalid_image_format", "image_parse_error"}
+)
 
 
 class OpenAIChatBackend:
@@ -172,9 +175,10 @@ class OpenAIChatBackend:
                 status = getattr(exc, "status_code", None)
                 if not isinstance(exc, transient) and status != 408:
                     self.counter.add("errors")
-                    if status is not None and 400 <= status < 500 and status not in _RUN_LEVEL_4XX:
+                    if status is not None and 400 <= status < 500 and getattr(exc, "code", None) in _REFUSAL_CODES:
                         raise RequestRejected(f"HTTP {status} {type(exc).__name__}: {exc}") from exc
-                    # A bad key, an unknown model or endpoint would fail every image: leave them for a rerun.
+                    # Any other 4xx (a bad key, an unknown model, a server limit such as images per request) would
+                    # fail every image alike and is fixed on the server: leave the images for a rerun.
                     raise ModelCallError(f"{type(exc).__name__}: {exc}") from exc
                 if attempt == self.max_retries:
                     self.counter.add("errors")
@@ -303,7 +307,7 @@ class CachedModels:
         self.counter.add("calls")
         reply = self.chat_backend.chat(prompt, images)
         reply = reply if isinstance(reply, ChatReply) else ChatReply(reply)
-        # A complete reply is stored as its text, as before, so existing caches stay valid.
+        # A complete reply is stored as its bare text, a cut-off one with its flag.
         self.cache.put(key, {"text": reply.text, "truncated": True} if reply.truncated else reply.text)
         return reply
 

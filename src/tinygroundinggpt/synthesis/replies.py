@@ -91,13 +91,14 @@ def normalise_name(name: str) -> str:
 
 
 def _bracketed(text: str, partial: bool) -> str:
-    """From the first ``[`` to the last ``]`` (prose around dropped); with ``partial`` (a cut-off reply)
-    a missing ``]`` is allowed."""
+    """The first bracketed list, from its ``[`` to the ``]`` that closes it (prose around dropped); with
+    ``partial`` (a cut-off reply) an unclosed list runs to the end."""
     body = _strip_fence(text)
-    start, end = body.find("["), body.rfind("]")
-    if start == -1 or (end < start and not partial):
+    start = body.find("[")
+    end = _matching_close(body, start) if start != -1 else None
+    if start == -1 or (end is None and not partial):
         raise MalformedReply("not_list", "reply holds no bracketed list")
-    return body[start : end + 1] if end > start else body[start:]
+    return body[start:end]
 
 
 def parse_object_list(text: str, *, partial: bool = False) -> list[str]:
@@ -242,11 +243,6 @@ def parse_qa_reply(text: str) -> tuple[list[dict[str, str]], list[MalformedReply
     if not out:
         raise problems[0] if problems else MalformedReply("empty", "QA reply is an empty list")
     return out, problems
-
-
-def parse_qa_list(text: str) -> list[dict[str, str]]:
-    """The valid QA items of a reply (see :func:`parse_qa_reply`), the dropped ones ignored."""
-    return parse_qa_reply(text)[0]
 
 
 def parse_judgement(text: str) -> tuple[int, bool]:

@@ -16,15 +16,19 @@ def _common(p: argparse.ArgumentParser, *, coco_images: bool = True) -> None:
     if coco_images:
         p.add_argument(
             "--exclude-refer-eval", metavar="REFER_ROOT",
-            help="leave out the images of every RefCOCO/+/g val and test split (refs(*).p in REFER_ROOT or its "
-            "subfolders): recommended for training data, as the REC benchmarks use COCO train2014 images",
+            help="leave out the images of the RefCOCO/+/g val and test splits (refs(unc).p, refs(umd).p in REFER_ROOT "
+            "or its subfolders): recommended for training data, as the REC benchmarks use COCO train2014 images",
         )  # fmt: skip
 
 
 def _exclude(args: argparse.Namespace) -> ReferEvalImages:
     from tinygroundinggpt.data.converters.common import NO_EXCLUSION, ReferEvalImages
 
-    return ReferEvalImages.load(args.exclude_refer_eval) if args.exclude_refer_eval else NO_EXCLUSION
+    if not args.exclude_refer_eval:
+        return NO_EXCLUSION
+    exclude = ReferEvalImages.load(args.exclude_refer_eval)
+    print(f"excluding {len(exclude.coco_ids)} images of the val/test splits of {', '.join(exclude.files)}")
+    return exclude
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

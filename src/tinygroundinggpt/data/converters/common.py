@@ -18,7 +18,8 @@ from tinygroundinggpt.data.format import Sample, SampleError, write_jsonl
 
 _CHUNK = 1 << 20
 _WS = " \t\r\n"
-REFER_EVAL_REASON = "RefCOCO/+/g val/test image"
+REFER_EVAL_REASON = "on a RefCOCO/+/g val/test image"
+REFER_EVAL_FILES = ("refs(unc).p", "refs(umd).p")
 # COCO file names: COCO_train2014_000000123456.jpg, or 000000123456.jpg under a COCO folder (train2017/...).
 _COCO_FILE_RE = re.compile(r"(?:^|/)COCO_[a-z]+\d{4}_(\d{12})\.\w+$")
 _COCO_BARE_RE = re.compile(r"(?:^|/)(?:[^/]*coco[^/]*|(?:train|val)20(?:14|17))/(?:[^/]+/)*(\d{12})\.\w+$", re.I)
@@ -37,7 +38,7 @@ class ConvertReport:
         if self.skipped:
             text += "; skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
         if self.excluded_images:
-            text += f" ({len(self.excluded_images)} {REFER_EVAL_REASON}s excluded)"
+            text += f" ({len(self.excluded_images)} RefCOCO/+/g val/test images excluded)"
         return text
 
 
@@ -72,14 +73,21 @@ class ReferEvalImages:
 
     coco_ids: frozenset[int] = frozenset()
 
+    files: tuple[str, ...] = ()  # the refs files the ids come from
+
     @classmethod
     def load(cls, root: str | Path) -> ReferEvalImages:
-        """Every ``refs(*).p`` in ``root`` or its subfolders one level down (the refer API's ``data/<dataset>/``)."""
+        """The ``refs(unc).p`` / ``refs(umd).p`` files in ``root`` or one folder down (the refer API's
+        ``data/<dataset>/``): the splits of the REC benchmarks (RefCOCO and RefCOCO+ by UNC, RefCOCOg by UMD).
+        RefCOCOg's Google split divides objects, not images, and is no benchmark here: its files are not read."""
         root = Path(root)
-        files = sorted([*root.glob("refs(*).p"), *root.glob("*/refs(*).p")])
+        files = sorted(f for pattern in REFER_EVAL_FILES for f in [*root.glob(pattern), *root.glob(f"*/{pattern}")])
         if not files:
-            raise FileNotFoundError(f"no refs(*).p in {root} or its subfolders (refcoco/, refcoco+/, refcocog/)")
-        return cls(frozenset(int(r["image_id"]) for f in files for r in load_refs(f) if r.get("split") != "train"))
+            raise FileNotFoundError(
+                f"no refs(unc).p or refs(umd).p in {root} or its subfolders (refcoco/, refcoco+/, refcocog/)"
+            )
+        ids = frozenset(int(r["image_id"]) for f in files for r in load_refs(f) if r.get("split") != "train")
+        return cls(ids, tuple(str(f) for f in files))
 
     def drops(self, coco_id: int | None, report: ConvertReport, n: int = 1) -> bool:
         """Whether the image ``coco_id`` is an evaluation image; if so its ``n`` records count as skipped."""

@@ -70,7 +70,9 @@ def iter_llava(
     progress: bool = False,
 ) -> Iterator[Sample]:
     for i, rec in enumerate(iter_json_array(path, progress=progress)):
-        if isinstance(rec, dict) and isinstance(rec.get("image"), str) and exclude.drops_file(rec["image"], report):
+        image = rec.get("image") if isinstance(rec, dict) else None
+        # matched on the path the sample will carry: bare LLaVA-Instruct names are COCO names only with the prefix
+        if isinstance(image, str) and exclude.drops_file(image_prefix + image, report):
             continue
         out = (
             llava_sample(rec, i, prefix=prefix, image_prefix=image_prefix) if isinstance(rec, dict) else "not an object"
