@@ -6,7 +6,13 @@ import torch
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.training.ablations import ABLATIONS, variant_overrides
 from tinygroundinggpt.training.chain import load_checkpoint
-from tinygroundinggpt.training.engine import is_complete, train_stage
+from tinygroundinggpt.training.engine import (
+    devices_sharing_the_batch,
+    is_complete,
+    per_device_batch,
+    train_stage,
+    training_arguments,
+)
 from tinygroundinggpt.training.recipe import STAGES, RecipeError, chain_stages, load_recipe, stage_recipe
 
 
@@ -157,3 +163,18 @@ def test_bad_lines_are_skipped_and_bad_samples_replaced_and_reported(world, tiny
     assert sample == "no-image" and "missing.png: no such image file" in problem
     indices = json.loads((out / "data_rank0.json").read_text())["indices"]
     assert len(indices) == 12 and sorted(set(indices)) == list(range(6))  # two batches of the 6 good-line samples
+
+
+def test_the_recipes_batch_is_the_global_batch_whatever_shares_it(monkeypatch, tmp_path):
+    recipe = load_recipe("stage3", [])  # the paper's global batch 16
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert devices_sharing_the_batch() == 1
+    assert training_arguments(recipe, tmp_path).per_device_train_batch_size == 16
+    # One process that sees 8 GPUs: the Trainer runs DataParallel with the per-device batch on each (no GPU here,
+    # so the count is what is patched).
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert devices_sharing_the_batch() == 8 and per_device_batch(recipe, 8) == 2
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun / deepspeed / accelerate: one process per device
+    assert devices_sharing_the_batch() == 4 and per_device_batch(recipe, 4) == 4
+    with pytest.raises(RecipeError, match="batch_size 16 is not divisible by 3 devices"):
+        per_device_batch(recipe, 3)

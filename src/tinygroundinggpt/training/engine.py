@@ -204,19 +204,28 @@ def finish_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def devices_sharing_the_batch() -> int:
+    """How many devices share the global batch: the launched processes, or, when one process sees several GPUs (the
+    Trainer then runs DataParallel, each step taking the per-device batch on each GPU), those GPUs."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return max(1, torch.cuda.device_count())
+
+
+def per_device_batch(recipe: Recipe, devices: int) -> int:
+    """The per-device batch that makes the recipe's batch the global one on ``devices`` devices."""
+    per_device, rem = divmod(recipe.batch_size, devices * recipe.gradient_accumulation)
+    if rem or per_device == 0:
+        raise RecipeError(
+            f"batch_size {recipe.batch_size} is not divisible by {devices} devices × "
+            f"{recipe.gradient_accumulation} accumulation steps"
+        )
+    return per_device
 
 
 def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> TrainingArguments:
     """The recipe as ``TrainingArguments``; the recipe's batch size is the global batch."""
-    world = _world_size()
-    per_device, rem = divmod(recipe.batch_size, world * recipe.gradient_accumulation)
-    if rem or per_device == 0:
-        raise RecipeError(
-            f"batch_size {recipe.batch_size} is not divisible by {world} processes × "
-            f"{recipe.gradient_accumulation} accumulation steps"
-        )
+    per_device = per_device_batch(recipe, devices_sharing_the_batch())
     cuda = torch.cuda.is_available()
     args: dict[str, Any] = dict(
         output_dir=str(output_dir),
