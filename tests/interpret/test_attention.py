@@ -129,6 +129,10 @@ def test_padded_square_maps_back_onto_the_original_image(shipped):
     expected = np.zeros((32, 64), dtype=bool)
     expected[0:8, 24:32] = True
     assert (changed == expected).all()
+    # Colours span the visible part: a stronger peak in the padding (a corner anchor) does not wash it out.
+    anchored = _one_hot(2, 3)
+    anchored[0, 0] = 10.0
+    assert overlay_grid(image, anchored).tobytes() == overlay_grid(image, _one_hot(2, 3)).tobytes()
 
 
 def test_to_image_draws_the_predicted_and_extra_boxes():
