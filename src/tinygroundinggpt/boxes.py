@@ -1,6 +1,6 @@
 """Every box conversion, parse, validation and IoU in the project lives here.
 
-Three frames (DESIGN.md §2):
+Three frames:
 
 * **pixel** – absolute ``[x1, y1, x2, y2]`` in the *original* image, ``x2``/``y2`` exclusive edges
   (a box covering pixel columns 3..5 is ``[3, y1, 6, y2]``). Data files store this frame.
