@@ -113,12 +113,13 @@ class TinyGroundingGPTPipeline:
         generate_kwargs.setdefault("do_sample", False)
         tok = self.processor.tokenizer
         eot = self.processor.end_of_turn_id
+        stops = [eot] if eot == tok.eos_token_id else [eot, tok.eos_token_id]  # a base model may still write its eos
         with self._lock:
             out = self.model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=eot,
+                eos_token_id=stops if len(stops) > 1 else eot,
                 **generate_kwargs,
             )
         new = out[:, batch["input_ids"].shape[1] :]
@@ -127,8 +128,9 @@ class TinyGroundingGPTPipeline:
         rows = zip(new.tolist(), batch["attention_mask"].sum(1).tolist(), texts, loaded, strict=True)
         for row, n_prompt, text, img in rows:
             # Rows that finished early are padded after their end-of-turn token; the rest ran to the limit.
-            finished = eot in row
-            n_new = row.index(eot) + 1 if finished else len(row)
+            ends = [i for i, t in enumerate(row) if t in stops]
+            finished = bool(ends)
+            n_new = ends[0] + 1 if finished else len(row)
             text = text.strip()
             width, height = (0, 0) if img is None else img.size
             pixel, norm = answer_boxes(text, width, height) if img is not None else ([], [])

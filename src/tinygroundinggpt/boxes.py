@@ -163,9 +163,12 @@ def box_spans(text: str) -> list[tuple[int, int]]:
 
 def model_text_to_norm(text: str, width: int, height: int) -> str:
     """``text`` with every box the model wrote (model frame) rewritten in the norm frame of a ``width`` x
-    ``height`` image, for scorers that normalise by the image's own size (lmms-eval); the rest unchanged."""
+    ``height`` image, for scorers that normalise by the image's own size (lmms-eval); the rest unchanged. Four
+    numbers outside [0, 1] are no model-frame box (e.g. an answer listing ``[3, 5, 7, 9]``) and stay as written."""
     out, end = [], 0
     for m, box in _box_matches(text):
+        if not all(0.0 <= v <= 1.0 for v in box):
+            continue
         out += [text[end : m.start()], format_box(model_to_norm(box, width, height))]
         end = m.end()
     return "".join(out) + text[end:]

@@ -101,6 +101,9 @@ def test_model_text_to_norm_rewrites_only_the_boxes():
         bx.model_text_to_norm(text, 200, 100) == "It is [0.250, 0.000, 0.750, 1.000], not [0.000, 0.500, 1.000, 1.000]."
     )
     assert bx.model_text_to_norm("no box", 200, 100) == "no box"
+    assert bx.model_text_to_norm("[3, 5, 7, 9] and [0.250, 0.250, 0.750, 0.750]", 200, 100) == (
+        "[3, 5, 7, 9] and [0.250, 0.000, 0.750, 1.000]"
+    )
 
 
 def test_grid_cells_map_through_the_padded_square():

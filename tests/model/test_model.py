@@ -169,8 +169,8 @@ def test_published_dtypes_and_generation_settings_are_reconciled_on_assembly(tin
     assert model(**batch).logits.dtype == torch.bfloat16
     # Loaded again, the vision tower stays frozen (transformers 5 loads weights into Parameters that require grad).
     model.save_pretrained(tmp_path / "tgg")
-    loaded = TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path / "tgg")
-    assert not any(p.requires_grad for p in loaded.vision_tower.parameters())
+    loaded, info = TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path / "tgg", output_loading_info=True)
+    assert not info["missing_keys"] and not any(p.requires_grad for p in loaded.vision_tower.parameters())
     assert all(p.requires_grad for p in loaded.projector.parameters())
     # An image size other than CLIP's own: both encoders interpolate their position embeddings.
     big, big_proc = assemble(clip, dino, str(tmp_path / "llm"), object_grid=2, image_size=128, dtype=torch.float32)

@@ -1,5 +1,6 @@
 """The official ``openai`` client against the server over real HTTP (uvicorn on a free local port)."""
 
+import contextlib
 import socket
 import threading
 import time
@@ -16,23 +17,43 @@ from tinygroundinggpt.serve.server import create_app
 MODEL = "tinygroundinggpt"
 
 
-@pytest.fixture(scope="module")
-def base_url(pipe):
+@contextlib.contextmanager
+def serving(app):
+    """``app`` under uvicorn on a free local port; yields the port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(pipe, model_name=MODEL), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
+    yield port
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(pipe):
+    with serving(create_app(pipe, model_name=MODEL)) as port:
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_its_slot_back(pipe):
+    # A client that sends half its body and stalls would otherwise hold one of max_pending slots for good.
+    with serving(create_app(pipe, model_name=MODEL, max_pending=1, body_seconds=0.5)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b'{"model": "' + MODEL.encode()
+            )
+            reply = conn.recv(65536).decode()
+        assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
+        with httpx.Client(trust_env=False, timeout=60) as http:  # the slot is free again
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+            assert http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body).status_code == 200
 
 
 @pytest.fixture(scope="module")

@@ -170,10 +170,11 @@ def test_the_recipes_batch_is_the_global_batch_whatever_shares_it(monkeypatch, t
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert devices_sharing_the_batch() == 1
     assert training_arguments(recipe, tmp_path).per_device_train_batch_size == 16
-    # One process that sees 8 GPUs: the Trainer runs DataParallel with the per-device batch on each (no GPU here,
-    # so the count is what is patched).
+    # One process that sees 8 GPUs would run DataParallel, which splits stacked object images from their tokens
+    # (no GPU here, so the count is what is patched).
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert devices_sharing_the_batch() == 8 and per_device_batch(recipe, 8) == 2
+    with pytest.raises(RecipeError, match="one process sees 8 GPUs: launch one process per GPU"):
+        devices_sharing_the_batch()
     monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun / deepspeed / accelerate: one process per device
     assert devices_sharing_the_batch() == 4 and per_device_batch(recipe, 4) == 4
     with pytest.raises(RecipeError, match="batch_size 16 is not divisible by 3 devices"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -90,8 +91,9 @@ def test_two_process_torchrun_matches_one_process(world, tiny_ckpt, tmp_path):
 
 
 def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path):
-    # Text-only samples (LLaVA's mixture has them) leave a rank without images or objects; DDP still waits for the
-    # projector's gradient on every rank.
+    # Text-only samples (LLaVA's mixture has them) leave ranks without images; under DDP / ZeRO-3 / FSDP each rank then
+    # runs the vision tower and projector on a zero-weighted dummy. On CPU (gloo) DDP does not fail without it, so this
+    # checks that the dummy path trains, on steps of text only; the GPU failures it prevents cannot be shown here.
     chat = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
     (tmp_path / "text.jsonl").write_text((json.dumps(chat) + "\n") * 16)
     data = f"data=[{{path: {tmp_path / 'text.jsonl'}, weight: 1.0}}, {{path: stage2_tc.jsonl, weight: 0.2}}]"
@@ -99,7 +101,11 @@ def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
     res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--set", "max_steps=4", "--set", data))
     assert res.returncode == 0, res.stderr[-4000:]
-    assert sorted(_losses(out)) == [1, 2, 3, 4]
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    # the 16 text samples come first in the mixture: ranks had steps of text only
+    steps = [r[k : k + 2] for r in _shards(out) for k in range(0, len(r), 2)]
+    assert any(all(i < 16 for i in step) for step in steps), steps
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU ops with g++")

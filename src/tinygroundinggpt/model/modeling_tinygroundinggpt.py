@@ -122,12 +122,13 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
             self.vision_tower.requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> TinyGroundingGPTForConditionalGeneration:
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         # transformers 5 loads weights into new Parameters that require grad, undoing the freeze of __init__
         if model.config.freeze_vision_tower:
             model.vision_tower.requires_grad_(False)
-        return model
+        return loaded
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -198,7 +199,7 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
             dummy = torch.zeros(1, 3, s, s, device=embeds.device)  # what the processor gives: float32 pixels
             for feats, encode in ((image_feats, self.get_image_features), (object_feats, self.get_object_features)):
                 if feats is None:
-                    embeds = embeds + 0.0 * encode(dummy).sum()
+                    embeds = embeds + 0.0 * encode(dummy).float().sum()  # fp32: an fp16 sum may overflow to inf
         return embeds
 
     # --- language -----------------------------------------------------------------------------------

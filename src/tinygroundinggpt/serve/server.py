@@ -27,6 +27,7 @@ worker thread, one request at a time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -51,6 +52,7 @@ from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE,
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
 from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 from tinygroundinggpt.serve import (
+    DEFAULT_BODY_SECONDS,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_NEW_TOKENS_CAP,
@@ -340,6 +342,7 @@ def create_app(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
     max_pending: int = DEFAULT_MAX_PENDING,
+    body_seconds: float = DEFAULT_BODY_SECONDS,
 ) -> FastAPI:
     """The server for ``pipeline`` under the name ``model_name`` (see the module docstring)."""
     if max_image_pixels > DEFAULT_MAX_PIXELS:  # the pipeline loads each image again under its own limit
@@ -406,7 +409,14 @@ def create_app(
         pending += 1
         try:
             # Read and parsed here rather than by FastAPI so the body's size is checked before parsing.
-            req = parse_request(await read_body(request, max_request_bytes))
+            try:
+                async with asyncio.timeout(body_seconds):
+                    body = await read_body(request, max_request_bytes)
+            except TimeoutError:
+                raise APIError(
+                    408, f"the request body did not arrive within {body_seconds:g} s", code="request_timeout"
+                ) from None
+            req = parse_request(body)
             check_model(req.model)
             if req.n not in (None, 1):
                 raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", param="n")

@@ -19,10 +19,11 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from tinygroundinggpt.data.format import IMAGE_TOKEN, OBJECT_REF_RE, LoadReport, Sample, iter_jsonl
-from tinygroundinggpt.model.processing_tinygroundinggpt import Encoded, TinyGroundingGPTProcessor, TruncationError
+from tinygroundinggpt.model.processing_tinygroundinggpt import Encoded, TinyGroundingGPTProcessor
 from tinygroundinggpt.training.recipe import DataSource
 
 logger = logging.getLogger(__name__)
+MAX_REPLACEMENTS = 100  # more bad samples in a row is a bug or a broken data set, not a few bad lines
 
 
 @dataclass
@@ -108,15 +109,15 @@ class MixtureDataset(Dataset):
 
     def __getitem__(self, index: int) -> Fetched:
         replaced: list[tuple[str, str, str]] = []
-        for step in range(len(self.entries)):
+        for step in range(min(len(self.entries), MAX_REPLACEMENTS)):
             entry = self.entries[(index + step) % len(self.entries)]
             rng = random.Random(self.seed * 1_000_003 + index) if self.augment else None
             try:
                 return Fetched(index, replaced, self.processor.encode_sample(entry.sample, str(entry.root), rng=rng))
-            except (ValueError, TruncationError) as exc:  # a bad image or box, or a conversation the template refuses
+            except ValueError as exc:  # a bad image or box, too long, or a conversation the template refuses
                 replaced.append((entry.origin[0], entry.sample.id, str(exc)))
                 logger.warning("replacing %s sample %s: %s", entry.origin[0], entry.sample.id, exc)
-        raise ValueError("no sample of the mixture can be encoded")
+        raise ValueError(f"{len(replaced)} samples in a row could not be encoded, the last: {replaced[-1]}")
 
 
 @dataclass

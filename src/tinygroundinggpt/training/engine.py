@@ -196,6 +196,15 @@ class _CompleteMarker(TrainerCallback):
                 _mark_complete(folder, {"global_step": state.global_step})
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (each rank's loss covers its own batches: they can disagree)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def finish_distributed() -> None:
     """Wait for every rank, then tear the process group down: a rank leaving early while rank 0 still
     saves was seen to abort at exit ("terminate called without an active exception")."""
@@ -205,11 +214,16 @@ def finish_distributed() -> None:
 
 
 def devices_sharing_the_batch() -> int:
-    """How many devices share the global batch: the launched processes, or, when one process sees several GPUs (the
-    Trainer then runs DataParallel, each step taking the per-device batch on each GPU), those GPUs."""
+    """How many processes share the global batch. One process that sees several GPUs is refused: the Trainer would
+    run DataParallel, which splits the batch's stacked object images by rows, away from their placeholder tokens."""
     if "WORLD_SIZE" in os.environ:
         return int(os.environ["WORLD_SIZE"])
-    return max(1, torch.cuda.device_count())
+    if torch.cuda.device_count() > 1:
+        raise RecipeError(
+            f"one process sees {torch.cuda.device_count()} GPUs: launch one process per GPU (torchrun, accelerate "
+            "launch, deepspeed) or make one GPU visible (CUDA_VISIBLE_DEVICES)"
+        )
+    return 1
 
 
 def per_device_batch(recipe: Recipe, devices: int) -> int:
@@ -317,8 +331,12 @@ def train_stage(
     if trainer.is_fsdp_enabled:  # checkpoints may stay sharded; the stage's model must load with from_pretrained
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather the weights collectively
-    if not math.isfinite(result.training_loss):  # never marked complete: a rerun must not build on it
-        raise FloatingPointError(f"stage {recipe.name} ended with a non-finite loss {result.training_loss}")
+    if _any_rank(not math.isfinite(result.training_loss), trainer.args.device):
+        # never marked complete, so a chain rerun does not start the next stage from it
+        raise FloatingPointError(
+            f"stage {recipe.name} ended with a non-finite loss ({result.training_loss} on this rank); its checkpoints "
+            f"in {output_dir} hold the diverged run: delete them to train the stage again"
+        )
     if trainer.is_world_process_zero():
         if not any(output_dir.glob("model*.safetensors")):
             raise RuntimeError(f"stage {recipe.name}: saving wrote no model weights to {output_dir}")

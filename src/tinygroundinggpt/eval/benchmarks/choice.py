@@ -96,8 +96,10 @@ class ScienceQATask(Task):
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
         n = len(scores)
+        if not n:  # every item failed: no figure rather than zeros
+            return {}
         return {
-            "accuracy": 100.0 * sum(s["accuracy"] for s in scores) / n if n else 0.0,
+            "accuracy": 100.0 * sum(s["accuracy"] for s in scores) / n,
             "unparseable": sum(s["unparseable"] for s in scores),
         }
 

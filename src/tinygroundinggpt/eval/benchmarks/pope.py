@@ -105,6 +105,8 @@ class POPETask(Task):
         }
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
+        if not scores:  # every item failed: no figure rather than zeros
+            return {}
         out = pope_metrics([s["pred_yes"] for s in scores], [s["label_yes"] for s in scores])
         out["not_yes_or_no"] = 100.0 * sum(not s["yes_or_no"] for s in scores) / len(scores) if scores else 0.0
         return out
