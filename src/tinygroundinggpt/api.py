@@ -119,7 +119,7 @@ class TinyGroundingGPTPipeline:
                 **batch,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=stops if len(stops) > 1 else eot,
+                eos_token_id=stops,
                 **generate_kwargs,
             )
         new = out[:, batch["input_ids"].shape[1] :]
