@@ -37,10 +37,19 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
+# 6 + 6 samples: 3 steps of 4 an epoch, so the kill after step 4 resumes inside the second epoch, whose order,
+# augmentation draws and shares of the fractionally weighted files differ from the first epoch's
+RESUME_DATA = [
+    "--set", "data=[{path: stage2_ic.jsonl, weight: 0.125}, {path: stage2_tc.jsonl, weight: 0.0834}]",
+    "--set", "object_augment={margin: 0.1, jitter: 0.05}",
+]  # fmt: skip
+
+
 def test_sigkill_midway_then_resume_matches_uninterrupted(world, tiny_ckpt, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, *_train_cmd(world, tiny_ckpt, full)], env=ENV, check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, *_train_cmd(world, tiny_ckpt, killed)], env=ENV,
+    cmd = [sys.executable, *_train_cmd(world, tiny_ckpt, full, *RESUME_DATA)]
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, *_train_cmd(world, tiny_ckpt, killed, *RESUME_DATA)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 240
     while not (killed / "checkpoint-4" / "COMPLETE").exists():
@@ -53,11 +62,13 @@ def test_sigkill_midway_then_resume_matches_uninterrupted(world, tiny_ckpt, tmp_
     # a checkpoint left half-written by the kill would not be resumed from
     (killed / "checkpoint-8").mkdir(exist_ok=True)
     res = subprocess.run(
-        [sys.executable, *_train_cmd(world, tiny_ckpt, killed)], env=ENV, capture_output=True, text=True
+        [sys.executable, *_train_cmd(world, tiny_ckpt, killed, *RESUME_DATA)], env=ENV, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _losses(full), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 9))
+    report = json.loads((full / "train_report.json").read_text())
+    assert sum(report["data"].values()) == 12 and report["log_history"][-1]["epoch"] > 2
     for step in a:
         assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
     wa, wb = _weights(full), _weights(killed)

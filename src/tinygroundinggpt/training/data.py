@@ -6,17 +6,25 @@
   good sample (so batch sizes stay fixed) and counted with its file, line and reason. Which samples a batch
   holds and which were replaced travel with the batch (``BATCH_INFO``): dataloader workers encode copies of
   the dataset, so nothing they record in it would reach the trainer.
-* ``lengths`` are known before any image is decoded, for length-grouped batching.
+* Every epoch has its own order, augmentation draws and share of a file with a fractional weight, all from
+  (seed, epoch): a run resumed in any epoch continues exactly as an uninterrupted one. The sampler hands the
+  dataset ``epoch * len(dataset) + position``, which also reaches dataloader workers (copies of the dataset).
+* ``lengths_for(epoch)`` are known before any image is decoded, for length-grouped batching.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from tinygroundinggpt.data.format import IMAGE_TOKEN, OBJECT_REF_RE, LoadReport, Sample, iter_jsonl
 from tinygroundinggpt.model.processing_tinygroundinggpt import Encoded, TinyGroundingGPTProcessor
@@ -24,13 +32,6 @@ from tinygroundinggpt.training.recipe import DataSource
 
 logger = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 100  # more bad samples in a row is a bug or a broken data set, not a few bad lines
-
-
-@dataclass
-class _Entry:
-    sample: Sample
-    root: Path
-    origin: tuple[str, int]  # (file, index within the file's good samples)
 
 
 @dataclass
@@ -43,16 +44,39 @@ class MixtureReport:
         return [s for r in self.files for s in r.skipped]
 
 
-def _draw(n: int, weight: float, rng: random.Random) -> list[int]:
-    """Indices for ``weight`` passes over ``n`` samples: whole passes, then a seeded partial pass."""
-    whole, frac = int(weight), weight - int(weight)
-    picks = [i for _ in range(whole) for i in range(n)]
-    picks += sorted(rng.sample(range(n), round(frac * n)))
-    return picks
+def stable_seed(*parts: object) -> int:
+    """A 32-bit seed from several values, the same in every process and Python run (unlike ``hash``)."""
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+@dataclass
+class _File:
+    """One data file in the mixture: ``whole`` passes over its samples, then ``partial`` of them per epoch."""
+
+    path: Path
+    samples: list[Sample]
+    lengths: list[int]
+    whole: int
+    partial: int
+    order: list[int]  # a seeded permutation; epoch e takes its e-th block of ``partial`` (wrapping around)
+
+    def __len__(self) -> int:
+        return self.whole * len(self.samples) + self.partial
+
+    def pick(self, epoch: int) -> list[int]:
+        """The sample indices of one epoch: whole passes, then this epoch's share of the file."""
+        n = len(self.samples)
+        start = epoch * self.partial
+        share = sorted(self.order[(start + t) % n] for t in range(self.partial))
+        return [i for _ in range(self.whole) for i in range(n)] + share
 
 
 class MixtureDataset(Dataset):
-    """The samples of several JSONL files, each repeated/sub-sampled by its weight (Table 6 mixtures)."""
+    """The samples of several JSONL files, each repeated/sub-sampled by its weight (Table 6 mixtures).
+
+    A fractional weight takes a different share of the file each epoch, so that over epochs (and over stages with
+    different ``seed``s) the whole file is used: weight 0.25 for four epochs sees every sample once.
+    """
 
     def __init__(
         self,
@@ -67,9 +91,8 @@ class MixtureDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.report = MixtureReport()
-        self.entries: list[_Entry] = []
-        rng = random.Random(seed)
-        for src in sources:
+        self.files: list[_File] = []
+        for number, src in enumerate(sources):
             path = Path(src.path)
             if not path.is_absolute() and data_root is not None:
                 path = Path(data_root) / path
@@ -80,49 +103,99 @@ class MixtureDataset(Dataset):
             self.report.files.append(file_report)
             for path_, line, problem in file_report.skipped:
                 logger.warning("skipped %s:%d: %s", path_, line, problem)
-            picks = _draw(len(samples), src.weight, rng)
-            self.report.counts[str(path)] = len(picks)
-            self.entries += [_Entry(samples[i], path.parent, (str(path), i)) for i in picks]
-        if not self.entries:
+            order = list(range(len(samples)))
+            random.Random(stable_seed(seed, number, path.name)).shuffle(order)
+            whole = int(src.weight)
+            partial = round((src.weight - whole) * len(samples))
+            self.files.append(_File(path, samples, self._lengths(samples), whole, partial, order))
+            self.report.counts[str(path)] = len(self.files[-1])
+        self._starts = [0]
+        for f in self.files:
+            self._starts.append(self._starts[-1] + len(f))
+        if not len(self):
             raise ValueError("the data mixture is empty")
-        self.lengths = self._lengths()
+        self._picks: dict[int, list[list[int]]] = {}
 
-    def _lengths(self) -> list[int]:
+    def _lengths(self, samples: list[Sample]) -> list[int]:
         """Token counts (text + expanded visual tokens) without decoding any image."""
         tok = self.processor.tokenizer
-        texts = ["\n".join(m["content"] for m in e.sample.messages) for e in self.entries]
-        ids = tok(texts, add_special_tokens=False)["input_ids"]
+        texts = ["\n".join(m["content"] for m in s.messages) for s in samples]
+        ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
         out = []
-        for e, t in zip(self.entries, ids, strict=True):
-            content = "".join(m["content"] for m in e.sample.messages)
+        for s, t in zip(samples, ids, strict=True):
+            content = "".join(m["content"] for m in s.messages)
             n_img = content.count(IMAGE_TOKEN)
             n_obj = len(OBJECT_REF_RE.findall(content))
             out.append(
-                len(t) + 12 * len(e.sample.messages)  # ChatML framing per turn
+                len(t) + 12 * len(s.messages)  # ChatML framing per turn
                 + n_img * self.processor.image_seq_length
                 + n_obj * self.processor.object_seq_length
             )  # fmt: skip
         return out
 
+    def picks(self, epoch: int) -> list[list[int]]:
+        """Per file, the sample indices of ``epoch`` (the last few epochs are cached)."""
+        if epoch not in self._picks:
+            if len(self._picks) >= 4:
+                self._picks.pop(next(iter(self._picks)))
+            self._picks[epoch] = [f.pick(epoch) for f in self.files]
+        return self._picks[epoch]
+
+    def lengths_for(self, epoch: int) -> list[int]:
+        return [f.lengths[i] for f, picks in zip(self.files, self.picks(epoch), strict=True) for i in picks]
+
+    def sample_at(self, epoch: int, position: int) -> tuple[Sample, Path, str]:
+        """The sample at ``position`` of ``epoch``, the folder its image paths are relative to, its file."""
+        number = bisect.bisect_right(self._starts, position) - 1
+        f = self.files[number]
+        i = self.picks(epoch)[number][position - self._starts[number]]
+        return f.samples[i], f.path.parent, str(f.path)
+
     def __len__(self) -> int:
-        return len(self.entries)
+        return self._starts[-1]
 
     def __getitem__(self, index: int) -> Fetched:
+        """Item ``index`` (``epoch * len(self) + position``; a plain position is epoch 0)."""
+        epoch, position = divmod(index, len(self))
         replaced: list[tuple[str, str, str]] = []
-        for step in range(min(len(self.entries), MAX_REPLACEMENTS)):
-            entry = self.entries[(index + step) % len(self.entries)]
-            rng = random.Random(self.seed * 1_000_003 + index) if self.augment else None
+        for step in range(min(len(self), MAX_REPLACEMENTS)):
+            sample, root, origin = self.sample_at(epoch, (position + step) % len(self))
+            rng = random.Random(stable_seed(self.seed, epoch, position)) if self.augment else None
             try:
-                return Fetched(index, replaced, self.processor.encode_sample(entry.sample, str(entry.root), rng=rng))
+                return Fetched(position, replaced, self.processor.encode_sample(sample, str(root), rng=rng))
             except ValueError as exc:  # a bad image or box, too long, or a conversation the template refuses
-                replaced.append((entry.origin[0], entry.sample.id, str(exc)))
-                logger.warning("replacing %s sample %s: %s", entry.origin[0], entry.sample.id, exc)
+                replaced.append((origin, sample.id, str(exc)))
+                logger.warning("replacing %s sample %s: %s", origin, sample.id, exc)
         raise ValueError(f"{len(replaced)} samples in a row could not be encoded, the last: {replaced[-1]}")
+
+
+class EpochLengthGroupedSampler(Sampler[int]):
+    """Length-grouped order (transformers' grouping) drawn from (seed, epoch), not from the global RNG.
+
+    Yields ``epoch * len(dataset) + position`` so the dataset knows the epoch; ``Trainer`` calls ``set_epoch``.
+    """
+
+    def __init__(self, dataset: MixtureDataset, batch_size: int) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(stable_seed(self.dataset.seed, "order", self.epoch))
+        order = get_length_grouped_indices(self.dataset.lengths_for(self.epoch), self.batch_size, generator=generator)
+        offset = self.epoch * len(self.dataset)
+        return iter([offset + i for i in order])
 
 
 @dataclass
 class Fetched:
-    """One training item: its index in the mixture, the samples replaced on the way to it, its encoding."""
+    """One training item: its position in its epoch, the samples replaced on the way to it, its encoding."""
 
     index: int
     replaced: list[tuple[str, str, str]]

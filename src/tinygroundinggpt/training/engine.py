@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
-from tinygroundinggpt.training.data import BATCH_INFO, Collator, MixtureDataset
+from tinygroundinggpt.training.data import BATCH_INFO, Collator, EpochLengthGroupedSampler, MixtureDataset, stable_seed
 from tinygroundinggpt.training.recipe import MODULES, Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -103,12 +102,12 @@ class _Health:
 
 
 class GroundingTrainer(Trainer):
-    """``Trainer`` plus length grouping from precomputed lengths, module learning rates and health logs."""
+    """``Trainer`` plus per-epoch length grouping of a :class:`MixtureDataset`, module learning rates and health
+    logs."""
 
-    def __init__(self, *args: Any, recipe: Recipe, lengths: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.recipe = recipe
-        self.lengths = lengths
         self.health = _Health()
         self.trained_indices: list[int] = []  # mixture indices this process trained on, for the sharding audit
         self.replaced: dict[tuple[str, str, str], None] = {}  # (file, sample id, problem), in order
@@ -121,12 +120,13 @@ class GroundingTrainer(Trainer):
             self.health.visual_norm_n += 1
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
-        if self.lengths is None:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not isinstance(dataset, MixtureDataset):
             return super()._get_train_sampler(train_dataset)
         # Group by the *global* batch so the order, and each optimiser step's samples, do not depend on
         # how many processes share the batch.
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return LengthGroupedSampler(batch, lengths=self.lengths)
+        return EpochLengthGroupedSampler(dataset, batch)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -292,7 +292,9 @@ def train_stage(
     processor.max_length = recipe.max_length
     processor.object_margin = float(recipe.object_augment.get("margin", 0.0))
     processor.object_jitter = float(recipe.object_augment.get("jitter", 0.0))
-    dataset = MixtureDataset(recipe.data, processor, data_root, augment=bool(recipe.object_augment), seed=recipe.seed)
+    # the stage's name in the data seed: stages sharing files and a seed take different shares of a fractional weight
+    seed = stable_seed(recipe.seed, recipe.name)
+    dataset = MixtureDataset(recipe.data, processor, data_root, augment=bool(recipe.object_augment), seed=seed)
     apply_module_modes(model, recipe)
     args = training_arguments(recipe, output_dir, **training_kwargs)
     trainer = GroundingTrainer(
@@ -302,7 +304,6 @@ def train_stage(
         data_collator=Collator(processor),
         processing_class=processor.tokenizer,
         recipe=recipe,
-        lengths=dataset.lengths,
         callbacks=[_CompleteMarker(), *(callbacks or [])],
     )
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
