@@ -75,7 +75,7 @@ class MixtureDataset(Dataset):
     """The samples of several JSONL files, each repeated/sub-sampled by its weight (Table 6 mixtures).
 
     A fractional weight takes a different share of the file each epoch, so that over epochs (and over stages with
-    different ``seed``s) the whole file is used: weight 0.25 for four epochs sees every sample once.
+    different ``seed``s) the whole file is used: weight 0.25 for four epochs sees every sample once (up to rounding).
     """
 
     def __init__(
@@ -115,6 +115,12 @@ class MixtureDataset(Dataset):
         if not len(self):
             raise ValueError("the data mixture is empty")
         self._picks: dict[int, list[list[int]]] = {}
+        self.epoch = 0  # the epoch the sampler orders next (main process; items read theirs from the index)
+
+    def set_epoch(self, epoch: int) -> None:
+        # accelerate calls this instead of the sampler's set_epoch when the sampler lies deeper than it looks
+        # (a multi-process loader resumed mid-epoch: skip → shard → batch → sampler)
+        self.epoch = epoch
 
     def _lengths(self, samples: list[Sample]) -> list[int]:
         """Token counts (text + expanded visual tokens) without decoding any image."""
@@ -172,24 +178,25 @@ class MixtureDataset(Dataset):
 class EpochLengthGroupedSampler(Sampler[int]):
     """Length-grouped order (transformers' grouping) drawn from (seed, epoch), not from the global RNG.
 
-    Yields ``epoch * len(dataset) + position`` so the dataset knows the epoch; ``Trainer`` calls ``set_epoch``.
+    Yields ``epoch * len(dataset) + position`` so the dataset knows the epoch; ``Trainer`` calls ``set_epoch``
+    (through accelerate, on the sampler or on the dataset).
     """
 
     def __init__(self, dataset: MixtureDataset, batch_size: int) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
-        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.dataset.set_epoch(epoch)  # one epoch, whichever of the two accelerate reaches
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(stable_seed(self.dataset.seed, "order", self.epoch))
-        order = get_length_grouped_indices(self.dataset.lengths_for(self.epoch), self.batch_size, generator=generator)
-        offset = self.epoch * len(self.dataset)
+        epoch = self.dataset.epoch
+        generator = torch.Generator().manual_seed(stable_seed(self.dataset.seed, "order", epoch))
+        order = get_length_grouped_indices(self.dataset.lengths_for(epoch), self.batch_size, generator=generator)
+        offset = epoch * len(self.dataset)
         return iter([offset + i for i in order])
 
 
