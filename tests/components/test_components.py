@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from tinygroundinggpt.boxes import format_box
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.components import clip, corpus, dinov2, qwen2
 from tinygroundinggpt.components.tokenizer import CHATML_TEMPLATE, EOS, IM_END
-from tinygroundinggpt.world.scene import SHAPES
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES
 
 GRID = 8 * 8
 
@@ -101,6 +102,43 @@ def test_swap_one_shape_names_exactly_one_wrong_shape():
     assert clip.swap_one_shape("an image of nothing.", random.Random(0)) == "an image of nothing."
 
 
+def test_swap_one_shape_never_makes_a_heldout_pair():
+    """A swap that named a held-out pair would teach, before the compositional split asks, that it is a mismatch."""
+    for colour, held in DEFAULT_HELDOUT:
+        for shape in (s for s in SHAPES if s != held):
+            text = f"a small striped {colour} {shape} and a {colour} {shape}."
+            for seed in range(30):
+                swapped = clip.swap_one_shape(text, random.Random(seed))
+                assert f"{colour} {held}" not in swapped, (text, swapped)
+    # other colours still swap to every other shape, held-out ones included
+    swaps = {clip.swap_one_shape("a red circle", random.Random(seed)) for seed in range(200)}
+    assert "a red star" not in swaps and len(swaps) == len(SHAPES) - 2
+    assert len({clip.swap_one_shape("a pink circle", random.Random(seed)) for seed in range(200)}) == len(SHAPES) - 1
+
+
+def test_region_term_takes_no_text_of_an_objects_own_phrase_as_negative():
+    """A shape swap can turn one object's phrase into another's: that copy is a right answer for the other object."""
+    phrases = ["a red circle", "a red square", "a blue star"]
+    swapped = ["a red star", "a red circle", "a blue circle"]  # object 1's swap is object 0's phrase
+    phrase_id, swapped_id = clip.phrase_ids(phrases, swapped)
+    assert phrase_id.tolist() == [0, 1, 2] and swapped_id.tolist() == [-1, 0, -1]
+    same = phrase_id[:, None] == torch.cat([phrase_id, swapped_id])[None, :]
+    assert same.nonzero().tolist() == [[0, 0], [0, 4], [1, 1], [2, 2]]
+    torch.manual_seed(0)
+    k, d, p = 3, 12, 8
+    patches, texts, scale = torch.randn(k, clip.GRID**2, d), torch.randn(2 * k, p), torch.tensor(5.0)
+    weights = torch.nn.functional.one_hot(torch.tensor([3, 20, 50]), clip.GRID**2).float()
+    term = clip.RegionLoss(d, p)
+    got = term(patches, weights, texts, same, scale)
+    with torch.no_grad():
+        regions = torch.nn.functional.normalize(term.head((weights[..., None] * patches).sum(1)), dim=-1)
+        logits = scale * regions @ torch.nn.functional.normalize(texts, dim=-1).t()
+        logits[0, 4] = float("-inf")  # object 0 is not told that its own phrase, as object 1's swap, is wrong
+        ce = torch.nn.functional.cross_entropy
+        want = (ce(logits, torch.arange(k)) + ce(logits[:, :k].t(), torch.arange(k))) / 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
 def test_clip_with_shape_negatives_trains(samples):
     images = corpus.square_images(samples, clip.CLIP_MEAN)
     # negatives are the default; the region term (also a default) has its own test
@@ -142,7 +180,7 @@ def test_dense_region_term_is_the_pooled_one_patch_by_patch():
     torch.manual_seed(0)
     k, n, d, p = 4, clip.GRID**2, 12, 8
     patches, texts, scale = torch.randn(k, n, d), torch.randn(2 * k, p), torch.tensor(5.0)
-    same = torch.eye(k, dtype=torch.bool)
+    same = torch.eye(k, 2 * k, dtype=torch.bool)
     same[0, 1] = same[1, 0] = True  # objects 0 and 1 share a phrase: no negatives for each other
     pooled, dense = clip.RegionLoss(d, p), clip.RegionLoss(d, p, dense=True)
     dense.load_state_dict(pooled.state_dict())
@@ -168,7 +206,11 @@ def test_dense_region_term_is_the_pooled_one_patch_by_patch():
 
 def test_dinov2_trains_and_loads_as_published(samples, tmp_path):
     images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
-    trained = dinov2.train_dinov2(images, seed=0, recipe=dinov2.Dinov2Recipe(steps=30, batch_size=16, lr=2e-3))
+    mirrored = corpus.mirrored_images(samples, dinov2.IMAGENET_MEAN)  # as `tgg components dinov2` trains it
+    recipe = dinov2.Dinov2Recipe(steps=30, batch_size=16, lr=2e-3)
+    with pytest.raises(ValueError, match="one mirrored image per image"):
+        dinov2.train_dinov2(images, seed=0, recipe=recipe, mirrored=mirrored[:-1])
+    trained = dinov2.train_dinov2(images, seed=0, recipe=recipe, mirrored=mirrored)
     assert _falls(trained.losses)
     trained.save(tmp_path)
 
@@ -204,12 +246,13 @@ def test_dinov2_position_term_makes_features_say_where_they_are(samples):
     # The same short run with and without the term: only with it does a linear read-out of the
     # patch features follow the grid (held-out R² of the column on other images).
     images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
+    mirrored = corpus.mirrored_images(samples, dinov2.IMAGENET_MEAN)
     pixels = dinov2.dinov2_image_processor()(images, return_tensors="pt").pixel_values
     cols = dinov2.patch_positions(8)[:, 1]
 
     def column_r2(weight: float) -> float:
         recipe = dinov2.Dinov2Recipe(steps=150, batch_size=16, lr=2e-3, position_weight=weight)
-        model = dinov2.train_dinov2(images, seed=0, recipe=recipe).model
+        model = dinov2.train_dinov2(images, seed=0, recipe=recipe, mirrored=mirrored).model
         with torch.no_grad():
             feats = model(pixel_values=pixels).last_hidden_state[:, 1:]
         design = torch.cat([feats, torch.ones(*feats.shape[:2], 1)], -1)
@@ -268,6 +311,27 @@ def test_lm_documents_write_boxes_in_the_model_frame(samples):
     rec = [d for d in docs if isinstance(d, list) and d[0]["content"].startswith("<image>\nOutput the coordinate")]
     boxes = {corpus.box_text(sample.scene, i) for i in range(len(sample.scene.objects))}
     assert rec and all(d[1]["content"] in boxes for d in rec)
+
+
+def test_lm_documents_name_no_heldout_pair_and_no_twin():
+    """The corpus's absent-object questions draw attributes the world can hold (never a held-out pair, which the
+    compositional split must be the first to show); its relation sentences name no object an identical twin shares."""
+    many = corpus.world_samples(seed=11, count=200)
+    text = json.dumps(corpus.lm_documents(many, seed=2)).lower()
+    assert "is there a" in text
+    for colour, shape in DEFAULT_HELDOUT:
+        assert not re.search(rf"\b{colour} {shape}s?\b", text), (colour, shape)
+    twins = [s for s in many if len({tuple(o.attributes().values()) for o in s.scene.objects}) < len(s.scene.objects)]
+    assert twins  # the check below has something to find
+    for s in twins:
+        for doc in corpus.lm_documents([s], seed=2)[:1]:  # the caption and relation sentences
+            for sentence in doc.split(". ")[1:]:
+                a, _, b = re.split(r" is (left of|right of|above|below|in front of|behind) ", sentence.rstrip("."))
+                named = [re.sub(r"^the ", "", x.lower()) for x in (a, b)]
+                phrases = [
+                    " ".join(o.attributes()[k] for k in ("size", "pattern", "colour", "shape")) for o in s.scene.objects
+                ]
+                assert all(phrases.count(n) <= 1 for n in named), sentence
 
 
 def test_trainers_are_deterministic_by_seed(samples):

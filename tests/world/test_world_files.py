@@ -63,13 +63,13 @@ def test_same_seed_gives_byte_identical_world(world, tmp_path):
 # rng writes and in no tiny recipe's mixture, is left free.
 PINNED = {
     "scenes.jsonl": "acd1409b37058af9",
-    "stage1.jsonl": "88610f42e7165cd8",
-    "stage2_tc.jsonl": "ae6f97c4d2db7659",
+    "stage1.jsonl": "3146f767fd0ce4d0",
+    "stage2_tc.jsonl": "c40827cd3778d135",
     "stage2_ic.jsonl": "83cab8fabefd9227",
-    "stage2_ti.jsonl": "ca31d6e4224b154c",
-    "stage3_conv.jsonl": "cbb6adda107dae9a",
-    "stage3_desc.jsonl": "ce2a7fc39b08c96d",
-    "stage3_instruct.jsonl": "1fc455102329015d",
+    "stage2_ti.jsonl": "6414ed9af5aaacc3",
+    "stage3_conv.jsonl": "e11daae4620f8451",
+    "stage3_desc.jsonl": "6d0de53a1062811e",
+    "stage3_instruct.jsonl": "a4f1effa8b9c317e",
 }
 
 

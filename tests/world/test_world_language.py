@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 from world_resolver import relation_holds, resolve
 
-from tinygroundinggpt.world.language import KINDS, caption, referring_expressions, relation_triples
+from tinygroundinggpt.world.language import (
+    KINDS,
+    caption,
+    nameable_triples,
+    referring_expressions,
+    relation_triples,
+    triple_text,
+)
 from tinygroundinggpt.world.scene import SceneConfig, generate_scene
+from tinygroundinggpt.world.stages import stage1, stage3_conv, stage3_desc
+
+RELATION = r"(left of|right of|above|below|in front of|behind)"
 
 
 def test_every_expression_refers_to_exactly_its_target():
@@ -55,3 +66,44 @@ def test_caption_and_triples_describe_the_scene():
     for a, rel, b in relation_triples(scene):
         if rel in ("left of", "right of", "above", "below"):
             assert relation_holds(scene, a, rel, b, loose=False)
+
+
+def _twin_scenes(count: int) -> list:
+    scenes = [generate_scene(seed, 64, SceneConfig(min_objects=4, max_objects=6))[1] for seed in range(count)]
+    return [s for s in scenes if len({tuple(o.attributes().values()) for o in s.objects}) < len(s.objects)]
+
+
+def test_relation_sentences_name_each_object_by_a_name_of_its_own():
+    """A twin (an object identical to another) has no name of its own: a sentence naming it fits both."""
+    twins = _twin_scenes(400)
+    assert twins and any(len(nameable_triples(s)) < len(relation_triples(s)) for s in twins)
+    for scene in twins:
+        for a, rel, b in nameable_triples(scene):
+            first, second = triple_text(scene, (a, rel, b)).split(f" is {rel} ")
+            assert resolve(scene, first) == [a] and resolve(scene, second) == [b]
+        for sample in stage1(scene, "x.png", "s", random.Random(0)) + stage3_desc(
+            scene, "x.png", "s", random.Random(0)
+        ):
+            text = sample.messages[-1]["content"]
+            for named in re.findall(rf" is {RELATION} (the [a-z ]+?)\.", text):
+                assert len(resolve(scene, named[1])) == 1, (text, named)
+
+
+def test_conversation_relation_questions_have_one_right_answer():
+    """'What is left of X?' is asked only where a single object is left of X, and the answer is that object."""
+    asked = 0
+    for seed in range(300):
+        _, scene = generate_scene(seed, 64, SceneConfig(min_objects=3, max_objects=6))
+        for sample in stage3_conv(scene, "x.png", "s", random.Random(seed)):
+            objects = [[o.box for o in scene.objects].index(box) for box in sample.boxes]
+            for q, a in zip(sample.messages[::2], sample.messages[1::2], strict=True):
+                m = re.search(r"What is (left of|right of|above|below) .*<box:(\d+)>\?$", q["content"])
+                if not m:
+                    continue
+                rel, x = m.group(1), objects[int(m.group(2))]
+                fits = [
+                    i for i in range(len(scene.objects)) if i != x and relation_holds(scene, i, rel, x, loose=False)
+                ]
+                assert fits == [objects[int(re.search(r"<box:(\d+)>", a["content"]).group(1))]], (q, a)
+                asked += 1
+    assert asked > 50

@@ -8,7 +8,17 @@ import random
 import numpy as np
 import pytest
 
-from tinygroundinggpt.world.scene import COLOURS, DEFAULT_HELDOUT, Scene, SceneConfig, generate_scene, render_scene
+from tinygroundinggpt.world.scene import (
+    COLOURS,
+    DEFAULT_HELDOUT,
+    TINT,
+    Scene,
+    SceneConfig,
+    WorldObject,
+    generate_scene,
+    render_mirrored,
+    render_scene,
+)
 
 HELD = frozenset({("red", "star"), ("blue", "triangle")})
 
@@ -66,3 +76,24 @@ def test_heldout_modes():
         assert any((o.colour, o.shape) in HELD for o in req.objects)
     with pytest.raises(ValueError, match="heldout_mode"):
         generate_scene(0, 64, SceneConfig(heldout=frozenset(), heldout_mode="require"))
+
+
+def test_mirrored_scene_mirrors_the_shapes_and_keeps_the_worlds_stripes():
+    """The DINOv2's augmentation: the scene mirrored and drawn again. Shapes land where a mirror puts them, but the
+    stripes keep the one diagonal the world draws (``(x + y) // period``), which a mirrored image would turn."""
+    tri = WorldObject("triangle", "red", "striped", "large", cx=20.5, cy=30.0, extent=22.0, angle=12.0)
+    square = WorldObject("square", "blue", "striped", "large", cx=46.0, cy=24.0, extent=20.0, angle=-7.0)
+    scene = Scene(64, 48, "dark", "flat", 0, [tri, square])
+    image = np.asarray(render_scene(scene)[0]).astype(int)
+    mirrored = np.asarray(render_mirrored(scene)).astype(int)
+    background = image[0, 0]
+    drawn, drawn_mirrored = (image != background).any(-1), (mirrored != background).any(-1)
+    assert (drawn_mirrored != np.fliplr(drawn)).sum() <= 0.03 * drawn.sum()  # rasterisation differs by a few pixels
+    period = max(2, round(48 / 28))
+    for colour in ("red", "blue"):
+        base = np.array(COLOURS[colour])
+        tint = np.round(base + (255 - base) * TINT)
+        for picture, ok in ((mirrored, True), (np.fliplr(image), False)):
+            yy, xx = np.nonzero((np.abs(picture - tint) <= 1).all(-1))
+            tinted_on_world_stripes = (((xx + yy) // period) % 2 == 1).mean()
+            assert bool(tinted_on_world_stripes == 1.0) is ok, (colour, tinted_on_world_stripes)

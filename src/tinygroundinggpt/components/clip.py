@@ -46,7 +46,7 @@ from tinygroundinggpt.boxes import Box
 from tinygroundinggpt.components.tokenizer import EOS, train_tokenizer
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
 from tinygroundinggpt.model.configuration_tinygroundinggpt import CLIP_MEAN, CLIP_STD
-from tinygroundinggpt.world.scene import SHAPES
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -134,12 +134,18 @@ _SHAPE_WORD = re.compile(r"\b(" + "|".join(SHAPES) + r")\b")
 
 
 def swap_one_shape(text: str, rng: random.Random) -> str:
-    """``text`` with one shape word, drawn at random, replaced by another shape (unchanged if it names none)."""
+    """``text`` with one shape word, drawn at random, replaced by another shape (unchanged if it names none).
+
+    The new shape never makes a held-out colour-shape pair with the colour word before it: the compositional
+    split must be the first to show those pairs, and here they would be taught as a mismatch.
+    """
     hits = list(_SHAPE_WORD.finditer(text))
     if not hits:
         return text
     hit = rng.choice(hits)
-    other = rng.choice([s for s in SHAPES if s != hit.group()])
+    before = text[: hit.start()].split()
+    colour = before[-1] if before else ""
+    other = rng.choice([s for s in SHAPES if s != hit.group() and (colour, s) not in DEFAULT_HELDOUT])
     return text[: hit.start()] + other + text[hit.end() :]
 
 
@@ -155,6 +161,13 @@ def cell_weights(box: Box) -> torch.Tensor:
     return weights / weights.sum()
 
 
+def phrase_ids(phrases: Sequence[str], swapped: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One id per distinct phrase, for the phrases and for their swapped copies (-1: a copy no object's phrase equals),
+    so that a batch can tell which texts are an object's own phrase."""
+    ids = {p: j for j, p in enumerate(dict.fromkeys(phrases))}
+    return torch.tensor([ids[p] for p in phrases]), torch.tensor([ids.get(p, -1) for p in swapped])
+
+
 class RegionLoss(torch.nn.Module):
     """The region-phrase term: each object's patch tokens, pooled (or with ``dense`` each covered patch on its own),
     against the batch's phrases and shape swaps; the phrases pick their pooled region in both modes."""
@@ -168,13 +181,14 @@ class RegionLoss(torch.nn.Module):
         self, patches: torch.Tensor, weights: torch.Tensor, texts: torch.Tensor, same: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         """``patches`` (K, GRID², D): each object's image's patch tokens; ``weights`` (K, GRID²); ``texts`` (2K, P):
-        the K phrases' embeddings, then their shape-swapped copies'; ``same`` (K, K): phrase i equals phrase j."""
+        the K phrases' embeddings, then their shape-swapped copies'; ``same`` (K, 2K): phrase i equals phrase j, then
+        phrase i equals swapped copy j (a swap can turn one object's phrase into another's)."""
         texts = torch.nn.functional.normalize(texts, dim=-1)
         regions = torch.nn.functional.normalize(self.head((weights.unsqueeze(-1) * patches).sum(1)), dim=-1)
         logits = scale * regions @ texts.t()  # K x 2K
         k = len(regions)
-        # Another object with the very same phrase is no negative.
-        clash = torch.cat([same & ~torch.eye(k, dtype=torch.bool), torch.zeros(k, k, dtype=torch.bool)], 1)
+        # A text that is the object's own phrase, but for another object or from a swap, is no negative.
+        clash = same & ~torch.eye(k, 2 * k, dtype=torch.bool)
         logits = logits.masked_fill(clash, float("-inf"))
         target, ce = torch.arange(k), torch.nn.functional.cross_entropy
         if not self.dense:
@@ -219,7 +233,7 @@ def train_clip(
         phrases = [phrase for _, phrase in objects]
         swapped = [swap_one_shape(p, random.Random(-1 - i)) for i, p in enumerate(phrases)]
         phrase_enc = tokenizer(phrases + swapped, padding="longest", return_tensors="pt")
-        phrase_id = torch.tensor([{p: j for j, p in enumerate(dict.fromkeys(phrases))}[p] for p in phrases])
+        phrase_id, swapped_id = phrase_ids(phrases, swapped)
         obj_weights = torch.stack([cell_weights(box) for box, _ in objects])
         obj_starts = torch.tensor([0] + [len(objs) for objs in regions or ()]).cumsum(0)
     # The call above leaves padding/truncation switched on in the backend, which would be saved into
@@ -265,7 +279,7 @@ def train_clip(
         )
         embedded = embedded if isinstance(embedded, torch.Tensor) else embedded.pooler_output
         patches = out.vision_model_output.hidden_states[-2][:, 1:][owner]  # drop CLS
-        same = phrase_id[objs][:, None] == phrase_id[objs][None, :]
+        same = phrase_id[objs][:, None] == torch.cat([phrase_id[objs], swapped_id[objs]])[None, :]
         term = region_loss(patches, obj_weights[objs], embedded, same, model.logit_scale.exp())
         return loss + recipe.region_weight * term
 

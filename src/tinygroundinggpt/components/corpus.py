@@ -19,7 +19,16 @@ from tinygroundinggpt.components.qwen2 import Document
 from tinygroundinggpt.data.format import IMAGE_TOKEN
 from tinygroundinggpt.images import mean_fill, pad_to_square
 from tinygroundinggpt.world import language
-from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES, SIZES, Scene, generate_scene
+from tinygroundinggpt.world.scene import (
+    COLOURS,
+    DEFAULT_HELDOUT,
+    PATTERNS,
+    SHAPES,
+    SIZES,
+    Scene,
+    generate_scene,
+    render_mirrored,
+)
 
 IMAGE_SIZE = 64
 CAPTIONS_PER_SCENE = 3
@@ -43,6 +52,12 @@ def square_images(samples: Sequence[WorldSample], mean: Sequence[float]) -> list
     """Each image centred on a square of the encoder's mean colour (reads as zero after normalising)."""
     fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
     return [pad_to_square(s.image, fill) for s in samples]
+
+
+def mirrored_images(samples: Sequence[WorldSample], mean: Sequence[float]) -> list[Image.Image]:
+    """:func:`square_images` of the scenes mirrored left to right, drawn by the world (``render_mirrored``)."""
+    fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
+    return [pad_to_square(render_mirrored(s.scene), fill) for s in samples]
 
 
 def captions(samples: Sequence[WorldSample], seed: int) -> list[list[str]]:
@@ -77,7 +92,7 @@ def lm_documents(samples: Sequence[WorldSample], seed: int) -> list[Document]:
         scene = s.scene
         n = len(scene.objects)
         grounded = ", ".join(f"{language.object_phrase(o)} {box_text(scene, i)}" for i, o in enumerate(scene.objects))
-        triples = language.relation_triples(scene)
+        triples = language.nameable_triples(scene)
         relations = [language.triple_text(scene, t) for t in rng.sample(triples, min(3, len(triples)))]
         docs.append(" ".join([language.caption(scene, rng).capitalize()] + [r.capitalize() + "." for r in relations]))
         exprs = language.all_referring_expressions(scene, rng)
@@ -96,12 +111,17 @@ def lm_documents(samples: Sequence[WorldSample], seed: int) -> list[Document]:
 
 
 def _random_attributes(rng: random.Random) -> dict[str, str]:
-    return {
-        "shape": rng.choice(SHAPES),
-        "colour": rng.choice(list(COLOURS)),
-        "pattern": rng.choice(PATTERNS),
-        "size": rng.choice(SIZES),
-    }
+    """Attributes of an object the world can hold: never a held-out colour-shape pair, which the compositional
+    split must be the first to show (asked about here, it would be taught as absent)."""
+    while True:
+        attrs = {
+            "shape": rng.choice(SHAPES),
+            "colour": rng.choice(list(COLOURS)),
+            "pattern": rng.choice(PATTERNS),
+            "size": rng.choice(SIZES),
+        }
+        if (attrs["colour"], attrs["shape"]) not in DEFAULT_HELDOUT:
+            return attrs
 
 
 def _chat(question: str, answer: str) -> list[dict[str, str]]:

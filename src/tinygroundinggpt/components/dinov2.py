@@ -122,14 +122,24 @@ def patch_positions(grid: int) -> torch.Tensor:
     return torch.stack([rows.flatten(), cols.flatten()], -1)
 
 
-def train_dinov2(images: Sequence[Image.Image], *, seed: int, recipe: Dinov2Recipe | None = None) -> TrainedDinov2:
-    """Pretrain on ``images`` (no labels)."""
+def train_dinov2(
+    images: Sequence[Image.Image],
+    *,
+    seed: int,
+    recipe: Dinov2Recipe | None = None,
+    mirrored: Sequence[Image.Image] | None = None,
+) -> TrainedDinov2:
+    """Pretrain on ``images`` (no labels). ``mirrored[i]``, image ``i``'s scene drawn mirrored, stands in for it half
+    of the time (the augmentation; without it there is none)."""
     recipe = recipe or Dinov2Recipe()
     if not images:
         raise ValueError("need at least one image")
+    if mirrored is not None and len(mirrored) != len(images):
+        raise ValueError(f"need one mirrored image per image, got {len(mirrored)} for {len(images)}")
     gen = seed_everything(seed)
     image_processor = dinov2_image_processor()
     pixels = image_processor(list(images), return_tensors="pt").pixel_values
+    flipped = image_processor(list(mirrored), return_tensors="pt").pixel_values if mirrored is not None else pixels
     model = Dinov2Model(dinov2_config(recipe))
     head = torch.nn.Linear(recipe.hidden, 3 * PATCH_SIZE * PATCH_SIZE)
     # Built only when used, so that runs without the term draw the same random numbers as before it existed.
@@ -139,10 +149,10 @@ def train_dinov2(images: Sequence[Image.Image], *, seed: int, recipe: Dinov2Reci
     n = len(images)
 
     def loss_at(step: int) -> torch.Tensor:
-        x = pixels[torch.randperm(n, generator=gen)[: recipe.batch_size]]
-        # Horizontal flips: the only augmentation that cannot change a colour or a pattern.
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        idx = torch.randperm(n, generator=gen)[: recipe.batch_size]
+        # Mirrored scenes come drawn by the world: a mirrored image would run the stripes along the other diagonal.
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], flipped[idx], pixels[idx])
         target = patchify(x)
         mask = block_patch_mask(len(x), IMAGE_SIZE // PATCH_SIZE, recipe.mask_min, recipe.mask_max, gen)
         feats = model(pixel_values=x, bool_masked_pos=mask).last_hidden_state[:, 1:]

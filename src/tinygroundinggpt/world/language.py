@@ -7,7 +7,7 @@ Public API (stable):
   that object; :func:`all_referring_expressions` ``(scene, rng)`` for every object.
 * :func:`caption` ``(scene, rng) -> str``, :func:`object_phrase` ``(obj) -> str`` ("a small striped red
   circle"), :func:`relation_triples` ``(scene) -> list[(i, relation, j)]`` and
-  :func:`triple_text` for their phrasing.
+  :func:`triple_text` for their phrasing (of :func:`nameable_triples` only: a twin has no name of its own).
 
 The grammar is small and regular (a tiny tokenizer is trained on it). A descriptor is
 ``the [size] [pattern] [colour] <shape>``; the kinds are
@@ -203,13 +203,20 @@ def all_referring_expressions(scene: Scene, rng: random.Random, kinds: Sequence[
     return [e for t in range(len(scene.objects)) for e in referring_expressions(scene, t, rng, kinds)]
 
 
+def _unique_descriptor(scene: Scene, i: int) -> dict[str, str] | None:
+    obj = scene.objects[i]
+    return next((d for d in _descriptors(obj, with_size=True) if _matching(scene, d, obj.shape) == [i]), None)
+
+
 def unique_name(scene: Scene, i: int) -> str:
     """Shortest attribute description naming only object ``i`` ("the red circle"), else its full phrase."""
-    obj = scene.objects[i]
-    for d in _descriptors(obj, with_size=True):
-        if _matching(scene, d, obj.shape) == [i]:
-            return f"the {descriptor_text(d, obj.shape)}"
-    return object_phrase(obj, "the")
+    obj, desc = scene.objects[i], _unique_descriptor(scene, i)
+    return object_phrase(obj, "the") if desc is None else f"the {descriptor_text(desc, obj.shape)}"
+
+
+def nameable(scene: Scene, i: int) -> bool:
+    """Can object ``i`` be named by its attributes alone (it has no identical twin in the scene)?"""
+    return _unique_descriptor(scene, i) is not None
 
 
 def relation_triples(scene: Scene) -> list[tuple[int, str, int]]:
@@ -221,6 +228,12 @@ def relation_triples(scene: Scene) -> list[tuple[int, str, int]]:
     for front, back in scene.occludes:
         triples += [(front, "in front of", back), (back, "behind", front)]
     return triples
+
+
+def nameable_triples(scene: Scene) -> list[tuple[int, str, int]]:
+    """:func:`relation_triples` whose two objects both have a name of their own, so that the sentence
+    :func:`triple_text` writes cannot be read about an identical twin."""
+    return [t for t in relation_triples(scene) if nameable(scene, t[0]) and nameable(scene, t[2])]
 
 
 def triple_text(scene: Scene, triple: tuple[int, str, int]) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -226,6 +226,13 @@ def render_scene(scene: Scene) -> tuple[Image.Image, np.ndarray]:
         canvas[y0:y1, x0:x1][m] = pixels[m]
         labels[y0:y1, x0:x1][m] = i
     return Image.fromarray(canvas, mode="RGB"), labels
+
+
+def render_mirrored(scene: Scene) -> Image.Image:
+    """The scene mirrored left to right, drawn by the world: every shape and rotation mirrored, the stripes still along
+    the world's one diagonal (a mirrored image would run them along the other, which no scene shows)."""
+    objects = [replace(o, cx=scene.width - o.cx, angle=-o.angle) for o in scene.objects]
+    return render_scene(replace(scene, objects=objects))[0]
 
 
 def _pick_shape(rng: random.Random, theme: tuple[str, ...]) -> str:

@@ -27,6 +27,7 @@ Options in multiple-choice questions are objects whose boxes overlap little
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 
 from tinygroundinggpt.boxes import iou
@@ -40,6 +41,8 @@ from tinygroundinggpt.world.language import (
     caption,
     count_phrase,
     join_list,
+    nameable,
+    nameable_triples,
     object_phrase,
     plural,
     referring_expressions,
@@ -118,7 +121,7 @@ def stage1(scene: Scene, image: str, sample_id: str, rng: random.Random) -> list
     out = [
         _sample(f"{sample_id}-cap", scene, image, [], [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))], "caption")
     ]
-    triples = [t for t in relation_triples(scene) if t[0] < t[2]]
+    triples = [t for t in nameable_triples(scene) if t[0] < t[2]]
     if triples:
         picked = rng.sample(triples, min(3, len(triples)))
         text = ". ".join(_capitalise(triple_text(scene, t)) for t in picked) + "."
@@ -209,6 +212,9 @@ def stage3_conv(scene: Scene, image: str, sample_id: str, rng: random.Random) ->
             continue
         asked.add((t, kind))
         triples = [x for x in relation_triples(scene) if x[2] == t and x[1] in RELATIONS]
+        # "What is left of X?" has one right answer only where a single object is left of X.
+        subjects = Counter(rel for _, rel, _ in triples)
+        triples = [x for x in triples if subjects[x[1]] == 1]
         if kind == "colour":
             turns.append((f"What colour is {name} {ref(t)}?", f"{_capitalise(name)} {ref(t)} is {obj.colour}."))
         elif kind == "pattern":
@@ -240,7 +246,7 @@ def stage3_desc(scene: Scene, image: str, sample_id: str, rng: random.Random) ->
     for k, i in enumerate(order):
         phrase = f"{object_phrase(scene.objects[i])} <box:{k}>"
         # Relate the object to one already described, so the description reads as a whole.
-        links = [(rel, b) for a, rel, b in triples if a == i and b in order[:k]]
+        links = [(rel, b) for a, rel, b in triples if a == i and b in order[:k] and nameable(scene, b)]
         if links:
             rel, b = rng.choice(links)
             sentences.append(f"{_capitalise(phrase)} is {rel} {unique_name(scene, b)}.")
