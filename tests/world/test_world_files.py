@@ -67,9 +67,9 @@ PINNED = {
     "stage2_tc.jsonl": "c40827cd3778d135",
     "stage2_ic.jsonl": "83cab8fabefd9227",
     "stage2_ti.jsonl": "6414ed9af5aaacc3",
-    "stage3_conv.jsonl": "e11daae4620f8451",
-    "stage3_desc.jsonl": "6d0de53a1062811e",
-    "stage3_instruct.jsonl": "a4f1effa8b9c317e",
+    "stage3_conv.jsonl": "6692aaf1d563c793",
+    "stage3_desc.jsonl": "3930639977ce32aa",
+    "stage3_instruct.jsonl": "57472444ed6fcc90",
 }
 
 

@@ -15,6 +15,7 @@ from tinygroundinggpt.world.language import (
     referring_expressions,
     relation_triples,
     triple_text,
+    unique_name,
 )
 from tinygroundinggpt.world.scene import SceneConfig, generate_scene
 from tinygroundinggpt.world.stages import stage1, stage3_conv, stage3_desc
@@ -76,21 +77,29 @@ def _twin_scenes(count: int) -> list:
 def test_relation_sentences_name_each_object_by_a_name_of_its_own():
     """A twin (an object identical to another) has no name of its own: a sentence naming it fits both."""
     twins = _twin_scenes(400)
-    assert twins and any(len(nameable_triples(s)) < len(relation_triples(s)) for s in twins)
+    dropped = 0
     for scene in twins:
-        for a, rel, b in nameable_triples(scene):
+        named = [resolve(scene, unique_name(scene, i)) == [i] for i in range(len(scene.objects))]
+        kept = nameable_triples(scene)
+        assert kept == [t for t in relation_triples(scene) if named[t[0]] and named[t[2]]]
+        dropped += len(relation_triples(scene)) - len(kept)
+        for a, rel, b in kept:
             first, second = triple_text(scene, (a, rel, b)).split(f" is {rel} ")
             assert resolve(scene, first) == [a] and resolve(scene, second) == [b]
-        for sample in stage1(scene, "x.png", "s", random.Random(0)) + stage3_desc(
-            scene, "x.png", "s", random.Random(0)
-        ):
-            text = sample.messages[-1]["content"]
-            for named in re.findall(rf" is {RELATION} (the [a-z ]+?)\.", text):
-                assert len(resolve(scene, named[1])) == 1, (text, named)
+        relations = stage1(scene, "x.png", "s", random.Random(0))[-1].messages[-1]["content"]
+        for sentence in relations.rstrip(".").split(". "):
+            m = re.fullmatch(rf"(the .+) is {RELATION} (the .+)", sentence[:1].lower() + sentence[1:])
+            if m:  # else the scene had no nameable pair and stage 1 listed the objects
+                assert len(resolve(scene, m.group(1))) == 1 and len(resolve(scene, m.group(3))) == 1, sentence
+        description = stage3_desc(scene, "x.png", "s", random.Random(0))[0].messages[-1]["content"]
+        for linked in re.findall(rf" is {RELATION} (the [a-z ]+?)\.", description):
+            assert len(resolve(scene, linked[1])) == 1, (description, linked)
+    assert twins and dropped > 0  # twins occur, and their triples are the ones left out
 
 
 def test_conversation_relation_questions_have_one_right_answer():
-    """'What is left of X?' is asked only where a single object is left of X, and the answer is that object."""
+    """'What is left of X?' is asked only where the object answered is left of X and no other is, even in the loose
+    (centre) reading the REC expressions demand of their rivals."""
     asked = 0
     for seed in range(300):
         _, scene = generate_scene(seed, 64, SceneConfig(min_objects=3, max_objects=6))
@@ -101,9 +110,9 @@ def test_conversation_relation_questions_have_one_right_answer():
                 if not m:
                     continue
                 rel, x = m.group(1), objects[int(m.group(2))]
-                fits = [
-                    i for i in range(len(scene.objects)) if i != x and relation_holds(scene, i, rel, x, loose=False)
-                ]
-                assert fits == [objects[int(re.search(r"<box:(\d+)>", a["content"]).group(1))]], (q, a)
+                answered = objects[int(re.search(r"<box:(\d+)>", a["content"]).group(1))]
+                assert relation_holds(scene, answered, rel, x, loose=False), (q, a)
+                loose = [i for i, _ in enumerate(scene.objects) if i != x and relation_holds(scene, i, rel, x, True)]
+                assert loose == [answered], (q, a)
                 asked += 1
-    assert asked > 50
+    assert asked > 20  # 43 in these scenes

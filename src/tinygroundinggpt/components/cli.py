@@ -120,6 +120,6 @@ def train_component(
         return clip.train_clip(images, captions, seed=seed, recipe=recipe, regions=corpus.regions(samples))
     if name == "dinov2":
         images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
-        mirrored = corpus.mirrored_images(samples, dinov2.IMAGENET_MEAN)
+        mirrored = corpus.square_images(samples, dinov2.IMAGENET_MEAN, mirrored=True)
         return dinov2.train_dinov2(images, seed=seed, recipe=recipe, mirrored=mirrored)
     return qwen2.train_qwen2(corpus.lm_documents(samples, seed + 1), seed=seed, recipe=recipe)

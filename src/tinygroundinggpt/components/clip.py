@@ -168,6 +168,11 @@ def phrase_ids(phrases: Sequence[str], swapped: Sequence[str]) -> tuple[torch.Te
     return torch.tensor([ids[p] for p in phrases]), torch.tensor([ids.get(p, -1) for p in swapped])
 
 
+def own_phrase_mask(phrase_id: torch.Tensor, swapped_id: torch.Tensor) -> torch.Tensor:
+    """(K, 2K) from K objects' :func:`phrase_ids`: is text j (the K phrases, then their swaps) object i's phrase?"""
+    return phrase_id[:, None] == torch.cat([phrase_id, swapped_id])[None, :]
+
+
 class RegionLoss(torch.nn.Module):
     """The region-phrase term: each object's patch tokens, pooled (or with ``dense`` each covered patch on its own),
     against the batch's phrases and shape swaps; the phrases pick their pooled region in both modes."""
@@ -279,7 +284,7 @@ def train_clip(
         )
         embedded = embedded if isinstance(embedded, torch.Tensor) else embedded.pooler_output
         patches = out.vision_model_output.hidden_states[-2][:, 1:][owner]  # drop CLS
-        same = phrase_id[objs][:, None] == torch.cat([phrase_id[objs], swapped_id[objs]])[None, :]
+        same = own_phrase_mask(phrase_id[objs], swapped_id[objs])
         term = region_loss(patches, obj_weights[objs], embedded, same, model.logit_scale.exp())
         return loss + recipe.region_weight * term
 

@@ -48,16 +48,11 @@ def world_samples(seed: int, count: int, image_size: int = IMAGE_SIZE, desc: str
     return [WorldSample(*generate_scene(rng, image_size)) for _ in tqdm(range(count), desc=desc, unit="scene")]
 
 
-def square_images(samples: Sequence[WorldSample], mean: Sequence[float]) -> list[Image.Image]:
-    """Each image centred on a square of the encoder's mean colour (reads as zero after normalising)."""
+def square_images(samples: Sequence[WorldSample], mean: Sequence[float], mirrored: bool = False) -> list[Image.Image]:
+    """Each image centred on a square of the encoder's mean colour (reads as zero after normalising); with
+    ``mirrored``, each scene mirrored left to right and drawn by the world (``render_mirrored``)."""
     fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
-    return [pad_to_square(s.image, fill) for s in samples]
-
-
-def mirrored_images(samples: Sequence[WorldSample], mean: Sequence[float]) -> list[Image.Image]:
-    """:func:`square_images` of the scenes mirrored left to right, drawn by the world (``render_mirrored``)."""
-    fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
-    return [pad_to_square(render_mirrored(s.scene), fill) for s in samples]
+    return [pad_to_square(render_mirrored(s.scene) if mirrored else s.image, fill) for s in samples]
 
 
 def captions(samples: Sequence[WorldSample], seed: int) -> list[list[str]]:

@@ -139,7 +139,7 @@ def train_dinov2(
     gen = seed_everything(seed)
     image_processor = dinov2_image_processor()
     pixels = image_processor(list(images), return_tensors="pt").pixel_values
-    flipped = image_processor(list(mirrored), return_tensors="pt").pixel_values if mirrored is not None else pixels
+    mirror_pixels = image_processor(list(mirrored), return_tensors="pt").pixel_values if mirrored is not None else None
     model = Dinov2Model(dinov2_config(recipe))
     head = torch.nn.Linear(recipe.hidden, 3 * PATCH_SIZE * PATCH_SIZE)
     # Built only when used, so that runs without the term draw the same random numbers as before it existed.
@@ -150,9 +150,11 @@ def train_dinov2(
 
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.randperm(n, generator=gen)[: recipe.batch_size]
-        # Mirrored scenes come drawn by the world: a mirrored image would run the stripes along the other diagonal.
-        flip = torch.rand(len(idx), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], flipped[idx], pixels[idx])
+        x = pixels[idx]
+        if mirror_pixels is not None:
+            # Mirrored scenes come drawn by the world: a mirrored image would run the stripes along the other diagonal.
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], mirror_pixels[idx], x)
         target = patchify(x)
         mask = block_patch_mask(len(x), IMAGE_SIZE // PATCH_SIZE, recipe.mask_min, recipe.mask_max, gen)
         feats = model(pixel_values=x, bool_masked_pos=mask).last_hidden_state[:, 1:]

@@ -136,10 +136,9 @@ def _relation(scene: Scene, t: int, rng: random.Random, require_colour: bool) ->
     for a, anchor in enumerate(scene.objects):
         if a == t:
             continue
-        anchor_descs = [d for d in _descriptors(anchor, with_size=True) if _matching(scene, d, anchor.shape) == [a]]
-        if not anchor_descs:
+        anchor_desc = _unique_descriptor(scene, a)  # the shortest name of the anchor keeps sentences short
+        if anchor_desc is None:
             continue
-        anchor_desc = min(anchor_descs, key=len)  # the shortest name of the anchor keeps sentences short
         for rel in RELATIONS:
             if not holds(scene, t, rel, a):
                 continue
@@ -204,6 +203,7 @@ def all_referring_expressions(scene: Scene, rng: random.Random, kinds: Sequence[
 
 
 def _unique_descriptor(scene: Scene, i: int) -> dict[str, str] | None:
+    """The shortest descriptor (fewest attributes) that matches object ``i`` alone, if any."""
     obj = scene.objects[i]
     return next((d for d in _descriptors(obj, with_size=True) if _matching(scene, d, obj.shape) == [i]), None)
 

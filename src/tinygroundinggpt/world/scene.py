@@ -229,8 +229,9 @@ def render_scene(scene: Scene) -> tuple[Image.Image, np.ndarray]:
 
 
 def render_mirrored(scene: Scene) -> Image.Image:
-    """The scene mirrored left to right, drawn by the world: every shape and rotation mirrored, the stripes still along
-    the world's one diagonal (a mirrored image would run them along the other, which no scene shows)."""
+    """The scene mirrored left to right, drawn by the world: every shape and rotation mirrored (all the polygons are
+    symmetric about the vertical), the stripes still along the world's one diagonal (a mirrored image would run them
+    along the other, which no scene shows). The background is drawn as the scene's own, not mirrored."""
     objects = [replace(o, cx=scene.width - o.cx, angle=-o.angle) for o in scene.objects]
     return render_scene(replace(scene, objects=objects))[0]
 

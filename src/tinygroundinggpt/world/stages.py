@@ -27,7 +27,6 @@ Options in multiple-choice questions are objects whose boxes overlap little
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable
 
 from tinygroundinggpt.boxes import iou
@@ -40,6 +39,7 @@ from tinygroundinggpt.world.language import (
     Expression,
     caption,
     count_phrase,
+    holds,
     join_list,
     nameable,
     nameable_triples,
@@ -211,10 +211,15 @@ def stage3_conv(scene: Scene, image: str, sample_id: str, rng: random.Random) ->
         if (t, kind) in asked:  # a conversation does not ask the same thing twice
             continue
         asked.add((t, kind))
-        triples = [x for x in relation_triples(scene) if x[2] == t and x[1] in RELATIONS]
-        # "What is left of X?" has one right answer only where a single object is left of X.
-        subjects = Counter(rel for _, rel, _ in triples)
-        triples = [x for x in triples if subjects[x[1]] == 1]
+        # "What is left of X?" is asked only where no other object is left of X even in the loose (centre) reading,
+        # as the REC expressions demand of their rivals: one right answer.
+        triples = [
+            (a, rel, b)
+            for a, rel, b in relation_triples(scene)
+            if b == t
+            and rel in RELATIONS
+            and not any(holds(scene, i, rel, t, loose=True) for i in range(n) if i not in (a, t))
+        ]
         if kind == "colour":
             turns.append((f"What colour is {name} {ref(t)}?", f"{_capitalise(name)} {ref(t)} is {obj.colour}."))
         elif kind == "pattern":
