@@ -14,11 +14,17 @@ For every REC expression of the world's val and test splits, two answers from th
   object (1-D IoU ≥ 0.5), so a box whose x comes from one object and y from another shows up as such.
 
 A gap between the two says the model holds the answer but cannot write it as one coherent box.
+
+``--train-world W`` (repeatable) scores the same two answers on the REC samples of W's ``stage2_tc.jsonl`` (the
+first ``--train-scenes`` scenes), asked with the evaluation prompt: on the world the model trained on, whether it
+fits its own training scenes; on a fresh world written the same way (``tgg world --seed <another>``), the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from tinygroundinggpt.api import TinyGroundingGPTPipeline
 from tinygroundinggpt.data.format import IMAGE_TOKEN, Sample
 from tinygroundinggpt.eval.task import Item, get_task
 from tinygroundinggpt.images import load_image
+from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, REC_PROMPTS
 
 
 def box_loglik(pipe: TinyGroundingGPTPipeline, item: Item, candidates: list[list[float]]) -> torch.Tensor:
@@ -86,27 +93,46 @@ def miss_kind(pred: bx.Box | None, objects: list[list[float]]) -> str:
     return "miss: neither extent matches an object"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data-root", required=True, help="a world with eval files (tgg demo's <out>/world)")
-    parser.add_argument("--tasks", default="world_rec_val,world_rec_test")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search for the written boxes (1: greedy)")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
-    items: list[Item] = []
-    for task in args.tasks.split(","):
-        items += get_task(task).load(Path(args.data_root))
+def world_items(world: Path, scenes: int) -> list[Item]:
+    """The REC samples of ``world``'s stage2_tc.jsonl on its first ``scenes`` scenes, asked with the evaluation
+    prompt; ``others`` are the scene's other objects, as the evaluation tasks give them."""
+    patterns = [re.compile(re.escape(t).replace(re.escape("{expression}"), "(.+)") + "$") for t in REC_PROMPTS]
+    graphs = {}
+    for line in (world / "scenes.jsonl").read_text().splitlines()[:scenes]:
+        graph = json.loads(line)
+        graphs[graph["image"]] = graph
+    items = []
+    for line in (world / "stage2_tc.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        if sample["image"] not in graphs or not sample["meta"]["task"].startswith("rec/"):
+            continue
+        question = sample["messages"][0]["content"].removeprefix(f"{IMAGE_TOKEN}\n")
+        expression = next(m.group(1) for p in patterns if (m := p.match(question)))
+        box = sample["boxes"][0]
+        others = [o["box"] for o in graphs[sample["image"]]["objects"] if o["box"] != box]
+        items.append(
+            Item(
+                id=sample["id"],
+                image=str(world / sample["image"]),
+                prompt=REC_EVAL_PROMPT.format(expression=expression),
+                reference={"box": box, "others": others},
+            )
+        )
+    return items
+
+
+def score(
+    pipe: TinyGroundingGPTPipeline, items: list[Item], batch_size: int, num_beams: int
+) -> tuple[float, float, Counter[str]]:
+    """Ranking hits, their chance level (both summed over items) and what the written boxes are."""
     for it in items:
         it.width, it.height = load_image(it.image).size
     ranked = chance = 0.0
     kinds: Counter[str] = Counter()
-    for start in range(0, len(items), args.batch_size):
-        chunk = items[start : start + args.batch_size]
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
         answers = pipe.generate_batch(
-            [i.image for i in chunk], [i.prompt for i in chunk], max_new_tokens=48, num_beams=args.num_beams
+            [i.image for i in chunk], [i.prompt for i in chunk], max_new_tokens=48, num_beams=num_beams
         )
         for it, answer in zip(chunk, answers, strict=True):
             objects = [it.reference["box"], *it.reference["others"]]
@@ -114,9 +140,30 @@ def main() -> None:
             chance += 1 / len(objects)
             pred = bx.parse_first_box(answer)
             kinds[miss_kind(None if pred is None else bx.model_to_pixel(pred, it.width, it.height), objects)] += 1
+    return ranked, chance, kinds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data-root", required=True, help="a world with eval files (tgg demo's <out>/world)")
+    parser.add_argument("--tasks", default="world_rec_val,world_rec_test")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search for the written boxes (1: greedy)")
+    parser.add_argument("--train-world", action="append", default=[], help="also score this world's stage2_tc REC")
+    parser.add_argument("--train-scenes", type=int, default=150)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
+    items: list[Item] = []
+    for task in args.tasks.split(","):
+        items += get_task(task).load(Path(args.data_root))
+    ranked, chance, kinds = score(pipe, items, args.batch_size, args.num_beams)
     n = len(items)
     beams = f" --num-beams {args.num_beams}" if args.num_beams > 1 else ""
-    print(f"# python benchmarks/bench_rec_ranking.py --model {args.model} --data-root {args.data_root}{beams}")
+    worlds = "".join(f" --train-world {w}" for w in args.train_world)
+    worlds += f" --train-scenes {args.train_scenes}" if worlds else ""
+    print(f"# python benchmarks/bench_rec_ranking.py --model {args.model} --data-root {args.data_root}{beams}{worlds}")
     print(f"# {n} expressions ({args.tasks})")
     print(f"ranking, named object's box most likely among the scene's objects: {100 * ranked / n:5.1f} %"
           f"   (chance {100 * chance / n:.1f} %)")  # fmt: skip
@@ -125,6 +172,12 @@ def main() -> None:
     print(f"what the {how} boxes are:")
     for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:62s} {count:4d}  {100 * count / n:5.1f} %")
+    for world in args.train_world:
+        items = world_items(Path(world), args.train_scenes)
+        ranked, chance, kinds = score(pipe, items, args.batch_size, args.num_beams)
+        print(f"{world} stage2_tc REC, first {args.train_scenes} scenes ({len(items)} expressions): ranking "
+              f"{100 * ranked / len(items):.1f} % (chance {100 * chance / len(items):.1f} %), {how} box IoU >= 0.5 "
+              f"{100 * kinds['hit'] / len(items):.1f} %")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -41,6 +41,29 @@ def base_url(pipe):
         yield f"http://127.0.0.1:{port}/v1"
 
 
+def _read_response(conn: socket.socket) -> str:
+    """One whole HTTP response: a single recv can return the headers before the body has arrived (seen on a busy
+    machine), so read until the body holds the Content-Length it announces."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            if len(body) >= length:
+                return data.decode()
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+
+
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_its_slot_back(pipe):
     # A client that sends half its body and stalls would otherwise hold one of max_pending slots for good.
     with serving(create_app(pipe, model_name=MODEL, max_pending=1, body_seconds=0.5)) as port:
@@ -49,7 +72,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_its_slot_back(pipe):
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 1000\r\n\r\n" + b'{"model": "' + MODEL.encode()
             )
-            reply = conn.recv(65536).decode()
+            reply = _read_response(conn)
         assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
         with httpx.Client(trust_env=False, timeout=60) as http:  # the slot is free again
             body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
