@@ -57,11 +57,10 @@ def test_same_seed_gives_byte_identical_world(world, tmp_path):
     assert _digest(tmp_path / "other")["stage1.jsonl"] != _digest(world)["stage1.jsonl"]
 
 
-# The shipped tiny checkpoint was trained on worlds these builders write: a change to any of these files (a new
-# random draw before the last builder, another wording) means `tgg demo --train` no longer makes that checkpoint.
-# Change the digests only together with a retrained checkpoint. stage3_presence.jsonl, the last file a scene's text
-# rng writes and in no tiny recipe's mixture, is left free. (Branch fix-defects: these are the fixed builders' files;
-# the checkpoint trained on them is still to come, and the branch joins main with it.)
+# `tgg demo --train` trains on worlds these builders write, and benchmarks/results/demo.md records what that chain
+# scored: a change to any of these files (a new random draw before the last builder, another wording) means the
+# command no longer makes the recorded chain. Change the digests only together with a re-trained, re-recorded chain.
+# stage3_presence.jsonl, the last file a scene's text rng writes and in no tiny recipe's mixture, is left free.
 PINNED = {
     "scenes.jsonl": "acd1409b37058af9",
     "stage1.jsonl": "3146f767fd0ce4d0",
@@ -74,7 +73,7 @@ PINNED = {
 }
 
 
-def test_files_the_shipped_checkpoint_was_trained_on_are_unchanged(world):
+def test_files_the_recorded_chain_was_trained_on_are_unchanged(world):
     got = {name: hashlib.sha256((world / name).read_bytes()).hexdigest()[:16] for name in PINNED}
     assert got == PINNED
 
