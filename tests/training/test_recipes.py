@@ -9,6 +9,7 @@ from tinygroundinggpt.training.chain import load_checkpoint
 from tinygroundinggpt.training.engine import (
     devices_sharing_the_batch,
     is_complete,
+    loader_workers_per_rank,
     per_device_batch,
     train_stage,
     training_arguments,
@@ -179,3 +180,15 @@ def test_the_recipes_batch_is_the_global_batch_whatever_shares_it(monkeypatch, t
     assert devices_sharing_the_batch() == 4 and per_device_batch(recipe, 4) == 4
     with pytest.raises(RecipeError, match="batch_size 16 is not divisible by 3 devices"):
         per_device_batch(recipe, 3)
+
+
+def test_gpu_ranks_share_the_cores_for_image_loading(monkeypatch):
+    # measured on a lent H200 (benchmarks/results/gpu_h200.md): the tiny model's step outruns 4 loaders
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers_per_rank() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on a 16-core node: one loader each
+    assert loader_workers_per_rank() == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers_per_rank() == 8

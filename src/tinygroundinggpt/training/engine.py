@@ -237,6 +237,12 @@ def per_device_batch(recipe: Recipe, devices: int) -> int:
     return per_device
 
 
+def loader_workers_per_rank() -> int:
+    """Image loaders per rank on a GPU machine: a small model's step outruns one loader, so half the cores load."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 2) // (2 * ranks_here)))
+
+
 def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> TrainingArguments:
     """The recipe as ``TrainingArguments``; the recipe's batch size is the global batch."""
     per_device = per_device_batch(recipe, devices_sharing_the_batch())
@@ -260,7 +266,7 @@ def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> 
         seed=recipe.seed,
         data_seed=recipe.seed,
         remove_unused_columns=False,
-        dataloader_num_workers=0 if not cuda else 4,
+        dataloader_num_workers=0 if not cuda else loader_workers_per_rank(),
         report_to="none",
         use_cpu=not cuda,
         ddp_find_unused_parameters=False,
