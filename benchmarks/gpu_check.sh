@@ -2,12 +2,11 @@
 # One GPU session's checks, run once on a lent single-GPU machine (no internet; its own torch/transformers):
 #   1. the paper-size model (CLIP-L/336 + DINOv2-L + Qwen2.5-1.5B, random weights) trains a step in bf16 on CUDA,
 #      against transformers' LLaVA at the same sizes (benchmarks/bench_model.py);
-#   2. the model and training tests under that machine's transformers;
-#   3. `tgg demo --train` end to end on the GPU: the tiny world, the whole tiny chain, the demo's evaluation.
-# Usage: OUT=<folder> [BUDGET_S=520] [STEPS_SCALE=] [STAGES=a,b INIT=<checkpoint>] [NO_BENCH=1] bash benchmarks/gpu_check.sh
-# STAGES and INIT run part of the chain from a checkpoint (tgg train --chain --stages --init).
-# STEPS_SCALE=N sets every stage's max_steps to N, N_TRAIN / N_EASY the world's sizes (a dry run on a CPU). Results land in $OUT; the chain's wall time
-# per stage is in chain.log (train_runtime) and report.json (train_minutes).
+#   2. `tgg demo --train` on the GPU: the tiny world, the tiny chain (within BUDGET_S), the demo's evaluation.
+# Usage: OUT=<folder> [BUDGET_S=520] [STAGES=a,b INIT=<checkpoint>] [NO_BENCH=1] bash benchmarks/gpu_check.sh
+# STAGES and INIT run part of the chain from a checkpoint (tgg train --chain --stages --init). A dry run on a CPU:
+# STEPS_SCALE=N (every stage's max_steps), N_TRAIN / N_EASY (the world's sizes), PY=<python>. Results land in $OUT;
+# each stage's wall time is in stage_reports.txt, the run's in chain.log (all in logs.tar.gz).
 set -u
 : "${OUT:?set OUT}"
 BUDGET_S=${BUDGET_S:-520}
@@ -59,4 +58,4 @@ else  # the last complete stage, for the rest of the chain elsewhere (tgg train 
 fi
 echo "done at +$(( $(date +%s) - T0 )) s" >>"$OUT/chain.log"
 # at most 8 files come back: the logs travel as one archive
-(cd "$OUT" && tar -czf logs.tar.gz ./*.txt ./*.log ./*.json 2>/dev/null && rm -f ./*.txt ./*.log)
+(cd "$OUT" && logs=$(ls ./*.txt ./*.log ./*.json 2>/dev/null) && tar -czf logs.tar.gz $logs && rm -f ./*.txt ./*.log)
