@@ -14,7 +14,8 @@ the box? chance: the uniform share). The same for the predicted box, and, as a c
 to objects, whichever", for each other object of the scene (mean per object). Rows split the answers by REC
 outcome (IoU ≥ 0.5; a miss on another annotated object or on none, as ``tgg eval`` scores them). A second
 table repeats the figures for every layer. The figure (``--figure``) shows a few hits and misses
-(one per scene): the image with the true box green and the predicted red, and the heat map.
+(one per scene): the image with the true box green and the predicted red, and the heat map of
+``--figure-layer`` (default: the last).
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=DEMO_SEED)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", default="benchmarks/results/attention.png")
+    parser.add_argument("--figure-layer", type=int, default=-1, help="the layer the figure maps (default: the last)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -161,7 +163,8 @@ def main() -> None:
         measured = [m for m in (measure(pipe, i, a) for i, a in zip(items, answers, strict=True)) if m is not None]
         by_layer = {layer: [m[layer] for m in measured] for layer in range(n_layers)}
         rows = by_layer[n_layers - 1]
-        figure(rows, Path(args.figure))
+        fig_layer = range(n_layers)[args.figure_layer]
+        figure(by_layer[fig_layer], Path(args.figure))
     hits = sum(r.outcome == GROUPS[1] for r in rows)
     print(f"# model {args.model}")
     print(f"# {len(items)} REC expressions on {args.scenes} fresh held-out scenes (seed {args.seed};"
@@ -176,7 +179,7 @@ def main() -> None:
     print("\n".join(table([(g, [r for r in rows if g == "all" or r.outcome == g]) for g in GROUPS])))
     print("\n## every layer, all answers with a box")
     print("\n".join(table([(f"layer {k}", m) for k, m in by_layer.items()])))
-    print(f"\nfigure: {args.figure}   (benchmark ran in {time.time() - t0:.0f} s)")
+    print(f"\nfigure: {args.figure}, layer {fig_layer}   (benchmark ran in {time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
