@@ -67,7 +67,7 @@ def markdown(summary: dict[str, Any]) -> str:
         for metric in ("acc", "f1", "yes_ratio", "not_yes_or_no"):
             lines.append(f"| POPE {split} | {metric} | {summary[f'pope_{split}_{metric}']:.2f} |")
     if "train_minutes" in summary:
-        lines.append(f"| training (2 cores) | minutes | {summary['train_minutes']:.1f} |")
+        lines.append(f"| training | minutes | {summary['train_minutes']:.1f} |")
     if "train_seed" in summary:
         lines.append(f"| training | seed | {summary['train_seed']} |")
     return "\n".join(lines) + "\n"
