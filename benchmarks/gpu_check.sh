@@ -51,7 +51,9 @@ if [ -f $D/stage3/COMPLETE ]; then
   timeout $(( $(left) - 15 )) "${TGG[@]}" demo --model $D/stage3 --out /tmp/gpu_check/demo >"$OUT/demo.log" 2>&1
   cp /tmp/gpu_check/demo/report.json /tmp/gpu_check/demo/report.md /tmp/gpu_check/demo/predictions.png "$OUT/"
   tar -C $D --exclude 'checkpoint-*' -czf "$OUT/stage3.tar.gz" stage3
-  tar -C $D --exclude 'checkpoint-*' -czf "$OUT/stage2_anneal2.tar.gz" stage2_anneal2
+  # the last stage-2 part too, to try stage-3 variants from it elsewhere
+  pre3=$("$PY" -c 'from tinygroundinggpt.training.recipe import chain_stages as c; s = c(tiny=True); print(s[s.index("stage3") - 1])')
+  tar -C $D --exclude 'checkpoint-*' -czf "$OUT/$pre3.tar.gz" "$pre3"
 else  # the last complete stage, for the rest of the chain elsewhere (tgg train --chain --stages ... --init)
   last=$(ls -td $D/*/COMPLETE 2>/dev/null | head -1)
   [ -n "$last" ] && tar -C $D --exclude 'checkpoint-*' -czf "$OUT/last_stage.tar.gz" "$(basename "$(dirname "$last")")"
