@@ -41,13 +41,16 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     assert stage_recipe("stage2_easy", ["max_steps=7"], tiny=True).max_steps == 7
     more = stage_recipe("stage2_more", tiny=True)  # stage 2 again, same data, lower learning rate
     assert more.data == stage2.data and more.learning_rate < stage2.learning_rate
-    # and again, each part at a lower rate than the one before, until stage 3
+    # and again, each part at a lower rate than the one before, then warm restarts at a higher rate, until stage 3
     parts = chain[chain.index("stage2") : chain.index("stage3")]
     assert parts[:2] == ("stage2", "stage2_more") and len(parts) >= 4
     recipes = [stage_recipe(s, tiny=True) for s in parts]
-    assert all(r.data == stage2.data for r in recipes)
+    assert all(r.data == stage2.data and r.modules == stage2.modules for r in recipes)
+    restart = next(i for i, s in enumerate(parts) if s.startswith("stage2_restart"))
     rates = [r.learning_rate for r in recipes]
-    assert rates == sorted(rates, reverse=True) and len(set(rates)) == len(rates)
+    halving = rates[:restart]
+    assert all(later == earlier / 2 for earlier, later in zip(halving, halving[1:]))
+    assert all(halving[-1] < rate < halving[0] for rate in rates[restart:])
     assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
     with pytest.raises(RecipeError, match="no recipe"):
         stage_recipe("stage2_easy")  # only the tiny preset has it
