@@ -1,4 +1,5 @@
 import json
+from itertools import pairwise
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     restart = next(i for i, s in enumerate(parts) if s.startswith("stage2_restart"))
     rates = [r.learning_rate for r in recipes]
     halving = rates[:restart]
-    assert all(later == earlier / 2 for earlier, later in zip(halving, halving[1:]))
+    assert all(later == earlier / 2 for earlier, later in pairwise(halving))
     assert all(halving[-1] < rate < halving[0] for rate in rates[restart:])
     assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
     with pytest.raises(RecipeError, match="no recipe"):
