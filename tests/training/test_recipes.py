@@ -144,6 +144,17 @@ def test_lora_stage_trains_adapters_and_saves_a_merged_checkpoint(world, tiny_ck
     assert torch.equal(sd["language_model.model.norm.weight"], before["language_model.model.norm.weight"])
 
 
+def test_training_starts_from_float32_weights_even_from_a_bf16_export(tiny_ckpt, tmp_path):
+    model, proc = load_checkpoint(tiny_ckpt)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)  # what `tgg export` ships
+    proc.save_pretrained(tmp_path)
+    reloaded, _ = load_checkpoint(tmp_path)
+    assert {p.dtype for p in reloaded.parameters()} == {torch.float32}
+    bf16 = model.state_dict()
+    for name, value in reloaded.state_dict().items():
+        assert torch.equal(value, bf16[name].float()), name  # the same values, upcast exactly
+
+
 def test_a_stage_that_diverges_is_never_marked_complete(world, tiny_ckpt, tmp_path):
     model, proc = load_checkpoint(tiny_ckpt)
     recipe = load_recipe("stage1b", ["batch_size=2", "max_steps=4", "learning_rate=1e30", "warmup=0"])

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 from tinygroundinggpt.model.presets import assemble_preset
 from tinygroundinggpt.training.engine import is_complete, train_stage
@@ -22,8 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str | Path) -> tuple[TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor]:
+    """A checkpoint to train on, in float32 whatever dtype it was saved in: transformers loads a bf16 export
+    (the shipped model) as bf16, and optimiser steps on bf16 weights lose small updates; mixed precision
+    (``bf16: true``) casts per operation, not the weights."""
     return (
-        TinyGroundingGPTForConditionalGeneration.from_pretrained(str(path)),
+        TinyGroundingGPTForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32),
         TinyGroundingGPTProcessor.from_pretrained(str(path)),
     )
 
