@@ -52,6 +52,14 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     halving = rates[:restart]
     assert all(later == earlier / 2 for earlier, later in pairwise(halving))
     assert all(halving[-1] < rate < halving[0] for rate in rates[restart:])
+    # after stage 3, more warm restarts of stage 2 and a second stage-3 pass to end on
+    *later, last = chain[chain.index("stage3") + 1 :]
+    assert last == "stage3_again" and later and all(s.startswith("stage2_restart") for s in later)
+    again, stage3 = stage_recipe(last, tiny=True), stage_recipe("stage3", tiny=True)
+    assert (again.modules, again.learning_rate) == (stage3.modules, stage3.learning_rate)
+    assert again.data[:-1] == stage3.data and again.data[-1].path == "stage3_presence.jsonl"  # its mixture and POPE's
+    for r in (stage_recipe(s, tiny=True) for s in later):
+        assert r.data == stage2.data and r.modules == stage2.modules and halving[-1] < r.learning_rate < halving[0]
     assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
     with pytest.raises(RecipeError, match="no recipe"):
         stage_recipe("stage2_easy")  # only the tiny preset has it
@@ -66,7 +74,7 @@ def test_ablation_variants_drop_their_files_from_every_later_stage_and_keep_the_
         recipe = stage_recipe(stage, tc_only[stage], tiny=True)
         assert recipe.max_steps == 3
         names = [d.path for d in recipe.data]
-        if tiny.index("stage2") <= tiny.index(stage) < tiny.index("stage3"):  # all multi-object stage-2 parts lose them
+        if stage.startswith("stage2") and stage != "stage2_easy":  # all multi-object stage-2 parts lose them
             assert names == ["easy/stage2_tc.jsonl", "stage2_tc.jsonl"]
             assert [d.weight for d in recipe.data] == [0.3, 1.0]
         else:
@@ -78,6 +86,8 @@ def test_ablation_variants_drop_their_files_from_every_later_stage_and_keep_the_
         "stage2_tc.jsonl",
         "easy/stage2_tc.jsonl",
     ]
+    again = [d.path for d in stage_recipe("stage3_again", no_global["stage3_again"], tiny=True).data]
+    assert "stage3_conv.jsonl" not in again and "stage3_desc.jsonl" not in again  # nor the second pass
     paper = variant_overrides(ABLATIONS["table3"]["T,C"], STAGES, [], tiny=False)
     assert [d.path for d in stage_recipe("stage2", paper["stage2"]).data] == ["stage2_tc.jsonl"]
     assert all(paper[s] == [] for s in STAGES if s != "stage2")
