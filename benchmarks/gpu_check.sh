@@ -47,13 +47,12 @@ timeout $(( $(left) - 60 )) "${TGG[@]}" train --chain --preset tiny --data-root 
 echo "chain exit $? at +$(( $(date +%s) - T0 )) s" >>"$OUT/chain.log"
 cp $D/chain_report.json "$OUT/" 2>/dev/null
 for s in $D/*/train_report.json; do echo "$s"; cat "$s"; echo; done >"$OUT/stage_reports.txt" 2>/dev/null
-final=$("$PY" -c 'from tinygroundinggpt.training.recipe import chain_stages as c; print(c(tiny=True)[-1])')
+read -r pre final < <("$PY" -c 'from tinygroundinggpt.training.recipe import chain_stages as c; print(*c(tiny=True)[-2:])')
 if [ -f $D/$final/COMPLETE ]; then
   timeout $(( $(left) - 15 )) "${TGG[@]}" demo --model $D/$final --out /tmp/gpu_check/demo >"$OUT/demo.log" 2>&1
   cp /tmp/gpu_check/demo/report.json /tmp/gpu_check/demo/report.md /tmp/gpu_check/demo/predictions.png "$OUT/"
   tar -C $D --exclude 'checkpoint-*' -czf "$OUT/$final.tar.gz" "$final"
   # the stage before it too, to try variants of the last stage from it elsewhere
-  pre=$("$PY" -c 'from tinygroundinggpt.training.recipe import chain_stages as c; print(c(tiny=True)[-2])')
   tar -C $D --exclude 'checkpoint-*' -czf "$OUT/$pre.tar.gz" "$pre"
 else  # the last complete stage, for the rest of the chain elsewhere (tgg train --chain --stages ... --init)
   last=$(ls -td $D/*/COMPLETE 2>/dev/null | head -1)
