@@ -55,8 +55,9 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     # after stage 3, more warm restarts of stage 2, settling cycles at a lower rate, and a second stage-3 pass to end on
     *later, last = chain[chain.index("stage3") + 1 :]
     assert last == "stage3_again" and later and all(s.startswith(("stage2_restart", "stage2_settle")) for s in later)
-    settling = [stage_recipe(s, tiny=True).learning_rate for s in later if s.startswith("stage2_settle")]
-    assert settling and max(settling) < min(stage_recipe(s, tiny=True).learning_rate for s in later[: -len(settling)])
+    rate = {s: stage_recipe(s, tiny=True).learning_rate for s in later}
+    settling = [rate[s] for s in later if s.startswith("stage2_settle")]
+    assert settling and max(settling) < min(rate[s] for s in later if s.startswith("stage2_restart"))
     again, stage3 = stage_recipe(last, tiny=True), stage_recipe("stage3", tiny=True)
     assert (again.modules, again.learning_rate) == (stage3.modules, stage3.learning_rate)
     assert again.data[:-1] == stage3.data and again.data[-1].path == "stage3_presence.jsonl"  # its mixture and POPE's
