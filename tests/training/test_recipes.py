@@ -142,6 +142,24 @@ def test_one_step_changes_exactly_the_trained_modules(stage, trained, world, tin
         assert torch.equal(value, after[key])
 
 
+def test_a_stage_can_grow_the_language_model_and_trains_the_new_layers(world, tiny_ckpt, tmp_path):
+    model, proc = load_checkpoint(tiny_ckpt)
+    old = model.config.text_config.num_hidden_layers
+    recipe = load_recipe(
+        "stage2", ["batch_size=2", "max_steps=1", "learning_rate=1e-3", "warmup=0", f"language_model_layers={old + 2}"]
+    )
+    report = train_stage(recipe, model, proc, tmp_path / "grown", data_root=world, disable_tqdm=True)
+    new = report["expanded_layers"]
+    assert len(new) == 2
+    reloaded, _ = load_checkpoint(tmp_path / "grown")
+    assert len(reloaded.language_model.model.layers) == old + 2
+    for j in new:  # zero when added, so the identity; one step later they write into the residual stream
+        layer = reloaded.language_model.model.layers[j]
+        assert layer.self_attn.o_proj.weight.any() and layer.mlp.down_proj.weight.any()
+    again = train_stage(recipe, reloaded, proc, tmp_path / "again", data_root=world, disable_tqdm=True)
+    assert again["expanded_layers"] == []  # a model that already has the layers is left as it is
+
+
 def test_lora_stage_trains_adapters_and_saves_a_merged_checkpoint(world, tiny_ckpt, tmp_path):
     model, proc = load_checkpoint(tiny_ckpt)
     before = _snapshot(model)

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
+from tinygroundinggpt.model.expansion import expand_language_model
 from tinygroundinggpt.training.data import BATCH_INFO, Collator, EpochLengthGroupedSampler, MixtureDataset, stable_seed
 from tinygroundinggpt.training.recipe import MODULES, Recipe, RecipeError
 
@@ -301,6 +302,14 @@ def train_stage(
     # the stage's name in the data seed: stages sharing files and a seed take different shares of a fractional weight
     seed = stable_seed(recipe.seed, recipe.name)
     dataset = MixtureDataset(recipe.data, processor, data_root, augment=bool(recipe.object_augment), seed=seed)
+    expanded = expand_language_model(model, recipe.language_model_layers) if recipe.language_model_layers else []
+    if expanded:
+        logger.info(
+            "%s: language model grown to %d layers (new: %s)",
+            recipe.name,
+            len(model.language_model.model.layers),
+            expanded,
+        )
     apply_module_modes(model, recipe)
     args = training_arguments(recipe, output_dir, **training_kwargs)
     trainer = GroundingTrainer(
@@ -324,6 +333,7 @@ def train_stage(
         "recipe": recipe.to_dict(),
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
+        "expanded_layers": expanded,
         "log_history": trainer.state.log_history,
         "data": dataset.report.counts,
         "skipped": [list(s) for s in dataset.report.skipped],

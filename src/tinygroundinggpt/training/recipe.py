@@ -36,6 +36,9 @@ class Recipe:
     description: str = ""
     init: str = "previous"  # "assemble" | "previous" | a checkpoint path
     modules: dict[str, str] = field(default_factory=lambda: {"vision_tower": "frozen", "projector": "full"})
+    # > 0: grow the language model to this many decoder layers before training (LLaMA Pro block expansion,
+    # model/expansion.py); a model that already has them is left as it is
+    language_model_layers: int = 0
     learning_rate: float = 2e-5
     module_learning_rates: dict[str, float] = field(default_factory=dict)  # e.g. a faster projector
     batch_size: int = 32
@@ -60,7 +63,10 @@ class Recipe:
         # YAML 1.1 reads "1e-3" as a string; numbers in recipes and overrides are coerced here.
         for name in ("learning_rate", "epochs", "warmup", "weight_decay"):
             setattr(self, name, float(getattr(self, name)))
-        for name in ("batch_size", "gradient_accumulation", "max_steps", "max_length", "seed", "logging_steps"):
+        for name in (
+            "batch_size", "gradient_accumulation", "max_steps", "max_length", "seed", "logging_steps",
+            "language_model_layers",
+        ):  # fmt: skip
             setattr(self, name, int(getattr(self, name)))
         self.save_steps = int(self.save_steps)
         self.lora = {**LORA_DEFAULTS, **self.lora}
