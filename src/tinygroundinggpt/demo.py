@@ -9,6 +9,7 @@ shipped checkpoint: world → stages 1a → 1b → 2 (one-object scenes first) �
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.eval.runner import evaluate
+from tinygroundinggpt.eval.runner import checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import get_task
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, tile_sheet
 
@@ -131,8 +132,12 @@ def run_demo(
     pipe = TinyGroundingGPTPipeline.from_pretrained(model)
     tasks = [get_task(t) for group in REC_TASKS.values() for t in group] + [get_task(t) for t in POPE_TASKS]
     t0 = time.perf_counter()
-    results = evaluate(pipe, tasks, world, out / "eval", model_name=str(model), batch_size=batch_size,
-                       progress=progress)  # fmt: skip
+    model_id = checkpoint_id(model)
+    marker = out / "eval" / "predictions" / "model.txt"
+    if (out / "eval").exists() and (not marker.is_file() or marker.read_text().strip() != model_id):
+        shutil.rmtree(out / "eval")  # the demo's own answers, of another (or an unrecorded) checkpoint: answer afresh
+    results = evaluate(pipe, tasks, world, out / "eval", model_name=str(model), model_id=model_id,
+                       batch_size=batch_size, progress=progress)  # fmt: skip
     summary = {**summarise(results), **summary, "eval_seconds": round(time.perf_counter() - t0, 1)}
     summary.update({"model": str(model), "seed": seed, "n_eval_scenes": n_eval})
     (out / "report.json").write_text(json.dumps(summary, indent=2))

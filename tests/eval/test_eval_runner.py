@@ -15,7 +15,7 @@ from PIL import Image
 
 from tinygroundinggpt import boxes
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
-from tinygroundinggpt.eval.runner import OutputConflict, PredictionCache, evaluate
+from tinygroundinggpt.eval.runner import OutputConflict, PredictionCache, checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import EvalOptions, get_task
 from tinygroundinggpt.world.build import write_world
 
@@ -152,6 +152,15 @@ def test_cached_answers_are_tied_to_their_prompt_and_model(tmp_path, write_refco
     assert other["tasks"]["refcoco_testA"]["metrics"]["acc@0.5"] == 100.0
     with pytest.raises(OutputConflict, match="ckpt-1"):
         evaluate(Oracle(items, "model"), [paper], tmp_path, out, model_id="ckpt-2", progress=False)
+
+
+def test_a_checkpoint_replaced_at_its_path_is_another_model(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"first weights")
+    first = checkpoint_id(tmp_path)
+    assert first.startswith(f"{tmp_path.resolve()}@") and checkpoint_id(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")  # a re-shipped model at the same path
+    assert checkpoint_id(tmp_path) != first
+    assert checkpoint_id("org/model-on-the-hub") == "org/model-on-the-hub"
 
 
 def _tgg_eval(checkpoint, world, out, limit):

@@ -62,7 +62,12 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     assert (again.modules, again.learning_rate) == (stage3.modules, stage3.learning_rate)
     assert again.data[:-1] == stage3.data and again.data[-1].path == "stage3_presence.jsonl"  # its mixture and POPE's
     for r in (stage_recipe(s, tiny=True) for s in later):
-        assert r.data == stage2.data and r.modules == stage2.modules and halving[-1] < r.learning_rate < halving[0]
+        # stage 2's mixture, the last pair's with the world's comparison REC added
+        extra = [d.path for d in r.data if d not in stage2.data]
+        assert r.data[: len(stage2.data)] == stage2.data and extra in ([], ["stage2_compare.jsonl"])
+        assert r.modules == stage2.modules and halving[-1] < r.learning_rate < halving[0]
+    grown = [s for s in later if stage_recipe(s, tiny=True).language_model_layers]
+    assert grown == ["stage2_restart9"] and stage_recipe(grown[0], tiny=True).language_model_layers == 8
     assert stage_recipe("stage2").learning_rate == 2e-5  # without tiny: the paper's values
     with pytest.raises(RecipeError, match="no recipe"):
         stage_recipe("stage2_easy")  # only the tiny preset has it
@@ -78,8 +83,12 @@ def test_ablation_variants_drop_their_files_from_every_later_stage_and_keep_the_
         assert recipe.max_steps == 3
         names = [d.path for d in recipe.data]
         if stage.startswith("stage2") and stage != "stage2_easy":  # all multi-object stage-2 parts lose them
-            assert names == ["easy/stage2_tc.jsonl", "stage2_tc.jsonl"]
-            assert [d.weight for d in recipe.data] == [0.3, 1.0]
+            # the comparison REC file of the last pair is text-coordinate data too: it stays
+            assert names[:2] == ["easy/stage2_tc.jsonl", "stage2_tc.jsonl"] and names[2:] in (
+                [],
+                ["stage2_compare.jsonl"],
+            )
+            assert [d.weight for d in recipe.data][:2] == [0.3, 1.0]
         else:
             assert recipe.data == stage_recipe(stage, tiny=True).data
     no_global = variant_overrides(ABLATIONS["table4"]["no global align"], tiny, [], tiny=True)

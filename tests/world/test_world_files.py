@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from tinygroundinggpt.boxes import xywh_to_xyxy
 from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT, LoadReport, iter_jsonl
 from tinygroundinggpt.world import cli as world_cli
 from tinygroundinggpt.world.build import write_world
-from tinygroundinggpt.world.language import plural
+from tinygroundinggpt.world.language import plural, referring_expressions
 from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES, Scene, WorldObject
 from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, REC_PROMPTS, STAGE_FILES
 
@@ -109,16 +110,28 @@ def test_written_rec_samples_box_the_object_their_expression_denotes(world):
         ]
         graphs[g["image"]] = Scene(g["width"], g["height"], g["background"], "flat", 0, objects)
     templates = [re.compile("^" + re.escape(t).replace(re.escape("{expression}"), "(.+)") + "$") for t in REC_PROMPTS]
-    checked = 0
-    for s in iter_jsonl(world / "stage2_tc.jsonl"):
-        if not s.meta["task"].startswith("rec/"):
-            continue
-        prompt = s.messages[0]["content"].removeprefix("<image>\n")
-        expression = next(m.group(1) for t in templates if (m := t.match(prompt)))
-        scene = graphs[s.image]
-        assert [scene.objects[i].box for i in resolve(scene, expression)] == [s.boxes[0]], (s.id, expression)
-        checked += 1
-    assert checked >= N_TRAIN
+    checked: Counter[str] = Counter()
+    compared = set()
+    for name in ("stage2_tc.jsonl", "stage2_compare.jsonl"):
+        for s in iter_jsonl(world / name):
+            if not s.meta["task"].startswith("rec/"):
+                continue
+            prompt = s.messages[0]["content"].removeprefix("<image>\n")
+            expression = next(m.group(1) for t in templates if (m := t.match(prompt)))
+            scene = graphs[s.image]
+            assert [scene.objects[i].box for i in resolve(scene, expression)] == [s.boxes[0]], (s.id, expression)
+            checked[name] += 1
+            if name == "stage2_compare.jsonl":
+                compared.add((s.image, tuple(s.boxes[0]), s.meta["task"]))
+    assert checked["stage2_tc.jsonl"] >= N_TRAIN
+    # the comparison file holds every ordinal and size expression the scenes have, one per object and kind
+    expected = {
+        (image, tuple(scene.objects[t].box), f"rec/{e.kind}")
+        for image, scene in graphs.items()
+        for t in range(len(scene.objects))
+        for e in referring_expressions(scene, t, random.Random(0), ("ordinal", "size"))
+    }
+    assert compared == expected and checked["stage2_compare.jsonl"] == len(expected) > 0
 
 
 def test_no_heldout_combination_leaks_into_training(world):

@@ -96,7 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise SystemExit(f"tgg eval: {exc.args[0]}") from exc
 
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
-    from tinygroundinggpt.eval.runner import OutputConflict, evaluate
+    from tinygroundinggpt.eval.runner import OutputConflict, checkpoint_id, evaluate
 
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model, device=str(state.device))
     try:
@@ -106,7 +106,7 @@ def _eval(args: argparse.Namespace) -> int:
             args.data_root,
             out,
             model_name=Path(args.model.rstrip("/")).name,
-            model_id=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+            model_id=checkpoint_id(args.model),
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
             limit=args.limit,

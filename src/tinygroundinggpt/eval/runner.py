@@ -174,6 +174,18 @@ class OutputConflict(RuntimeError):
     """The output folder already holds another model's answers."""
 
 
+def checkpoint_id(model: str | Path) -> str:
+    """Who answered: a local checkpoint's resolved path and a digest of its weight files (a checkpoint replaced at the
+    same path, as a re-shipped model is, must not reuse its predecessor's answers); a Hub id as given."""
+    path = Path(model)
+    if not path.exists():
+        return str(model)
+    digest = hashlib.sha256()
+    for weights in sorted(path.glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return f"{path.resolve()}@{digest.hexdigest()[:16]}"
+
+
 def _claim(out_dir: Path, model_id: str) -> None:
     marker = out_dir / "predictions" / "model.txt"
     if marker.exists() and marker.read_text().strip() != model_id:

@@ -18,7 +18,10 @@ will hold it. Boxes are stored in original pixels and referenced as ``<box:i>``;
   LLaVA-1.5's short-answer form (the instruction POPE and VQAv2 append, a one-word answer);
 * ``stage3_presence.jsonl`` – existence questions, one multi-round conversation per scene: every shape it
   holds and as many it lacks (as far as there are), in the short-answer form (the VQA share of LLaVA-1.5's
-  mixture, in miniature).
+  mixture, in miniature);
+* ``stage2_compare.jsonl`` – REC by comparison with look-alikes: every ordinal (``the second circle from the left``)
+  and size (``the small blue square``) expression a scene has. ``stage2_tc.jsonl`` draws one kind for two objects a
+  scene, so these two kinds, the hardest, are rarer there than in the held-out split.
 
 Options in multiple-choice questions are objects whose boxes overlap little
 (IoU ≤ :data:`MAX_OPTION_IOU`, the paper's filter).
@@ -316,6 +319,19 @@ def stage3_presence(scene: Scene, image: str, sample_id: str, rng: random.Random
     return [_sample(f"{sample_id}-presence", scene, image, [], turns, "presence")]
 
 
+def stage2_compare(scene: Scene, image: str, sample_id: str, rng: random.Random) -> list[Sample]:
+    """Every ordinal and size expression of every object: the kinds that single an object out among others of its
+    look, so the answer needs the others compared."""
+    out = []
+    for t in range(len(scene.objects)):
+        for expr in referring_expressions(scene, t, rng, ("ordinal", "size")):
+            prompt = rng.choice(REC_PROMPTS).format(expression=expr.text)
+            out.append(
+                _sample(f"{sample_id}-cmp{len(out)}", scene, image, [t], [(prompt, "<box:0>")], f"rec/{expr.kind}")
+            )
+    return out
+
+
 STAGE_FILES: dict[str, Builder] = {
     "stage1.jsonl": stage1,
     "stage2_tc.jsonl": stage2_tc,
@@ -324,5 +340,6 @@ STAGE_FILES: dict[str, Builder] = {
     "stage3_conv.jsonl": stage3_conv,
     "stage3_desc.jsonl": stage3_desc,
     "stage3_instruct.jsonl": stage3_instruct,
-    "stage3_presence.jsonl": stage3_presence,  # last: the files above stay byte-identical to earlier worlds'
+    "stage3_presence.jsonl": stage3_presence,
+    "stage2_compare.jsonl": stage2_compare,  # new files last: the files above stay byte-identical to earlier worlds'
 }
