@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.eval.runner import checkpoint_id, evaluate
+from tinygroundinggpt.eval.runner import answers_of, checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import get_task
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, tile_sheet
 
@@ -133,8 +133,7 @@ def run_demo(
     tasks = [get_task(t) for group in REC_TASKS.values() for t in group] + [get_task(t) for t in POPE_TASKS]
     t0 = time.perf_counter()
     model_id = checkpoint_id(model)
-    marker = out / "eval" / "predictions" / "model.txt"
-    if (out / "eval").exists() and (not marker.is_file() or marker.read_text().strip() != model_id):
+    if (out / "eval").exists() and answers_of(out / "eval") != model_id:
         shutil.rmtree(out / "eval")  # the demo's own answers, of another (or an unrecorded) checkpoint: answer afresh
     results = evaluate(pipe, tasks, world, out / "eval", model_name=str(model), model_id=model_id,
                        batch_size=batch_size, progress=progress)  # fmt: skip

@@ -186,9 +186,15 @@ def checkpoint_id(model: str | Path) -> str:
     return f"{path.resolve()}@{digest.hexdigest()[:16]}"
 
 
+def answers_of(out_dir: str | Path) -> str | None:
+    """The model id whose answers ``out_dir`` holds (None when it records none)."""
+    marker = Path(out_dir) / "predictions" / "model.txt"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def _claim(out_dir: Path, model_id: str) -> None:
     marker = out_dir / "predictions" / "model.txt"
-    if marker.exists() and marker.read_text().strip() != model_id:
+    if marker.exists() and answers_of(out_dir) != model_id:
         raise OutputConflict(
             f"{out_dir} holds answers of {marker.read_text().strip()}, not {model_id}; choose another --out"
         )
