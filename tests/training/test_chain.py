@@ -21,10 +21,10 @@ def test_tiny_chain_runs_every_stage_from_three_checkpoints_and_resumes(world, t
     args = ["train", "--chain", "--preset", "tiny", "--data-root", str(world), "--out", str(out), *QUICK]
     assert main([*args, *_components(tiny_components)]) == 0
     stages = chain_stages(tiny=True)
-    assert stages[:3] == ("stage1a", "stage1b", "stage2_easy") and stages[-1] == "stage3_again"
+    assert stages[:3] == ("stage1a", "stage1b", "stage2_easy") and stages[-1] == "stage3_presence"
     assert all(is_complete(out / stage) for stage in stages)
     summary = json.loads((out / "chain_report.json").read_text())
-    assert summary["final"] == str(out / "stage3_again") and set(summary["stages"]) == set(stages)
+    assert summary["final"] == str(out / "stage3_presence") and set(summary["stages"]) == set(stages)
     easy = json.loads((out / "stage2_easy" / "train_report.json").read_text())
     assert easy["stage"] == "stage2_easy" and list(easy["data"]) == [str(world / "easy" / "stage2_tc.jsonl")]
     stamp = (out / "stage2" / "model.safetensors").stat().st_mtime_ns

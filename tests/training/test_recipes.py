@@ -52,8 +52,9 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     halving = rates[:restart]
     assert all(later == earlier / 2 for earlier, later in pairwise(halving))
     assert all(halving[-1] < rate < halving[0] for rate in rates[restart:])
-    # after stage 3, more warm restarts of stage 2, settling cycles at a lower rate, and a second stage-3 pass to end on
-    *later, last = chain[chain.index("stage3") + 1 :]
+    # after stage 3, more warm restarts of stage 2, settling cycles at a lower rate, a second stage-3 pass, and a third
+    # mostly on presence questions to end on
+    *later, last, presence = chain[chain.index("stage3") + 1 :]
     assert last == "stage3_again" and later and all(s.startswith(("stage2_restart", "stage2_settle")) for s in later)
     rate = {s: stage_recipe(s, tiny=True).learning_rate for s in later}
     settling = [rate[s] for s in later if s.startswith("stage2_settle")]
@@ -61,6 +62,12 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     again, stage3 = stage_recipe(last, tiny=True), stage_recipe("stage3", tiny=True)
     assert (again.modules, again.learning_rate) == (stage3.modules, stage3.learning_rate)
     assert again.data[:-1] == stage3.data and again.data[-1].path == "stage3_presence.jsonl"  # its mixture and POPE's
+    look = stage_recipe(presence, tiny=True)
+    assert presence == "stage3_presence"
+    assert (look.modules, look.learning_rate) == (stage3.modules, stage3.learning_rate)
+    # POPE's questions are the bulk of its data; some REC and instructions keep what the stages before taught
+    assert look.data[0].path == "stage3_presence.jsonl" and look.data[0].weight > max(d.weight for d in look.data[1:])
+    assert {"stage2_tc.jsonl", "stage3_instruct.jsonl"} <= {d.path for d in look.data}
     for r in (stage_recipe(s, tiny=True) for s in later):
         # stage 2's mixture, the last pair's with the world's comparison REC added
         extra = [d.path for d in r.data if d not in stage2.data]
