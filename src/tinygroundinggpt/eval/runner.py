@@ -182,7 +182,8 @@ def checkpoint_id(model: str | Path) -> str:
         return str(model)
     digest = hashlib.sha256()
     for weights in sorted(path.glob("*.safetensors")):
-        digest.update(weights.read_bytes())
+        with weights.open("rb") as f:  # streamed: a multi-GB shard is never held in memory whole
+            digest.update(hashlib.file_digest(f, "sha256").digest())
     return f"{path.resolve()}@{digest.hexdigest()[:16]}"
 
 
