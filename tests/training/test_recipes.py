@@ -69,7 +69,7 @@ def test_tiny_chain_keeps_the_papers_stages_in_order_and_adds_an_easy_stage_2():
     assert look.data[0].path == "stage3_presence.jsonl" and look.data[0].weight > max(d.weight for d in look.data[1:])
     assert {"stage2_tc.jsonl", "stage3_instruct.jsonl"} <= {d.path for d in look.data}
     for r in (stage_recipe(s, tiny=True) for s in later):
-        # stage 2's mixture, the last pair's with the world's comparison REC added
+        # stage 2's mixture, the last two pairs' with the world's comparison REC added
         extra = [d.path for d in r.data if d not in stage2.data]
         assert r.data[: len(stage2.data)] == stage2.data and extra in ([], ["stage2_compare.jsonl"])
         assert r.modules == stage2.modules and halving[-1] < r.learning_rate < halving[0]

@@ -61,7 +61,7 @@ def test_same_seed_gives_byte_identical_world(world, tmp_path):
 # `tgg demo --train` trains on worlds these builders write, and benchmarks/results/demo.md records what that chain
 # scored: a change to any of these files (a new random draw before the last builder, another wording) means the
 # command no longer makes the recorded chain. Change the digests only together with a re-trained, re-recorded chain.
-# stage3_presence.jsonl (stage3_again's and stage3_presence's) and stage2_compare.jsonl (the last pair's) are pinned
+# stage3_presence.jsonl (stage3_again's and stage3_presence's) and stage2_compare.jsonl (the last two pairs') are pinned
 # too; new files go last.
 PINNED = {
     "scenes.jsonl": "acd1409b37058af9",
