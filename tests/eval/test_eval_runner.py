@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from tinygroundinggpt import boxes
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
-from tinygroundinggpt.eval.runner import OutputConflict, PredictionCache, checkpoint_id, evaluate
+from tinygroundinggpt.eval.runner import OutputConflict, PredictionCache, _claim, answers_of, checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import EvalOptions, get_task
 from tinygroundinggpt.world.build import write_world
 
@@ -154,6 +155,57 @@ def test_cached_answers_are_tied_to_their_prompt_and_model(tmp_path, write_refco
         evaluate(Oracle(items, "model"), [paper], tmp_path, out, model_id="ckpt-2", progress=False)
 
 
+class _Rank:
+    """One of two processes, as threads meeting at a real barrier."""
+
+    def __init__(self, index: int, barrier: threading.Barrier) -> None:
+        self.process_index, self.num_processes, self.is_main_process = index, 2, index == 0
+        self.barrier = barrier
+
+    def wait_for_everyone(self) -> None:
+        self.barrier.wait(timeout=30)
+
+
+def _claim_on_two_ranks(out: Path, model_id: str) -> list[BaseException | None]:
+    barrier, errors = threading.Barrier(2), [None, None]
+
+    def run(i: int) -> None:
+        try:
+            _claim(out, model_id, _Rank(i, barrier))
+        except BaseException as e:  # noqa: BLE001 - the test compares what each rank raised
+            errors[i] = e
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return errors
+
+
+def test_two_processes_claim_an_output_folder_without_racing(tmp_path, monkeypatch):
+    # A second process that read the marker while the first rewrote it saw it empty and refused the folder (a flaky
+    # 2-process CI run). Writing is slowed here to widen that window: only the main process may write, and only after
+    # every process has checked.
+    writers, real_write = [], Path.write_text
+
+    def slow_write(self, data, *args, **kwargs):
+        writers.append(threading.current_thread().name)
+        self.write_bytes(b"")
+        time.sleep(0.2)
+        return real_write(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", slow_write)
+    out = tmp_path / "out"
+    for _ in range(2):  # a fresh folder, then a rerun on the same model
+        writers.clear()
+        assert _claim_on_two_ranks(out, "ckpt-1") == [None, None]
+        assert answers_of(out) == "ckpt-1" and len(writers) == 1
+    refused = _claim_on_two_ranks(out, "ckpt-2")  # both refuse, neither waits at the barrier for the other
+    assert all(isinstance(e, OutputConflict) for e in refused) and answers_of(out) == "ckpt-1"
+
+
 def test_a_checkpoint_replaced_at_its_path_is_another_model(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"first weights")
     first = checkpoint_id(tmp_path)
@@ -217,7 +269,8 @@ def test_data_parallel_over_two_processes_shards_without_overlap(tmp_path, check
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tinygroundinggpt.cli"]
     cmd += ["eval", "--model", str(checkpoint), "--tasks", "world_pope_random", "--data-root", str(world)]
-    subprocess.run([*cmd, "--out", str(out), "--limit", "8", "--batch-size", "2"], check=True, capture_output=True)
+    res = subprocess.run([*cmd, "--out", str(out), "--limit", "8", "--batch-size", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
     shards = sorted((out / "predictions" / "world_pope_random").glob("rank*.jsonl"))
     ids = [[json.loads(x)["id"] for x in s.read_text().splitlines()] for s in shards]
     assert [s.name for s in shards] == ["rank0.jsonl", "rank1.jsonl"] and all(len(i) == 4 for i in ids)

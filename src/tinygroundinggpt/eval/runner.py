@@ -193,14 +193,19 @@ def answers_of(out_dir: str | Path) -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
-def _claim(out_dir: Path, model_id: str) -> None:
-    marker = out_dir / "predictions" / "model.txt"
-    if marker.exists() and answers_of(out_dir) != model_id:
-        raise OutputConflict(
-            f"{out_dir} holds answers of {marker.read_text().strip()}, not {model_id}; choose another --out"
-        )
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(model_id + "\n")
+def _claim(out_dir: Path, model_id: str, state: Any) -> None:
+    # Every process checks before any writes, so all refuse together (none is left waiting at a barrier), and only
+    # the main one writes: a process reading the marker while another rewrote it once saw it empty and refused.
+    held = answers_of(out_dir)
+    if held is not None and held != model_id:
+        raise OutputConflict(f"{out_dir} holds answers of {held}, not {model_id}; choose another --out")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        marker = out_dir / "predictions" / "model.txt"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(model_id + "\n")
+        tmp.replace(marker)
 
 
 def evaluate(
@@ -230,7 +235,7 @@ def evaluate(
     state = state or _SingleProcess()
     out_dir = Path(out_dir)
     if model_id is not None:
-        _claim(out_dir, model_id)
+        _claim(out_dir, model_id, state)
     results: dict[str, Any] = {"model": model_name, "limit": limit, "tasks": {}}
     for task in tasks:
         items = task.load(Path(data_root))[:limit]
