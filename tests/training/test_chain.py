@@ -30,6 +30,9 @@ def test_tiny_chain_runs_every_stage_from_three_checkpoints_and_resumes(world, t
     stamp = (out / "stage2" / "model.safetensors").stat().st_mtime_ns
     assert main([*args, *_components(tiny_components)]) == 0  # a finished chain skips every stage
     assert (out / "stage2" / "model.safetensors").stat().st_mtime_ns == stamp
+    # the skipping run took no training time of its own, yet the chain's cost is still that of its stages
+    again = json.loads((out / "chain_report.json").read_text())
+    assert again["wall_minutes"] < again["stage_minutes"] == summary["stage_minutes"] > 0
     capsys.readouterr()
 
 

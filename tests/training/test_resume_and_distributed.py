@@ -65,6 +65,10 @@ def test_sigkill_midway_then_resume_matches_uninterrupted(world, tiny_ckpt, tmp_
         [sys.executable, *_train_cmd(world, tiny_ckpt, killed, *RESUME_DATA)], env=ENV, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    # the resumed stage reports the time of all its steps: those before the kill (recorded in the checkpoint) too
+    before = json.loads((killed / "checkpoint-4" / "COMPLETE").read_text())["elapsed_seconds"]
+    resumed = json.loads((killed / "train_report.json").read_text())
+    assert resumed["resumed_from"] == "checkpoint-4" and resumed["wall_seconds"] > before > 0
     a, b = _losses(full), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     report = json.loads((full / "train_report.json").read_text())

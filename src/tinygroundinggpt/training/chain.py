@@ -94,6 +94,8 @@ def run_chain(
         "final": str(previous),
         "seed": seed,
         "wall_minutes": round((time.perf_counter() - t0) / 60, 2),
+        # the stages' own training time, whichever run (or resumed runs) trained each: the chain's cost
+        "stage_minutes": round(sum(r.get("wall_seconds", 0.0) for r in reports.values()) / 60, 2),
     }
     (out / "chain_report.json").write_text(json.dumps(summary, indent=2))
     return {"reports": reports, **summary}

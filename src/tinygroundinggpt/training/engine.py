@@ -186,7 +186,15 @@ class GroundingTrainer(Trainer):
 
 
 class _CompleteMarker(TrainerCallback):
-    """Mark ``checkpoint-N`` complete once the Trainer has written all of it."""
+    """Mark ``checkpoint-N`` complete once the Trainer has written all of it, with the stage's training time so far
+    (``elapsed_before``: what the checkpoint resumed from had recorded), so a stage resumed after a kill reports the
+    time its steps took, not only the last run's."""
+
+    def __init__(self, elapsed_before: float, t0: float) -> None:
+        self.elapsed_before, self.t0 = elapsed_before, t0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
 
     def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -194,7 +202,7 @@ class _CompleteMarker(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                _mark_complete(folder, {"global_step": state.global_step})
+                _mark_complete(folder, {"global_step": state.global_step, "elapsed_seconds": self.elapsed()})
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -312,6 +320,10 @@ def train_stage(
         )
     apply_module_modes(model, recipe)
     args = training_arguments(recipe, output_dir, **training_kwargs)
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    # markers written before checkpoints recorded their time count as none
+    before = json.loads((Path(checkpoint) / COMPLETE).read_text()).get("elapsed_seconds", 0.0) if checkpoint else 0.0
+    marker = _CompleteMarker(before, t0)
     trainer = GroundingTrainer(
         model=model,
         args=args,
@@ -319,9 +331,8 @@ def train_stage(
         data_collator=Collator(processor),
         processing_class=processor.tokenizer,
         recipe=recipe,
-        callbacks=[_CompleteMarker(), *(callbacks or [])],
+        callbacks=[marker, *(callbacks or [])],
     )
-    checkpoint = last_complete_checkpoint(output_dir) if resume else None
     if checkpoint:
         logger.info("resuming %s from %s", recipe.name, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -338,7 +349,8 @@ def train_stage(
         "data": dataset.report.counts,
         "skipped": [list(s) for s in dataset.report.skipped],
         "replaced": [list(s) for s in trainer.replaced],  # this process's batches; rank 0 writes the report
-        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "wall_seconds": round(marker.elapsed(), 1),
+        "resumed_from": Path(checkpoint).name if checkpoint else None,
     }
     rank = trainer.args.process_index
     output_dir.mkdir(parents=True, exist_ok=True)
