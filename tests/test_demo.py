@@ -6,12 +6,14 @@ import torch
 from PIL import Image
 
 from tinygroundinggpt.cli import main
+from tinygroundinggpt.demo import HEADLINE
 
 
 def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
     model, proc = tiny_model
-    model.save_pretrained(tmp_path / "ckpt")
-    proc.save_pretrained(tmp_path / "ckpt")
+    for name in ("ckpt", "first"):
+        model.save_pretrained(tmp_path / name)
+        proc.save_pretrained(tmp_path / name)
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(tmp_path / "ckpt"), "--out", str(out), "--n-eval", "4"]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -30,6 +32,20 @@ def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
     other.save_pretrained(tmp_path / "ckpt")
     assert main(["demo", "--model", str(tmp_path / "ckpt"), "--out", str(out), "--n-eval", "4"]) == 0
     assert marker.read_text() != before
+    # compared with the first checkpoint on the same scenes: both sides' figures are what their own demos reported
+    second = json.loads((out / "report.json").read_text())
+    cmp = tmp_path / "cmp"
+    args = ["demo", "--model", str(tmp_path / "ckpt"), "--compare-with", str(tmp_path / "first"), "--n-eval", "4"]
+    assert main([*args, "--out", str(cmp)]) == 0
+    both = json.loads((cmp / "report.json").read_text())
+    other = both["compared_with"]
+    assert other["model"] == str(tmp_path / "first")
+    for key in HEADLINE:
+        assert both[key] == second[key] and other[key] == report[key]
+    assert other["within"] == all(abs(second[k] - report[k]) <= 3.0 for k in HEADLINE)
+    assert f"| rec_heldout_acc50 | {second['rec_heldout_acc50']:.2f} |" in (cmp / "report.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no TinyGroundingGPT checkpoint"):
+        main([*args[:3], "--compare-with", str(tmp_path / "missing"), "--out", str(cmp)])
 
 
 def test_demo_refuses_a_train_seed_without_train():

@@ -3,7 +3,8 @@
 ``tgg demo`` generates held-out scenes from a seed no training run used, answers their REC and POPE
 questions through the evaluation suite, and writes ``report.json``, ``report.md`` and
 ``predictions.png`` (true boxes green, predicted boxes red). ``tgg demo --train`` first reproduces the
-shipped checkpoint: world → stages 1a → 1b → 2 (one-object scenes first) → 3 from the shipped tiny components.
+shipped checkpoint: world → stages 1a → 1b → 2 (one-object scenes first) → 3 from the shipped tiny components,
+then evaluates the shipped checkpoint on the same scenes too and says whether the retrained one is within 3 points.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ POPE_TASKS = ("world_pope_random", "world_pope_popular", "world_pope_adversarial
 # recipes read the one-object world from <train world>/easy (recipes/tiny.yaml, stage2_easy).
 TRAIN_WORLD = {"n_train": 12000, "n_eval": 0, "image_size": 64}
 EASY_WORLD = {"n_train": 20000, "n_eval": 0, "image_size": 64, "min_objects": 1, "max_objects": 1}
+# The headline figures, and how close a retrained checkpoint must come to the shipped one to count as reproducing it.
+HEADLINE = ("rec_heldout_acc50", "rec_compositional_acc50", "pope_adversarial_acc", "pope_adversarial_f1")
+REPRODUCED_WITHIN = 3.0
 
 
 def _pooled(results: dict[str, Any], tasks: tuple[str, ...], metric: str) -> float:
@@ -71,7 +75,22 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| training | minutes | {summary['train_minutes']:.1f} |")
     if "train_seed" in summary:
         lines.append(f"| training | seed | {summary['train_seed']} |")
+    if "compared_with" in summary:
+        other = summary["compared_with"]
+        lines += ["", f"Against {other['model']} on the same scenes (within {REPRODUCED_WITHIN:g} points on all: "
+                  f"{'yes' if other['within'] else 'no'}):", "",
+                  "| figure | this model | that model | difference |", "| --- | --- | --- | --- |"]  # fmt: skip
+        lines += [f"| {k} | {summary[k]:.2f} | {other[k]:.2f} | {summary[k] - other[k]:+.2f} |" for k in HEADLINE]
     return "\n".join(lines) + "\n"
+
+
+def compare(summary: dict[str, Any], other: dict[str, Any], model: str | Path) -> dict[str, Any]:
+    """``other``'s headline figures beside ``summary``'s, and whether every one is within ``REPRODUCED_WITHIN``."""
+    return {
+        "model": str(model),
+        **{k: other[k] for k in HEADLINE},
+        "within": all(abs(summary[k] - other[k]) <= REPRODUCED_WITHIN for k in HEADLINE),
+    }
 
 
 def prediction_sheet(world_dir: Path, eval_dir: Path, task_name: str, n: int = 12, cell: int = 224) -> Image.Image:
@@ -101,12 +120,14 @@ def run_demo(
     n_eval: int = 40,
     seed: int = DEMO_SEED,
     train_seed: int | None = None,
+    compare_with: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary also written to ``<out>/report.json``. ``train_seed`` (with
-    ``train``) seeds the whole chain instead of the recipes' own seeds, which made the shipped checkpoint."""
-    from tinygroundinggpt.api import TinyGroundingGPTPipeline
+    ``train``) seeds the whole chain instead of the recipes' own seeds, which made the shipped checkpoint.
+    ``compare_with`` (with ``train``: the shipped checkpoint) is evaluated on the same scenes and its headline
+    figures reported beside the model's, with whether each is within ``REPRODUCED_WITHIN`` points."""
     from tinygroundinggpt.world import write_world
 
     out = Path(out_dir)
@@ -129,24 +150,36 @@ def run_demo(
         if train_seed is not None:
             summary["train_seed"] = train_seed
     model = Path(model) if model is not None else SHIPPED
-    if not (model / "config.json").is_file():
-        raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {model}; run `tgg demo --train` to make one")
+    if train and compare_with is None:
+        compare_with = SHIPPED  # what --train reproduces
+    for ckpt in (model, compare_with):
+        if ckpt is not None and not (Path(ckpt) / "config.json").is_file():
+            raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {ckpt}; run `tgg demo --train` to make one")
     world = out / "world"
     write_world(world, n_train=0, n_eval=n_eval, seed=seed, image_size=64, progress=progress)
-    pipe = TinyGroundingGPTPipeline.from_pretrained(model)
-    tasks = [get_task(t) for group in REC_TASKS.values() for t in group] + [get_task(t) for t in POPE_TASKS]
     t0 = time.perf_counter()
-    model_id = checkpoint_id(model)
-    if (out / "eval").exists() and answers_of(out / "eval") != model_id:
-        shutil.rmtree(out / "eval")  # the demo's own answers, of another (or an unrecorded) checkpoint: answer afresh
-    results = evaluate(pipe, tasks, world, out / "eval", model_name=str(model), model_id=model_id,
-                       batch_size=batch_size, progress=progress)  # fmt: skip
+    results = _evaluate(model, world, out / "eval", batch_size, progress)
     summary = {**summarise(results), **summary, "eval_seconds": round(time.perf_counter() - t0, 1)}
     summary.update({"model": str(model), "seed": seed, "n_eval_scenes": n_eval})
+    if compare_with is not None:
+        other = summarise(_evaluate(Path(compare_with), world, out / "eval_compared", batch_size, progress))
+        summary["compared_with"] = compare(summary, other, compare_with)
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(markdown(summary))
     prediction_sheet(world, out / "eval", "world_rec_test").save(out / "predictions.png")
     return summary
+
+
+def _evaluate(model: Path, world: Path, eval_dir: Path, batch_size: int, progress: bool) -> dict[str, Any]:
+    from tinygroundinggpt.api import TinyGroundingGPTPipeline
+
+    tasks = [get_task(t) for group in REC_TASKS.values() for t in group] + [get_task(t) for t in POPE_TASKS]
+    model_id = checkpoint_id(model)
+    if eval_dir.exists() and answers_of(eval_dir) != model_id:
+        shutil.rmtree(eval_dir)  # the demo's own answers, of another (or an unrecorded) checkpoint: answer afresh
+    pipe = TinyGroundingGPTPipeline.from_pretrained(model)
+    return evaluate(pipe, tasks, world, eval_dir, model_name=str(model), model_id=model_id,
+                    batch_size=batch_size, progress=progress)  # fmt: skip
 
 
 def add_commands(sub: Any) -> None:
@@ -154,6 +187,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (report.json, report.md, predictions.png)")
     p.add_argument("--train", action="store_true", help="first reproduce the checkpoint from the tiny components")
     p.add_argument("--model", help="evaluate this checkpoint instead of the shipped one")
+    p.add_argument(
+        "--compare-with",
+        help="also evaluate this checkpoint on the same scenes and report the differences (--train: the shipped one)",
+    )
     p.add_argument("--n-eval", type=int, default=40, help="fresh evaluation scenes (half val, half test)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the fresh evaluation scenes")
     p.add_argument(
@@ -168,7 +205,13 @@ def _demo(args: Any) -> int:
     if args.train_seed is not None and not args.train:
         raise SystemExit("tgg demo: --train-seed only applies with --train")
     summary = run_demo(
-        args.out, model=args.model, train=args.train, n_eval=args.n_eval, seed=args.seed, train_seed=args.train_seed
+        args.out,
+        model=args.model,
+        train=args.train,
+        n_eval=args.n_eval,
+        seed=args.seed,
+        train_seed=args.train_seed,
+        compare_with=args.compare_with,
     )
     print(markdown(summary))
     print(f"report: {Path(args.out) / 'report.json'}  picture: {Path(args.out) / 'predictions.png'}")
