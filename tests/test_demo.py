@@ -43,9 +43,16 @@ def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
     for key in HEADLINE:
         assert both[key] == second[key] and other[key] == report[key]
     assert other["within"] == all(abs(second[k] - report[k]) <= 3.0 for k in HEADLINE)
-    assert f"| rec_heldout_acc50 | {second['rec_heldout_acc50']:.2f} |" in (cmp / "report.md").read_text()
-    with pytest.raises(FileNotFoundError, match="no TinyGroundingGPT checkpoint"):
-        main([*args[:3], "--compare-with", str(tmp_path / "missing"), "--out", str(cmp)])
+    a, b = second["rec_heldout_acc50"], report["rec_heldout_acc50"]
+    assert f"| rec_heldout_acc50 | {a:.2f} | {b:.2f} | {a - b:+.2f} |" in (cmp / "report.md").read_text()
+    # a checkpoint against itself reproduces itself exactly
+    itself = ["demo", "--model", str(tmp_path / "first"), "--compare-with", str(tmp_path / "first"), "--n-eval", "4"]
+    assert main([*itself, "--out", str(tmp_path / "self")]) == 0
+    same = json.loads((tmp_path / "self" / "report.json").read_text())
+    assert same["compared_with"]["within"] and all(same[k] == same["compared_with"][k] == report[k] for k in HEADLINE)
+    with pytest.raises(FileNotFoundError, match="missing to compare with"):
+        main(["demo", "--train", "--compare-with", str(tmp_path / "missing"), "--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()  # refused before any training
 
 
 def test_demo_refuses_a_train_seed_without_train():

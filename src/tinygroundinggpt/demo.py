@@ -126,10 +126,15 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the summary also written to ``<out>/report.json``. ``train_seed`` (with
     ``train``) seeds the whole chain instead of the recipes' own seeds, which made the shipped checkpoint.
-    ``compare_with`` (with ``train``: the shipped checkpoint) is evaluated on the same scenes and its headline
-    figures reported beside the model's, with whether each is within ``REPRODUCED_WITHIN`` points."""
+    ``compare_with`` (with ``train`` and the recipes' seeds: the shipped checkpoint) is evaluated on the same
+    scenes and its headline figures reported beside the model's, with whether each is within ``REPRODUCED_WITHIN``
+    points."""
     from tinygroundinggpt.world import write_world
 
+    if train and train_seed is None and compare_with is None:
+        compare_with = SHIPPED  # what --train with the recipes' own seeds reproduces
+    if compare_with is not None and not (Path(compare_with) / "config.json").is_file():
+        raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {compare_with} to compare with")  # before training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
@@ -150,11 +155,8 @@ def run_demo(
         if train_seed is not None:
             summary["train_seed"] = train_seed
     model = Path(model) if model is not None else SHIPPED
-    if train and compare_with is None:
-        compare_with = SHIPPED  # what --train reproduces
-    for ckpt in (model, compare_with):
-        if ckpt is not None and not (Path(ckpt) / "config.json").is_file():
-            raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {ckpt}; run `tgg demo --train` to make one")
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {model}; run `tgg demo --train` to make one")
     world = out / "world"
     write_world(world, n_train=0, n_eval=n_eval, seed=seed, image_size=64, progress=progress)
     t0 = time.perf_counter()
@@ -189,7 +191,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", help="evaluate this checkpoint instead of the shipped one")
     p.add_argument(
         "--compare-with",
-        help="also evaluate this checkpoint on the same scenes and report the differences (--train: the shipped one)",
+        help="also evaluate this checkpoint on the same scenes, differences reported (--train: the shipped one)",
     )
     p.add_argument("--n-eval", type=int, default=40, help="fresh evaluation scenes (half val, half test)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the fresh evaluation scenes")

@@ -181,6 +181,7 @@ def _claim_on_two_ranks(out: Path, model_id: str) -> list[BaseException | None]:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a rank is still waiting"
     return errors
 
 

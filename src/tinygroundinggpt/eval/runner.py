@@ -206,6 +206,7 @@ def _claim(out_dir: Path, model_id: str, state: Any) -> None:
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(model_id + "\n")
         tmp.replace(marker)
+    state.wait_for_everyone()  # no answers in the folder before its marker: a kill in between would leave them unowned
 
 
 def evaluate(
