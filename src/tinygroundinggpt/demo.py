@@ -4,7 +4,8 @@
 questions through the evaluation suite, and writes ``report.json``, ``report.md`` and
 ``predictions.png`` (true boxes green, predicted boxes red). ``tgg demo --train`` first reproduces the
 shipped checkpoint: world → stages 1a → 1b → 2 (one-object scenes first) → 3 from the shipped tiny components,
-then evaluates the shipped checkpoint on the same scenes too and says whether the retrained one is within 3 points.
+then (under the recipes' own seeds) evaluates the shipped checkpoint on the same scenes and says whether the
+retrained one is within 3 points of it.
 """
 
 from __future__ import annotations
