@@ -3,7 +3,8 @@
 ``tgg demo`` generates held-out scenes from a seed no training run used, answers their REC and POPE
 questions through the evaluation suite, and writes ``report.json``, ``report.md`` and
 ``predictions.png`` (true boxes green, predicted boxes red). ``tgg demo --train`` first reproduces the
-shipped checkpoint: world → stages 1a → 1b → 2 (one-object scenes first) → 3 from the shipped tiny components,
+shipped checkpoint: world → the 27 stages of recipes/tiny.yaml (1a → 1b → 2, one-object scenes first, … →
+stage3_presence) from the shipped tiny components,
 then (under the recipes' own seeds) evaluates the shipped checkpoint on the same scenes and says whether the
 retrained one is within 3 points of it.
 """

@@ -21,7 +21,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
     p.add_argument("--answer", help="score this answer instead of generating one")
     p.add_argument("--span", choices=SPANS, default="answer",
-                   help="tokens to take: the answer's (all, box, text) or the prompt's object images")  # fmt: skip
+                   help="tokens to take: the answer's (answer: all of it, boxes, text) "
+                        "or the prompt's object images (object)")  # fmt: skip
     p.add_argument("--box", type=float, nargs=4, action="append", default=[], metavar=("X1", "Y1", "X2", "Y2"),
                    help="pixel box of the question's <box:i> / <object:i>, in order (repeat for each)")  # fmt: skip
     p.add_argument("--layer", type=int, default=-1, help="LLM layer (default: the last)")

@@ -1,4 +1,4 @@
-"""``tgg train``: one stage or the whole 1a → 1b → 2 → 3 chain."""
+"""``tgg train``: one stage or the whole chain (1a → 1b → 2 → 3; tiny: the stages of recipes/tiny.yaml)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         help="a shipped stage (stage1a, stage1b, stage2, stage3), a stage of the tiny chain (stage2_easy, …) or a YAML",
     )
-    what.add_argument("--chain", action="store_true", help="run the chain: 1a → 1b → 2 → 3 (tiny: recipes/tiny.yaml)")
+    what.add_argument(
+        "--chain", action="store_true", help="run the chain: 1a → 1b → 2 → 3 (tiny: the 27 stages of recipes/tiny.yaml)"
+    )
     p.add_argument("--init", help="checkpoint to start from (required for a single stage other than stage1a)")
-    p.add_argument("--preset", default="tiny", help="components for stage1a: tiny, 1.5b, 3b or 7b")
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        help="tiny, 1.5b, 3b or 7b: the components stage1a starts from; tiny also applies recipes/tiny.yaml's "
+        "per-stage changes to every stage, so name the real size when training a real model",
+    )
     p.add_argument("--clip", help="CLIP checkpoint (Hub id or path) instead of the preset's")
     p.add_argument("--dino", help="DINOv2 checkpoint instead of the preset's; 'none' for CLIP only")
     p.add_argument("--llm", help="LLM checkpoint instead of the preset's")
