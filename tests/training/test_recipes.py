@@ -255,3 +255,16 @@ def test_gpu_ranks_share_the_cores_for_image_loading(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 128)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert loader_workers_per_rank() == 8
+
+
+def test_a_real_size_init_without_preset_is_not_trained_with_the_tiny_chains_values(tiny_ckpt, tmp_path, capsys):
+    from tinygroundinggpt.model.presets import paper_config
+    from tinygroundinggpt.training.cli import _uses_tiny_recipes
+
+    real = tmp_path / "real"
+    paper_config("1.5b").save_pretrained(real)  # a config is all the choice reads: no 1.5B weights needed
+    assert not _uses_tiny_recipes(None, str(real))
+    assert "sees 336 px images, so the paper's values apply" in capsys.readouterr().out
+    assert _uses_tiny_recipes(None, str(tiny_ckpt))  # the tiny components' 64 px
+    assert _uses_tiny_recipes("tiny", str(real)) and not _uses_tiny_recipes("1.5b", str(tiny_ckpt))  # asked: obeyed
+    assert _uses_tiny_recipes(None, None)  # assembling the default components: the tiny chain

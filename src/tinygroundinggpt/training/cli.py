@@ -21,9 +21,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="checkpoint to start from (required for a single stage other than stage1a)")
     p.add_argument(
         "--preset",
-        default="tiny",
-        help="tiny, 1.5b, 3b or 7b: the components stage1a starts from; tiny also applies recipes/tiny.yaml's "
-        "per-stage changes to every stage, so name the real size when training a real model",
+        help="tiny, 1.5b, 3b or 7b: the components stage1a starts from (default tiny); tiny also applies "
+        "recipes/tiny.yaml's per-stage changes to every stage. Left out with --init, it follows the checkpoint: "
+        "tiny.yaml only for a model at the tiny components' image size",
     )
     p.add_argument("--clip", help="CLIP checkpoint (Hub id or path) instead of the preset's")
     p.add_argument("--dino", help="DINOv2 checkpoint instead of the preset's; 'none' for CLIP only")
@@ -71,6 +71,25 @@ def _deepspeed_config(name: str | None) -> str | None:
     return name
 
 
+def _uses_tiny_recipes(preset: str | None, init: str | None) -> bool:
+    """Whether recipes/tiny.yaml's changes apply: so a real checkpoint given as --init without --preset is not
+    trained with the tiny chain's learning rates and step counts."""
+    if preset is not None or init is None:
+        return (preset or "tiny") == "tiny"
+    from transformers import CLIPVisionConfig
+
+    from tinygroundinggpt.model import TinyGroundingGPTConfig
+    from tinygroundinggpt.model.presets import TINY_COMPONENTS
+
+    size = TinyGroundingGPTConfig.from_pretrained(init).image_size
+    tiny_size = CLIPVisionConfig.from_pretrained(TINY_COMPONENTS["clip"]).image_size
+    print(
+        f"--preset not given: {init} sees {size} px images, so "
+        + ("recipes/tiny.yaml applies (the tiny components' size)" if size == tiny_size else "the paper's values apply")
+    )
+    return size == tiny_size
+
+
 def _train(args: argparse.Namespace) -> int:
     import json
     import logging
@@ -86,12 +105,15 @@ def _train(args: argparse.Namespace) -> int:
         components["dino"] = None
     if args.seed is not None and any(o.startswith("seed=") for o in args.set):
         raise SystemExit("tgg train: give the seed once, with --seed or with --set seed=..., not both")
+    tiny = _uses_tiny_recipes(args.preset, args.init)
+    preset = args.preset or "tiny"
     if args.chain:
-        stages = tuple(args.stages.split(",")) if args.stages else chain_stages(args.preset == "tiny")
+        stages = tuple(args.stages.split(",")) if args.stages else chain_stages(tiny)
         result = run_chain(
             args.out,
             args.data_root,
-            preset=args.preset,
+            preset=preset,
+            use_tiny_overrides=tiny,
             components=components,
             stages=stages,
             overrides={s: args.set for s in stages},
@@ -103,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         finish_distributed()
         print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
         return 0
-    recipe = stage_recipe(args.recipe, args.set, tiny=args.preset == "tiny")
+    recipe = stage_recipe(args.recipe, args.set, tiny=tiny)
     if args.seed is not None:
         recipe.seed = components["seed"] = args.seed
     if args.init:
@@ -111,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
     elif recipe.init == "assemble":
         from tinygroundinggpt.model.presets import assemble_preset
 
-        model, processor = assemble_preset(args.preset, **components)
+        model, processor = assemble_preset(preset, **components)
     else:
         raise SystemExit(f"recipe {recipe.name} starts from a previous stage: give --init CHECKPOINT")
     report = train_stage(
