@@ -7,7 +7,7 @@ Loads each checkpoint from disk with transformers' own classes (as the grounding
 * tiny CLIP: image→caption and caption→image retrieval, top-1 / top-5 within galleries of 100 scenes
   (chance 1 % / 5 %), and how often an image prefers its caption to the same caption with one shape word
   swapped (chance 50 %: retrieval can succeed on colours alone, this cannot);
-* patch features (the paper's Fig. 6 / A.5 argument in miniature): linear probes on the 8×8 grid, for
+* patch features (the paper's Fig. 6 / A.5 argument in miniature): linear probes on the patch grid, for
   whether a patch holds an object and that object's colour, pattern and shape, from the tiny DINOv2's
   ``last_hidden_state`` against the tiny CLIP's ``hidden_states[-2]`` (the layers the grounding model
   reads) and a randomly initialised DINOv2 of the same shape (what pretraining adds);
@@ -29,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, CLIPModel, Dinov2Config, Dinov2Model
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPModel,
+    Dinov2Config,
+    Dinov2Model,
+)
 
 from tinygroundinggpt.boxes import BoxError, pad_offsets, parse_first_box, square_side, validate_unit_box
 from tinygroundinggpt.components import clip, corpus
@@ -38,7 +46,6 @@ from tinygroundinggpt.world import language
 from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES, render_scene
 
 GALLERY = 100
-PATCH = 8
 BOX_ANSWER = re.compile(r"^\[\d\.\d{3}, \d\.\d{3}, \d\.\d{3}, \d\.\d{3}\]$")
 
 
@@ -79,29 +86,30 @@ def _as_tensor(out: torch.Tensor | object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def patch_labels(sample: corpus.WorldSample) -> np.ndarray:
-    """Per patch of the padded 64×64 image: the object covering most of its pixels, when that object
-    covers at least a quarter of the patch (objects are 7-24 px, so few patches are mostly object); else -1."""
+def patch_labels(sample: corpus.WorldSample, patch: int) -> np.ndarray:
+    """Per ``patch``-px patch of the padded square image: the object covering most of its pixels, when that object
+    covers at least a quarter of the patch (objects span 17-38 % of the scene's short side, so few
+    patches are mostly object); else -1."""
     scene = sample.scene
     _, labels = render_scene(scene)
     side = square_side(scene.width, scene.height)
     dx, dy = pad_offsets(scene.width, scene.height)
     square = np.full((side, side), -1, dtype=np.int64)
     square[dy : dy + scene.height, dx : dx + scene.width] = labels
-    grid = side // PATCH
-    blocks = square.reshape(grid, PATCH, grid, PATCH).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    grid = side // patch
+    blocks = square.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
     out = []
     for b in blocks:
         counts = np.bincount(b[b >= 0], minlength=1)
-        out.append(int(counts.argmax()) if counts.max() * 4 >= PATCH * PATCH else -1)
+        out.append(int(counts.argmax()) if counts.max() * 4 >= patch * patch else -1)
     return np.array(out)
 
 
-def probe_targets(samples: list[corpus.WorldSample]) -> dict[str, np.ndarray]:
+def probe_targets(samples: list[corpus.WorldSample], patch: int) -> dict[str, np.ndarray]:
     """Patch-level targets: objectness for every patch, colour/pattern/shape (-1 where no object)."""
     obj, colour, pattern, shape = [], [], [], []
     for s in samples:
-        for idx in patch_labels(s):
+        for idx in patch_labels(s, patch):
             o = s.scene.objects[idx] if idx >= 0 else None
             obj.append(int(o is not None))
             colour.append(list(COLOURS).index(o.colour) if o else -1)
@@ -112,7 +120,7 @@ def probe_targets(samples: list[corpus.WorldSample]) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def patch_features(kind: str, path: Path | None, samples: list[corpus.WorldSample]) -> torch.Tensor:
-    """``(scenes * 64, hidden)`` patch features of the layer the grounding model reads."""
+    """``(scenes * patches, hidden)`` patch features of the layer the grounding model reads."""
     if kind == "clip":
         model = CLIPModel.from_pretrained(path, dtype=torch.float32).vision_model.eval()
         processor = AutoImageProcessor.from_pretrained(path)
@@ -233,28 +241,41 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.time()
     base = args.seed + corpus.HELDOUT_OFFSET
-    heldout = corpus.world_samples(base, args.scenes, desc="held-out scenes")
-    probe_fit = corpus.world_samples(base + 1, args.scenes, desc="probe-fit scenes")
+    rendered: dict[int, tuple[list[corpus.WorldSample], list[corpus.WorldSample]]] = {}
+
+    def scenes(path: Path) -> tuple[list[corpus.WorldSample], list[corpus.WorldSample]]:
+        """The held-out and probe-fit scenes, drawn at the input size of the encoder at ``path``."""
+        size = AutoImageProcessor.from_pretrained(path).crop_size["height"]
+        if size not in rendered:
+            rendered[size] = (
+                corpus.world_samples(base, args.scenes, size, desc=f"held-out scenes at {size} px"),
+                corpus.world_samples(base + 1, args.scenes, size, desc=f"probe-fit scenes at {size} px"),
+            )
+        return rendered[size]
 
     print(f"# tiny components on held-out synthetic-world scenes ({args.assets})")
     print(f"held-out scenes: {args.scenes} (seed stream {base}); probes fitted on {args.scenes} more ({base + 1})\n")
 
     print(f"## tiny CLIP: retrieval within galleries of {GALLERY} (chance R@1 1 %, R@5 5 %; shape-swapped copy 50 %)")
-    for k, v in clip_retrieval(args.assets / "clip", heldout, base).items():
+    for k, v in clip_retrieval(args.assets / "clip", scenes(args.assets / "clip")[0], base).items():
         print(f"{k:22s} {v:6.1f} %")
 
-    print("\n## patch features: linear-probe accuracy on the 8x8 grid (%), held-out patches")
-    y_fit, y_test = probe_targets(probe_fit), probe_targets(heldout)
+    print("\n## patch features: linear-probe accuracy on the patch grid (%), held-out patches")
     encoders = {
         "tiny CLIP hidden_states[-2]": ("clip", args.assets / "clip"),
         "tiny DINOv2 last_hidden_state": ("dinov2", args.assets / "dinov2"),
         "random-init DINOv2 (control)": ("random", args.assets / "dinov2"),
     }
-    test_labels = np.stack([patch_labels(s) for s in heldout])
     print(f"{'features':32s} {'object?':>8s} {'colour':>8s} {'pattern':>8s} {'shape':>8s} {'same-obj':>8s}")
-    chance = [100 / len(np.unique(y_test[t][y_test[t] >= 0])) for t in y_fit] + [50.0]
-    print(f"{'chance':32s} " + " ".join(f"{c:8.1f}" for c in chance))
-    for name, (kind, path) in encoders.items():
+    for i, (name, (kind, path)) in enumerate(encoders.items()):
+        heldout, probe_fit = scenes(path)
+        config = AutoConfig.from_pretrained(path)
+        patch = getattr(config, "vision_config", config).patch_size
+        y_fit, y_test = probe_targets(probe_fit, patch), probe_targets(heldout, patch)
+        test_labels = np.stack([patch_labels(s, patch) for s in heldout])
+        if i == 0:
+            chance = [100 / len(np.unique(y_test[t][y_test[t] >= 0])) for t in y_fit] + [50.0]
+            print(f"{'chance':32s} " + " ".join(f"{c:8.1f}" for c in chance))
         f_fit, f_test = patch_features(kind, path, probe_fit), patch_features(kind, path, heldout)
         accs = [linear_probe(f_fit, y_fit[t], f_test, y_test[t]) for t in y_fit]
         accs.append(same_object_auc(f_test, test_labels))
@@ -262,7 +283,7 @@ def main() -> None:
     print("(balanced accuracy; a patch holds an object when one covers >= 1/4 of it; colour / pattern / shape")
     print(" are probed on those patches only; same-obj: Fig. 6's cosine-similarity map as an AUC, see same_object_auc)")
 
-    q = qwen2_quality(args.assets / "qwen2", heldout, base, args.answers)
+    q = qwen2_quality(args.assets / "qwen2", scenes(args.assets / "clip")[0], base, args.answers)
     print(f"\n## tiny Qwen2: held-out perplexity {q['perplexity']:.3f} over {q['tokens']} tokens")
     print(f"well-formed single-box answers to 'Output the coordinate of': {q['well_formed']:.1f} % of {q['n_answers']}")
     for prompt, answer in q["samples"]:

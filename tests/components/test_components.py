@@ -126,8 +126,8 @@ def test_region_term_takes_no_text_of_an_objects_own_phrase_as_negative():
     assert same.nonzero().tolist() == [[0, 0], [0, 4], [1, 1], [2, 2]]
     torch.manual_seed(0)
     k, d, p = 3, 12, 8
-    patches, texts, scale = torch.randn(k, clip.GRID**2, d), torch.randn(2 * k, p), torch.tensor(5.0)
-    weights = torch.nn.functional.one_hot(torch.tensor([3, 20, 50]), clip.GRID**2).float()
+    patches, texts, scale = torch.randn(k, GRID, d), torch.randn(2 * k, p), torch.tensor(5.0)
+    weights = torch.nn.functional.one_hot(torch.tensor([3, 20, 50]), GRID).float()
     term = clip.RegionLoss(d, p)
     got = term(patches, weights, texts, same, scale)
     with torch.no_grad():
@@ -150,12 +150,12 @@ def test_clip_with_shape_negatives_trains(samples):
 
 
 def test_cell_weights_share_a_box_among_the_patches_it_covers():
-    one = clip.cell_weights((3 / 8, 2 / 8, 4 / 8, 3 / 8))  # exactly the patch in row 2, column 3
+    one = clip.cell_weights((3 / 8, 2 / 8, 4 / 8, 3 / 8), 8)  # exactly the patch in row 2, column 3
     assert one[2 * 8 + 3] == 1 and one.sum() == 1
-    half = clip.cell_weights((0.5 / 8, 0.0, 1.5 / 8, 1 / 8))  # half of patch (0, 0), half of (0, 1)
+    half = clip.cell_weights((0.5 / 8, 0.0, 1.5 / 8, 1 / 8), 8)  # half of patch (0, 0), half of (0, 1)
     assert half[:2].tolist() == pytest.approx([0.5, 0.5]) and half[2:].sum() == 0
     with pytest.raises(ValueError, match="covers no patch"):
-        clip.cell_weights((0.3, 0.3, 0.3, 0.5))
+        clip.cell_weights((0.3, 0.3, 0.3, 0.5), 8)
 
 
 def test_clip_with_region_term_trains_and_saves_a_plain_clip(samples, tmp_path):
@@ -178,7 +178,7 @@ def test_dense_region_term_is_the_pooled_one_patch_by_patch():
     """Where each object covers one patch, asking every covered patch for the phrase is the pooled term; where it
     covers two, the dense term scores each patch on its own (a pooled mean can pass where one patch fails)."""
     torch.manual_seed(0)
-    k, n, d, p = 4, clip.GRID**2, 12, 8
+    k, n, d, p = 4, GRID, 12, 8
     patches, texts, scale = torch.randn(k, n, d), torch.randn(2 * k, p), torch.tensor(5.0)
     same = torch.eye(k, 2 * k, dtype=torch.bool)
     same[0, 1] = same[1, 0] = True  # objects 0 and 1 share a phrase: no negatives for each other
@@ -247,7 +247,7 @@ def test_dinov2_position_term_makes_features_say_where_they_are(samples):
     # patch features follow the grid (held-out R² of the column on other images).
     images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
     mirrored = corpus.square_images(samples, dinov2.IMAGENET_MEAN, mirrored=True)
-    pixels = dinov2.dinov2_image_processor()(images, return_tensors="pt").pixel_values
+    pixels = dinov2.dinov2_image_processor(64)(images, return_tensors="pt").pixel_values
     cols = dinov2.patch_positions(8)[:, 1]
 
     def column_r2(weight: float) -> float:
@@ -371,3 +371,27 @@ def test_tgg_components_set_overrides_a_recipe_field(tmp_path):
     with pytest.raises(SystemExit, match="key=value"):
         main([*base, "--out", str(tmp_path / "bad"), "--set", "position_weight"])
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("which", ["clip", "dinov2"])
+def test_an_encoder_can_see_more_pixels_per_object_on_the_same_grid(which, tmp_path):
+    """image_size 128 with patch_size 16: the scenes drawn at 128 px, the grounding model's 8x8 grid kept."""
+    out = tmp_path / which
+    sets = ["--set", "image_size=128", "--set", "patch_size=16"]
+    assert main(["components", which, "--out", str(out), "--scenes", "16", "--steps", "2", *sets]) == 0
+    model = CLIPModel if which == "clip" else Dinov2Model
+    config = model.from_pretrained(out, local_files_only=True).config
+    vision = config.vision_config if which == "clip" else config
+    assert (vision.image_size, vision.patch_size) == (128, 16)
+    processor = AutoImageProcessor.from_pretrained(out, local_files_only=True)
+    assert processor.crop_size == {"height": 128, "width": 128}
+    # a size the patches do not tile stops before any scene is rendered
+    with pytest.raises(SystemExit, match="image_size 100 is not a multiple of patch_size 16"):
+        main(["components", which, "--out", str(tmp_path / "bad"), "--set", "image_size=100", "--set", "patch_size=16"])
+
+
+def test_an_encoder_refuses_scenes_drawn_at_another_size(samples):
+    """64 px scenes resized up to a 128 px encoder would add pixels but no detail: refused, naming both sizes."""
+    images = corpus.square_images(samples[:4], clip.CLIP_MEAN)
+    with pytest.raises(ValueError, match=r"images are \[\(64, 64\)\] px, the recipe's image_size is 128"):
+        dinov2.train_dinov2(images, seed=0, recipe=dinov2.Dinov2Recipe(steps=1, image_size=128, patch_size=16))

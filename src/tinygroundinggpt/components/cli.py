@@ -48,7 +48,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from tinygroundinggpt.components.corpus import world_samples
+    from tinygroundinggpt.components.corpus import IMAGE_SIZE, world_samples
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,14 +57,17 @@ def _run(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.set)
         if args.steps is not None:
             overrides["steps"] = args.steps
-        for name in which:
-            _recipe(recipe_class(name), overrides)
+        recipes = {name: _recipe(recipe_class(name), overrides) for name in which}
     except ValueError as exc:
         raise SystemExit(f"tgg components: {exc}") from exc
-    samples = world_samples(args.seed, args.scenes)
+    # The seed's scenes, drawn at each encoder's input size (the Qwen2 reads only their text).
+    rendered: dict[int, list[WorldSample]] = {}
     for name in which:
+        size = getattr(recipes[name], "image_size", IMAGE_SIZE)
+        if size not in rendered:
+            rendered[size] = world_samples(args.seed, args.scenes, size)
         out = args.out / name if args.which == "all" else args.out
-        trained = train_component(name, samples, seed=args.seed, overrides=overrides)
+        trained = train_component(name, rendered[size], seed=args.seed, overrides=overrides)
         trained.save(out)
         tail = trained.losses[-20:]
         print(
@@ -101,7 +104,11 @@ def _recipe(cls: type, overrides: dict[str, Any]) -> Any:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields are {sorted(known)}")
-    return cls(**overrides)
+    recipe = cls(**overrides)
+    if getattr(recipe, "image_size", 0) % getattr(recipe, "patch_size", 1):
+        raise ValueError(f"{cls.__name__}: image_size {recipe.image_size} is not a multiple of patch_size "
+                         f"{recipe.patch_size}")  # fmt: skip
+    return recipe
 
 
 def train_component(

@@ -43,14 +43,11 @@ from tokenizers import processors
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast
 
 from tinygroundinggpt.boxes import Box
+from tinygroundinggpt.components.corpus import IMAGE_SIZE, PATCH_SIZE, patch_grid
 from tinygroundinggpt.components.tokenizer import EOS, train_tokenizer
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
 from tinygroundinggpt.model.configuration_tinygroundinggpt import CLIP_MEAN, CLIP_STD
 from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES
-
-IMAGE_SIZE = 64
-PATCH_SIZE = 8
-GRID = IMAGE_SIZE // PATCH_SIZE
 
 
 @dataclass
@@ -70,6 +67,8 @@ class ClipRecipe:
     shape_negatives: bool = True  # NegCLIP-style hard negatives: held-out REC 18.0 -> 24.0 % in the demo's chain
     region_weight: float = 1.0  # region-phrase term on the patch tokens (module docstring)
     region_dense: bool = False  # that term per patch token, not per pooled region (module docstring)
+    image_size: int = IMAGE_SIZE  # input side; the scenes must be drawn at it (more pixels per object, same grid
+    patch_size: int = PATCH_SIZE  # with patch_size scaled alike)
 
 
 @dataclass
@@ -85,10 +84,10 @@ class TrainedClip:
         self.tokenizer.save_pretrained(out)
 
 
-def clip_image_processor() -> CLIPImageProcessorPil:
+def clip_image_processor(image_size: int) -> CLIPImageProcessorPil:
     return CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     )
@@ -123,8 +122,8 @@ def clip_config(recipe: ClipRecipe, vocab_size: int, eos_id: int) -> CLIPConfig:
             "intermediate_size": 4 * recipe.vision_hidden,
             "num_hidden_layers": recipe.vision_layers,
             "num_attention_heads": 4,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
+            "image_size": recipe.image_size,
+            "patch_size": recipe.patch_size,
         },
         projection_dim=recipe.projection_dim,
     )
@@ -149,10 +148,10 @@ def swap_one_shape(text: str, rng: random.Random) -> str:
     return text[: hit.start()] + other + text[hit.end() :]
 
 
-def cell_weights(box: Box) -> torch.Tensor:
-    """How much of each patch (row-major GRID x GRID, as the patch tokens) a model-frame box covers, summing to 1."""
+def cell_weights(box: Box, grid: int) -> torch.Tensor:
+    """How much of each patch (row-major grid x grid, as the patch tokens) a model-frame box covers, summing to 1."""
     x1, y1, x2, y2 = box
-    edges = torch.arange(GRID + 1, dtype=torch.float32) / GRID
+    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
     wx = (edges[1:].clamp(max=x2) - edges[:-1].clamp(min=x1)).clamp(min=0)
     wy = (edges[1:].clamp(max=y2) - edges[:-1].clamp(min=y1)).clamp(min=0)
     weights = (wy[:, None] * wx[None, :]).flatten()
@@ -185,7 +184,7 @@ class RegionLoss(torch.nn.Module):
     def forward(
         self, patches: torch.Tensor, weights: torch.Tensor, texts: torch.Tensor, same: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        """``patches`` (K, GRID², D): each object's image's patch tokens; ``weights`` (K, GRID²); ``texts`` (2K, P):
+        """``patches`` (K, grid², D): each object's image's patch tokens; ``weights`` (K, grid²); ``texts`` (2K, P):
         the K phrases' embeddings, then their shape-swapped copies'; ``same`` (K, 2K): phrase i equals phrase j, then
         phrase i equals swapped copy j (a swap can turn one object's phrase into another's)."""
         texts = torch.nn.functional.normalize(texts, dim=-1)
@@ -223,6 +222,7 @@ def train_clip(
         raise ValueError(f"need one caption list per image, got {len(images)} images and {len(captions)} lists")
     if recipe.region_weight and (regions is None or len(regions) != len(images)):
         raise ValueError("region_weight > 0 needs regions: one list of (box, phrase) per image")
+    grid = patch_grid(images, recipe.image_size, recipe.patch_size)
     gen = seed_everything(seed)
     flat = [c for caps in captions for c in caps]
     tokenizer = clip_tokenizer(flat, recipe.vocab_size)
@@ -239,7 +239,7 @@ def train_clip(
         swapped = [swap_one_shape(p, random.Random(-1 - i)) for i, p in enumerate(phrases)]
         phrase_enc = tokenizer(phrases + swapped, padding="longest", return_tensors="pt")
         phrase_id, swapped_id = phrase_ids(phrases, swapped)
-        obj_weights = torch.stack([cell_weights(box) for box, _ in objects])
+        obj_weights = torch.stack([cell_weights(box, grid) for box, _ in objects])
         obj_starts = torch.tensor([0] + [len(objs) for objs in regions or ()]).cumsum(0)
     # The call above leaves padding/truncation switched on in the backend, which would be saved into
     # tokenizer.json; the published tokenizer must encode texts as they are.
@@ -250,7 +250,7 @@ def train_clip(
     starts = torch.tensor([0] + [len(c) for c in captions]).cumsum(0)
     counts = torch.tensor([len(c) for c in captions])
 
-    image_processor = clip_image_processor()
+    image_processor = clip_image_processor(recipe.image_size)
     pixels = image_processor(list(images), return_tensors="pt").pixel_values
     model = CLIPModel(clip_config(recipe, len(tokenizer), eos_id))
     model.train()

@@ -30,7 +30,8 @@ from tinygroundinggpt.world.scene import (
     render_mirrored,
 )
 
-IMAGE_SIZE = 64
+IMAGE_SIZE = 64  # the encoders' input side and the scenes' long side, unless a recipe says otherwise
+PATCH_SIZE = 8  # an 8x8 grid of patch tokens: what the grounding model reads
 CAPTIONS_PER_SCENE = 3
 # Offset between the seed streams of training and held-out scenes (the benchmark's held-out set).
 HELDOUT_OFFSET = 1_000_003
@@ -46,6 +47,18 @@ def world_samples(seed: int, count: int, image_size: int = IMAGE_SIZE, desc: str
     """``count`` scenes drawn from one ``random.Random(seed)`` stream (deterministic by seed)."""
     rng = random.Random(seed)
     return [WorldSample(*generate_scene(rng, image_size)) for _ in tqdm(range(count), desc=desc, unit="scene")]
+
+
+def patch_grid(images: Sequence[Image.Image], image_size: int, patch_size: int) -> int:
+    """The side of the patch grid an encoder at ``image_size`` / ``patch_size`` gives, after checking that the square
+    ``images`` were drawn at that size: resized up, they would add pixels but no detail."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    sizes = {im.size for im in images}
+    if sizes != {(image_size, image_size)}:
+        raise ValueError(f"images are {sorted(sizes)[:3]} px, the recipe's image_size is {image_size}: draw the scenes "
+                         "at that size (tgg components renders them at the recipe's image_size)")  # fmt: skip
+    return image_size // patch_size
 
 
 def square_images(samples: Sequence[WorldSample], mean: Sequence[float], mirrored: bool = False) -> list[Image.Image]:

@@ -37,11 +37,10 @@ import torch
 from PIL import Image
 from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
+from tinygroundinggpt.components.corpus import IMAGE_SIZE, PATCH_SIZE, patch_grid
 from tinygroundinggpt.components.training import save_model_16bit, seed_everything, train_steps
 from tinygroundinggpt.model.configuration_tinygroundinggpt import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGE_SIZE = 64
-PATCH_SIZE = 8
 VISIBLE_WEIGHT = 0.25
 
 
@@ -57,6 +56,8 @@ class Dinov2Recipe:
     mask_min: float = 0.5
     mask_max: float = 0.8
     position_weight: float = 1.0  # grid-position term; see the module docstring
+    image_size: int = IMAGE_SIZE  # as ClipRecipe's
+    patch_size: int = PATCH_SIZE
 
 
 @dataclass
@@ -70,11 +71,11 @@ class TrainedDinov2:
         self.image_processor.save_pretrained(out)
 
 
-def dinov2_image_processor() -> BitImageProcessorPil:
-    """facebook/dinov2-*'s processor (resize shortest edge, centre crop, ImageNet mean/std) at 64 px."""
+def dinov2_image_processor(image_size: int) -> BitImageProcessorPil:
+    """facebook/dinov2-*'s processor (resize shortest edge, centre crop, ImageNet mean/std) at ``image_size``."""
     return BitImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         do_center_crop=True,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
@@ -87,12 +88,12 @@ def dinov2_config(recipe: Dinov2Recipe) -> Dinov2Config:
         num_hidden_layers=recipe.layers,
         num_attention_heads=4,
         mlp_ratio=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
     )
 
 
-def patchify(pixel_values: torch.Tensor, patch: int = PATCH_SIZE) -> torch.Tensor:
+def patchify(pixel_values: torch.Tensor, patch: int) -> torch.Tensor:
     """``(B, C, H, W)`` → ``(B, H/p * W/p, C*p*p)`` in the row-major order of the patch tokens."""
     b, c, _, _ = pixel_values.shape
     x = pixel_values.unfold(2, patch, patch).unfold(3, patch, patch)  # B, C, gh, gw, p, p
@@ -136,15 +137,16 @@ def train_dinov2(
         raise ValueError("need at least one image")
     if mirrored is not None and len(mirrored) != len(images):
         raise ValueError(f"need one mirrored image per image, got {len(mirrored)} for {len(images)}")
+    grid = patch_grid(images, recipe.image_size, recipe.patch_size)
     gen = seed_everything(seed)
-    image_processor = dinov2_image_processor()
+    image_processor = dinov2_image_processor(recipe.image_size)
     pixels = image_processor(list(images), return_tensors="pt").pixel_values
     mirror_pixels = image_processor(list(mirrored), return_tensors="pt").pixel_values if mirrored is not None else None
     model = Dinov2Model(dinov2_config(recipe))
-    head = torch.nn.Linear(recipe.hidden, 3 * PATCH_SIZE * PATCH_SIZE)
+    head = torch.nn.Linear(recipe.hidden, 3 * recipe.patch_size**2)
     # Built only when used, so that runs without the term draw the same random numbers as before it existed.
     where_head = torch.nn.Linear(recipe.hidden, 2) if recipe.position_weight else None
-    where = patch_positions(IMAGE_SIZE // PATCH_SIZE)
+    where = patch_positions(grid)
     model.train()
     n = len(images)
 
@@ -155,8 +157,8 @@ def train_dinov2(
             # Mirrored scenes come drawn by the world: a mirrored image would run the stripes along the other diagonal.
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], mirror_pixels[idx], x)
-        target = patchify(x)
-        mask = block_patch_mask(len(x), IMAGE_SIZE // PATCH_SIZE, recipe.mask_min, recipe.mask_max, gen)
+        target = patchify(x, recipe.patch_size)
+        mask = block_patch_mask(len(x), grid, recipe.mask_min, recipe.mask_max, gen)
         feats = model(pixel_values=x, bool_masked_pos=mask).last_hidden_state[:, 1:]
         err = (head(feats) - target).pow(2).mean(-1)
         weight = torch.where(mask, 1.0, VISIBLE_WEIGHT)
