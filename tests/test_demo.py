@@ -58,3 +58,15 @@ def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
 def test_demo_refuses_a_train_seed_without_train():
     with pytest.raises(SystemExit, match="only applies with --train"):
         main(["demo", "--train-seed", "3"])
+
+
+def test_demo_draws_its_scenes_at_the_models_input_size(tiny_tokenizer, tmp_path):
+    """A model that reads 32 px images is evaluated on scenes drawn at 32 px, not on 64 px ones shrunk."""
+    from tinygroundinggpt.model.presets import tiny_random
+
+    model, proc = tiny_random(tiny_tokenizer, image_size=32, patch_size=4)
+    model.save_pretrained(tmp_path / "ckpt")
+    proc.save_pretrained(tmp_path / "ckpt")
+    assert main(["demo", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "demo"), "--n-eval", "2"]) == 0
+    images = list((tmp_path / "demo" / "world" / "images").rglob("*.png"))
+    assert images and {max(Image.open(p).size) for p in images} == {32}

@@ -23,6 +23,7 @@ from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.eval.runner import answers_of, checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import get_task
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, tile_sheet
+from tinygroundinggpt.model import TinyGroundingGPTConfig
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "tiny" / "tinygroundinggpt"
 DEMO_SEED = 20_261_126  # no training world uses this seed: the demo's scenes are unseen
@@ -160,7 +161,9 @@ def run_demo(
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"no TinyGroundingGPT checkpoint at {model}; run `tgg demo --train` to make one")
     world = out / "world"
-    write_world(world, n_train=0, n_eval=n_eval, seed=seed, image_size=64, progress=progress)
+    # scenes drawn at the model's input size: resized up, smaller ones would add pixels but no detail
+    size = TinyGroundingGPTConfig.from_pretrained(model).image_size
+    write_world(world, n_train=0, n_eval=n_eval, seed=seed, image_size=size, progress=progress)
     t0 = time.perf_counter()
     results = _evaluate(model, world, out / "eval", batch_size, progress)
     summary = {**summarise(results), **summary, "eval_seconds": round(time.perf_counter() - t0, 1)}
