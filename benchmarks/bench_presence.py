@@ -66,7 +66,7 @@ def main() -> None:
     rng, config, colour_names = random.Random(args.seed), SceneConfig(), list(COLOURS)
     images, shapes, colours = [], torch.zeros(args.scenes, len(SHAPES)), torch.zeros(args.scenes, len(colour_names))
     for i in range(args.scenes):
-        image, scene = generate_scene(rng, 64, config)
+        image, scene = generate_scene(rng, model.config.image_size, config)  # the encoders' input size
         images.append(processor.image_to_tensor(image))
         for o in scene.objects:
             shapes[i, SHAPES.index(o.shape)] = colours[i, colour_names.index(o.colour)] = 1
