@@ -154,7 +154,9 @@ def main() -> None:
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
     n_layers = pipe.model.config.text_config.num_hidden_layers
     with tempfile.TemporaryDirectory() as tmp:
-        write_world(tmp, n_train=0, n_eval=args.scenes, seed=args.seed, image_size=64, progress=False)
+        write_world(
+            tmp, n_train=0, n_eval=args.scenes, seed=args.seed, image_size=pipe.model.config.image_size, progress=False
+        )
         items = [item for task in TASKS for item in get_task(task).load(Path(tmp))]
         answers = []
         for k in range(0, len(items), 32):

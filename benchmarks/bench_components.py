@@ -243,15 +243,18 @@ def main() -> None:
     base = args.seed + corpus.HELDOUT_OFFSET
     rendered: dict[int, tuple[list[corpus.WorldSample], list[corpus.WorldSample]]] = {}
 
-    def scenes(path: Path) -> tuple[list[corpus.WorldSample], list[corpus.WorldSample]]:
-        """The held-out and probe-fit scenes, drawn at the input size of the encoder at ``path``."""
-        size = AutoImageProcessor.from_pretrained(path).crop_size["height"]
+    def scenes_at(size: int) -> tuple[list[corpus.WorldSample], list[corpus.WorldSample]]:
+        """The held-out and probe-fit scenes drawn at ``size`` px."""
         if size not in rendered:
             rendered[size] = (
                 corpus.world_samples(base, args.scenes, size, desc=f"held-out scenes at {size} px"),
                 corpus.world_samples(base + 1, args.scenes, size, desc=f"probe-fit scenes at {size} px"),
             )
         return rendered[size]
+
+    def scenes(path: Path) -> tuple[list[corpus.WorldSample], list[corpus.WorldSample]]:
+        """The scenes drawn at the input size of the encoder at ``path``."""
+        return scenes_at(AutoImageProcessor.from_pretrained(path).crop_size["height"])
 
     print(f"# tiny components on held-out synthetic-world scenes ({args.assets})")
     print(f"held-out scenes: {args.scenes} (seed stream {base}); probes fitted on {args.scenes} more ({base + 1})\n")
@@ -283,7 +286,8 @@ def main() -> None:
     print("(balanced accuracy; a patch holds an object when one covers >= 1/4 of it; colour / pattern / shape")
     print(" are probed on those patches only; same-obj: Fig. 6's cosine-similarity map as an AUC, see same_object_auc)")
 
-    q = qwen2_quality(args.assets / "qwen2", scenes(args.assets / "clip")[0], base, args.answers)
+    # the size tgg components draws the Qwen2's scenes at (it reads their text only)
+    q = qwen2_quality(args.assets / "qwen2", scenes_at(corpus.IMAGE_SIZE)[0], base, args.answers)
     print(f"\n## tiny Qwen2: held-out perplexity {q['perplexity']:.3f} over {q['tokens']} tokens")
     print(f"well-formed single-box answers to 'Output the coordinate of': {q['well_formed']:.1f} % of {q['n_answers']}")
     for prompt, answer in q["samples"]:

@@ -29,19 +29,17 @@ from tinygroundinggpt.boxes import iou, pixel_to_model
 from tinygroundinggpt.model.presets import assemble_preset
 from tinygroundinggpt.world import SceneConfig, generate_scene
 
-GRID = 64
-
 
 class BoxProbe(torch.nn.Module):
-    def __init__(self, dim: int, token_order: bool) -> None:
+    def __init__(self, dim: int, token_order: bool, n_patches: int) -> None:
         super().__init__()
         self.score = torch.nn.Linear(dim, 1)
         self.value = torch.nn.Linear(dim, 32)
-        self.cells = torch.nn.Parameter(torch.randn(GRID, 32) * 0.1) if token_order else None
+        self.cells = torch.nn.Parameter(torch.randn(n_patches, 32) * 0.1) if token_order else None
         self.head = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 4))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        weights = self.score(feats).softmax(1)  # B, 64, 1
+        weights = self.score(feats).softmax(1)  # B, patches, 1
         where = (weights * self.cells).sum(1) if self.cells is not None else feats.new_zeros(len(feats), 32)
         return self.head(torch.cat([where, (weights * self.value(feats)).sum(1)], -1))
 
@@ -59,7 +57,7 @@ def one_object_scenes(n: int, seed: int, image_size: int) -> tuple[list[Image.Im
 
 def cell_r2(fit_feats: torch.Tensor, test_feats: torch.Tensor) -> tuple[float, float]:
     """Held-out R² of least-squares linear probes for a patch's grid row and column, from its features alone."""
-    side = int(GRID**0.5)
+    side = int(fit_feats.shape[1] ** 0.5)
     rows, cols = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
     cell = torch.stack([rows.flatten(), cols.flatten()], -1)
 
@@ -89,7 +87,7 @@ def fit(
     torch.manual_seed(seed)
     mu, sd = feats[:n_fit].mean((0, 1)), feats[:n_fit].std((0, 1)) + 1e-5
     feats = (feats - mu) / sd
-    probe = BoxProbe(feats.shape[-1], token_order)
+    probe = BoxProbe(feats.shape[-1], token_order, feats.shape[1])
     opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
     for _ in range(epochs):
         for idx in torch.randperm(n_fit).split(64):

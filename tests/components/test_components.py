@@ -30,7 +30,7 @@ from tinygroundinggpt.components import clip, corpus, dinov2, qwen2
 from tinygroundinggpt.components.tokenizer import CHATML_TEMPLATE, EOS, IM_END
 from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES
 
-GRID = 8 * 8
+N_PATCHES = 8 * 8  # the 8×8 grid the grounding model reads
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_clip_trains_and_loads_as_published(samples, tmp_path):
     pixels = processor(images[:2], return_tensors="pt").pixel_values
     assert pixels.shape == (2, 3, 64, 64)
     hidden = model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-    assert hidden.shape[1] == 1 + GRID  # CLS + the 8×8 grid the grounding model reads
+    assert hidden.shape[1] == 1 + N_PATCHES  # CLS + the 8×8 grid the grounding model reads
 
     # The tokenizer ends every text with the token the text tower pools at.
     ids = tokenizer("a red circle").input_ids
@@ -126,8 +126,8 @@ def test_region_term_takes_no_text_of_an_objects_own_phrase_as_negative():
     assert same.nonzero().tolist() == [[0, 0], [0, 4], [1, 1], [2, 2]]
     torch.manual_seed(0)
     k, d, p = 3, 12, 8
-    patches, texts, scale = torch.randn(k, GRID, d), torch.randn(2 * k, p), torch.tensor(5.0)
-    weights = torch.nn.functional.one_hot(torch.tensor([3, 20, 50]), GRID).float()
+    patches, texts, scale = torch.randn(k, N_PATCHES, d), torch.randn(2 * k, p), torch.tensor(5.0)
+    weights = torch.nn.functional.one_hot(torch.tensor([3, 20, 50]), N_PATCHES).float()
     term = clip.RegionLoss(d, p)
     got = term(patches, weights, texts, same, scale)
     with torch.no_grad():
@@ -178,7 +178,7 @@ def test_dense_region_term_is_the_pooled_one_patch_by_patch():
     """Where each object covers one patch, asking every covered patch for the phrase is the pooled term; where it
     covers two, the dense term scores each patch on its own (a pooled mean can pass where one patch fails)."""
     torch.manual_seed(0)
-    k, n, d, p = 4, GRID, 12, 8
+    k, n, d, p = 4, N_PATCHES, 12, 8
     patches, texts, scale = torch.randn(k, n, d), torch.randn(2 * k, p), torch.tensor(5.0)
     same = torch.eye(k, 2 * k, dtype=torch.bool)
     same[0, 1] = same[1, 0] = True  # objects 0 and 1 share a phrase: no negatives for each other
@@ -221,7 +221,7 @@ def test_dinov2_trains_and_loads_as_published(samples, tmp_path):
     assert model.config.image_size == 64 and model.config.patch_size == 8  # 8×8 grid, no interpolation at 64 px
     pixels = processor(images[:2], return_tensors="pt").pixel_values
     assert pixels.shape == (2, 3, 64, 64)
-    assert model(pixel_values=pixels).last_hidden_state.shape == (2, 1 + GRID, model.config.hidden_size)
+    assert model(pixel_values=pixels).last_hidden_state.shape == (2, 1 + N_PATCHES, model.config.hidden_size)
 
 
 def test_patchify_follows_the_patch_token_order():
@@ -386,8 +386,14 @@ def test_an_encoder_can_see_more_pixels_per_object_on_the_same_grid(which, tmp_p
     processor = AutoImageProcessor.from_pretrained(out, local_files_only=True)
     assert processor.crop_size == {"height": 128, "width": 128}
     # a size the patches do not tile stops before any scene is rendered
-    with pytest.raises(SystemExit, match="image_size 100 is not a multiple of patch_size 16"):
-        main(["components", which, "--out", str(tmp_path / "bad"), "--set", "image_size=100", "--set", "patch_size=16"])
+    quick = ["--scenes", "16", "--steps", "2"]
+    for size, patch in (("100", "16"), ("abc", "16"), ("64", "0")):
+        with pytest.raises(
+            SystemExit, match=f"image_size .?{size}.? must be a positive multiple of patch_size {patch}"
+        ):
+            main(["components", which, "--out", str(tmp_path / "bad"), *quick, "--set", f"image_size={size}",
+                  "--set", f"patch_size={patch}"])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
 
 
 def test_an_encoder_refuses_scenes_drawn_at_another_size(samples):

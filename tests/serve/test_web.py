@@ -5,7 +5,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.serve.web import DISPLAY_SIDE, SCENE_SIZE, answer, build_demo, random_scene
+from tinygroundinggpt.serve.web import DISPLAY_SIDE, answer, build_demo, random_scene
 
 
 def test_the_running_demo_answers_over_http_like_the_pipeline(pipe, scene, tmp_path):
@@ -20,7 +20,7 @@ def test_the_running_demo_answers_over_http_like_the_pipeline(pipe, scene, tmp_p
         expected = pipe.predict(image, prompt)
         assert text == expected.text and as_json == expected.to_json()
         assert Image.open(drawn).size == (DISPLAY_SIDE, DISPLAY_SIDE * 48 // 64)
-        assert max(Image.open(client.predict(api_name="/scene")).size) == SCENE_SIZE
+        assert max(Image.open(client.predict(api_name="/scene")).size) == pipe.model.config.image_size
         with pytest.raises(AppError, match="type a question"):  # answer()'s error reaches the page
             client.predict(handle_file(str(tmp_path / "scene.png")), " ", api_name="/ask")
     finally:
@@ -53,5 +53,5 @@ def test_answer_needs_an_image_and_a_question(pipe, scene):
         answer(pipe, scene[0], "Where is \ud800 it?")
 
 
-def test_random_scene_is_a_world_scene():
-    assert max(random_scene().size) == SCENE_SIZE
+def test_random_scene_is_a_world_scene_at_the_size_asked():
+    assert max(random_scene(64).size) == 64 and max(random_scene(128).size) == 128

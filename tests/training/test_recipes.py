@@ -257,14 +257,31 @@ def test_gpu_ranks_share_the_cores_for_image_loading(monkeypatch):
     assert loader_workers_per_rank() == 8
 
 
-def test_a_real_size_init_without_preset_is_not_trained_with_the_tiny_chains_values(tiny_ckpt, tmp_path, capsys):
-    from tinygroundinggpt.model.presets import paper_config
+def test_a_real_size_init_without_preset_is_not_trained_with_the_tiny_chains_values(
+    tiny_ckpt, tiny_tokenizer, tmp_path, capsys
+):
+    from tinygroundinggpt.model.presets import paper_config, tiny_random
     from tinygroundinggpt.training.cli import _uses_tiny_recipes
 
     real = tmp_path / "real"
     paper_config("1.5b").save_pretrained(real)  # a config is all the choice reads: no 1.5B weights needed
     assert not _uses_tiny_recipes(None, str(real))
-    assert "sees 336 px images, so the paper's values apply" in capsys.readouterr().out
-    assert _uses_tiny_recipes(None, str(tiny_ckpt))  # the tiny components' 64 px
+    assert "LLM is 1536 wide, so the paper's values apply (as --preset 1.5b)" in capsys.readouterr().out
+    assert _uses_tiny_recipes(None, str(tiny_ckpt))
+    sharp = tmp_path / "sharp"  # tiny components that see 128 px images are still the tiny chain's
+    tiny_random(tiny_tokenizer, image_size=128, patch_size=16)[0].config.save_pretrained(sharp)
+    assert _uses_tiny_recipes(None, str(sharp))
     assert _uses_tiny_recipes("tiny", str(real)) and not _uses_tiny_recipes("1.5b", str(tiny_ckpt))  # asked: obeyed
     assert _uses_tiny_recipes(None, None)  # assembling the default components: the tiny chain
+
+
+def test_tgg_train_trains_with_the_recipe_the_preset_chooses(world, tiny_ckpt, tmp_path):
+    """The choice reaches the stage: tiny.yaml's stage1b learning rate by default, the paper's under --preset 1.5b."""
+    rates = {}
+    for preset in ("tiny", "1.5b"):
+        out = tmp_path / preset
+        cli = ["train", "--recipe", "stage1b", "--init", str(tiny_ckpt), "--data-root", str(world), "--out", str(out)]
+        sets = ["batch_size=2", "max_steps=1", "warmup=0", "data=[{path: stage2_tc.jsonl, weight: 1.0}]"]
+        assert main([*cli, "--preset", preset, *(a for s in sets for a in ("--set", s))]) == 0
+        rates[preset] = json.loads((out / "train_report.json").read_text())["recipe"]["learning_rate"]
+    assert rates == {"tiny": 1e-3, "1.5b": 2e-5}

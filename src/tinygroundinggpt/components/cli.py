@@ -60,14 +60,11 @@ def _run(args: argparse.Namespace) -> int:
         recipes = {name: _recipe(recipe_class(name), overrides) for name in which}
     except ValueError as exc:
         raise SystemExit(f"tgg components: {exc}") from exc
-    # The seed's scenes, drawn at each encoder's input size (the Qwen2 reads only their text).
-    rendered: dict[int, list[WorldSample]] = {}
+    # drawn at the encoder's input size; `all` takes no size (the Qwen2's recipe has none), so one size serves
+    samples = world_samples(args.seed, args.scenes, getattr(recipes[which[0]], "image_size", IMAGE_SIZE))
     for name in which:
-        size = getattr(recipes[name], "image_size", IMAGE_SIZE)
-        if size not in rendered:
-            rendered[size] = world_samples(args.seed, args.scenes, size)
         out = args.out / name if args.which == "all" else args.out
-        trained = train_component(name, rendered[size], seed=args.seed, overrides=overrides)
+        trained = train_component(name, samples, seed=args.seed, overrides=overrides)
         trained.save(out)
         tail = trained.losses[-20:]
         print(
@@ -105,9 +102,10 @@ def _recipe(cls: type, overrides: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields are {sorted(known)}")
     recipe = cls(**overrides)
-    if getattr(recipe, "image_size", 0) % getattr(recipe, "patch_size", 1):
-        raise ValueError(f"{cls.__name__}: image_size {recipe.image_size} is not a multiple of patch_size "
-                         f"{recipe.patch_size}")  # fmt: skip
+    if hasattr(recipe, "image_size"):
+        from tinygroundinggpt.components.corpus import grid_side
+
+        grid_side(recipe.image_size, recipe.patch_size)
     return recipe
 
 

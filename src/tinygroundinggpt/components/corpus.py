@@ -39,7 +39,7 @@ HELDOUT_OFFSET = 1_000_003
 
 @dataclass
 class WorldSample:
-    image: Image.Image  # as rendered: long side IMAGE_SIZE, aspect ratio of the scene
+    image: Image.Image  # as rendered: long side the size asked (IMAGE_SIZE by default), the scene's aspect ratio
     scene: Scene
 
 
@@ -49,16 +49,23 @@ def world_samples(seed: int, count: int, image_size: int = IMAGE_SIZE, desc: str
     return [WorldSample(*generate_scene(rng, image_size)) for _ in tqdm(range(count), desc=desc, unit="scene")]
 
 
+def grid_side(image_size: int, patch_size: int) -> int:
+    """The side of the patch grid of an encoder at ``image_size`` / ``patch_size`` (ValueError if they do not tile)."""
+    sizes = (image_size, patch_size)
+    if not all(isinstance(s, int) and s > 0 for s in sizes) or image_size % patch_size:
+        raise ValueError(f"image_size {image_size!r} must be a positive multiple of patch_size {patch_size!r}")
+    return image_size // patch_size
+
+
 def patch_grid(images: Sequence[Image.Image], image_size: int, patch_size: int) -> int:
-    """The side of the patch grid an encoder at ``image_size`` / ``patch_size`` gives, after checking that the square
-    ``images`` were drawn at that size: resized up, they would add pixels but no detail."""
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    """:func:`grid_side`, after checking that the square ``images`` were drawn at ``image_size``: resized up, they
+    would add pixels but no detail."""
+    side = grid_side(image_size, patch_size)
     sizes = {im.size for im in images}
     if sizes != {(image_size, image_size)}:
         raise ValueError(f"images are {sorted(sizes)[:3]} px, the recipe's image_size is {image_size}: draw the scenes "
                          "at that size (tgg components renders them at the recipe's image_size)")  # fmt: skip
-    return image_size // patch_size
+    return side
 
 
 def square_images(samples: Sequence[WorldSample], mean: Sequence[float], mirrored: bool = False) -> list[Image.Image]:

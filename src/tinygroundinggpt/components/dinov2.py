@@ -3,8 +3,8 @@
 Saved as facebook/dinov2-large is published: ``config.json`` + ``model.safetensors`` and a
 ``BitImageProcessor`` config with ImageNet mean/std (built as its PIL flavour: no torchvision needed),
 so ``Dinov2Model.from_pretrained(path)`` and ``AutoImageProcessor.from_pretrained(path)`` load it
-offline. ``image_size`` is 64, so at 64 px the position embeddings are used as trained (no
-interpolation) and the grid is 8×8, like the tiny CLIP's.
+offline. ``image_size`` is 64 by default (``Dinov2Recipe``), so at 64 px the position embeddings are used as
+trained (no interpolation) and the grid is 8×8, like the tiny CLIP's.
 
 Objective (the masked-image-modelling half of iBOT, the part DINOv2 relies on for dense features):
 block-wise masks as iBOT/BEiT draw them hide 50-80 % of the patches behind DINOv2's own ``mask_token``

@@ -66,6 +66,7 @@ _QWEN25 = {
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
 }  # fmt: skip
+PAPER_LLM_WIDTHS = {size: spec["hidden_size"] for size, spec in _QWEN25.items()}
 # Qwen2.5's tokenizer holds 151,665 tokens; <image> and <object> are added after them.
 _QWEN25_PLACEHOLDER_IDS = (151665, 151666)
 

@@ -27,7 +27,6 @@ EXAMPLE_PROMPTS = (
     "Find the striped yellow star.",
 )
 DISPLAY_SIDE = 512  # smaller images are enlarged for display so that boxes and their numbers stay legible
-SCENE_SIZE = 64  # what the shipped tiny model was trained on
 
 
 def answer(
@@ -53,11 +52,11 @@ def answer(
     return draw_boxes(img, pred.boxes, labels=labels, scale=scale, width=width), pred.text, pred.to_json()
 
 
-def random_scene() -> Image.Image:
-    """A fresh synthetic scene, the kind of image the shipped tiny model knows."""
+def random_scene(size: int) -> Image.Image:
+    """A fresh synthetic scene, the kind of image the tiny models know, drawn at ``size`` px (the model's input)."""
     from tinygroundinggpt.world import generate_scene
 
-    return generate_scene(random.Random(), SCENE_SIZE)[0]
+    return generate_scene(random.Random(), size)[0]
 
 
 def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundingGPT") -> gr.Blocks:
@@ -87,6 +86,6 @@ def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundin
                 drawn = gr.Image(type="pil", format="png", label="Answer boxes", interactive=False)
                 text = gr.Textbox(label="Answer", interactive=False)
                 boxes = gr.JSON(label="Boxes")
-        scene.click(random_scene, outputs=image, api_name="scene")
+        scene.click(lambda: random_scene(pipeline.model.config.image_size), outputs=image, api_name="scene")
         gr.on([ask.click, question.submit], run, inputs=[image, question], outputs=[drawn, text, boxes], api_name="ask")
     return demo

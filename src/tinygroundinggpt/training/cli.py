@@ -16,14 +16,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="a shipped stage (stage1a, stage1b, stage2, stage3), a stage of the tiny chain (stage2_easy, …) or a YAML",
     )
     what.add_argument(
-        "--chain", action="store_true", help="run the chain: 1a → 1b → 2 → 3 (tiny: the 27 stages of recipes/tiny.yaml)"
+        "--chain", action="store_true", help="run the chain: 1a → 1b → 2 → 3 (tiny: the stages of recipes/tiny.yaml)"
     )
     p.add_argument("--init", help="checkpoint to start from (required for a single stage other than stage1a)")
     p.add_argument(
         "--preset",
         help="tiny, 1.5b, 3b or 7b: the components stage1a starts from (default tiny); tiny also applies "
         "recipes/tiny.yaml's per-stage changes to every stage. Left out with --init, it follows the checkpoint: "
-        "tiny.yaml only for a model at the tiny components' image size",
+        "tiny.yaml unless its LLM has a paper model's width",
     )
     p.add_argument("--clip", help="CLIP checkpoint (Hub id or path) instead of the preset's")
     p.add_argument("--dino", help="DINOv2 checkpoint instead of the preset's; 'none' for CLIP only")
@@ -73,21 +73,24 @@ def _deepspeed_config(name: str | None) -> str | None:
 
 def _uses_tiny_recipes(preset: str | None, init: str | None) -> bool:
     """Whether recipes/tiny.yaml's changes apply: so a real checkpoint given as --init without --preset is not
-    trained with the tiny chain's learning rates and step counts."""
+    trained with the tiny chain's learning rates and step counts. Told by the LLM's width: a model of the tiny
+    components at any image size stays tiny."""
     if preset is not None or init is None:
         return (preset or "tiny") == "tiny"
-    from transformers import CLIPVisionConfig
-
     from tinygroundinggpt.model import TinyGroundingGPTConfig
-    from tinygroundinggpt.model.presets import TINY_COMPONENTS
+    from tinygroundinggpt.model.presets import PAPER_LLM_WIDTHS
 
-    size = TinyGroundingGPTConfig.from_pretrained(init).image_size
-    tiny_size = CLIPVisionConfig.from_pretrained(TINY_COMPONENTS["clip"]).image_size
+    width = TinyGroundingGPTConfig.from_pretrained(init).text_config.hidden_size
+    paper = [size for size, w in PAPER_LLM_WIDTHS.items() if w == width]
     print(
-        f"--preset not given: {init} sees {size} px images, so "
-        + ("recipes/tiny.yaml applies (the tiny components' size)" if size == tiny_size else "the paper's values apply")
+        f"--preset not given: {init}'s LLM is {width} wide, so "
+        + (
+            f"the paper's values apply (as --preset {paper[0]})"
+            if paper
+            else "recipes/tiny.yaml applies (as --preset tiny)"
+        )
     )
-    return size == tiny_size
+    return not paper
 
 
 def _train(args: argparse.Namespace) -> int:
