@@ -51,8 +51,10 @@ class Prediction:
 
 
 def answer_boxes(text: str, width: int, height: int) -> tuple[list[bx.Box], list[bx.Box]]:
-    """Boxes written by the model (model frame) → (pixel boxes, normalised boxes) of the original image."""
-    pixel = [bx.model_to_pixel(b, width, height) for b in bx.parse_boxes(text)]
+    """Boxes written by the model (model frame) → (pixel boxes, normalised boxes) of the original image. Four numbers
+    outside [0, 1] are no box in the model frame and are left out (:func:`~tinygroundinggpt.boxes.in_model_frame`);
+    a box in the padding beside the image clamps to the image's edge, with no area."""
+    pixel = [bx.model_to_pixel(b, width, height) for b in bx.model_frame_boxes(text)]
     return pixel, [bx.pixel_to_norm(b, width, height) for b in pixel]
 
 

@@ -161,13 +161,24 @@ def box_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m, _ in _box_matches(text)]
 
 
+def in_model_frame(box: Sequence[float]) -> bool:
+    """Whether four numbers can be a model-frame box: all in [0, 1]. Others (pixels such as ``[0, 0, 640, 480]``,
+    a list ``[3, 5, 7, 9]``) are not, and are neither clamped into the image nor converted."""
+    return all(0.0 <= v <= 1.0 for v in box)
+
+
+def model_frame_boxes(text: str) -> list[Box]:
+    """Every box in ``text`` that :func:`in_model_frame` accepts, in order."""
+    return [b for b in parse_boxes(text) if in_model_frame(b)]
+
+
 def model_text_to_norm(text: str, width: int, height: int) -> str:
     """``text`` with every box the model wrote (model frame) rewritten in the norm frame of a ``width`` x
     ``height`` image, for scorers that normalise by the image's own size (lmms-eval); the rest unchanged. Four
-    numbers outside [0, 1] are no model-frame box (e.g. an answer listing ``[3, 5, 7, 9]``) and stay as written."""
+    numbers outside [0, 1] are no model-frame box (:func:`in_model_frame`) and stay as written."""
     out, end = [], 0
     for m, box in _box_matches(text):
-        if not all(0.0 <= v <= 1.0 for v in box):
+        if not in_model_frame(box):
             continue
         out += [text[end : m.start()], format_box(model_to_norm(box, width, height))]
         end = m.end()

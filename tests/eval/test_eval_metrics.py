@@ -56,6 +56,15 @@ class TestREC:
         s = score_rec("[0.300, 0.500, 0.100, 0.300]", GT, W, H)
         assert s["inverted"] == 1 and s["iou"] == 0.0 and s["center_acc"] == 0
 
+    @pytest.mark.parametrize("answer", ["[0, 0, 640, 480]", "[0.0, 0.0, 5.0, 5.0]", "[0.100, 0.300, 0.300, 1.500]"])
+    def test_numbers_outside_the_model_frame_are_a_miss_not_the_whole_image(self, answer):
+        # Clamped into the image these would cover all of it, a hit for any box of at least half its area.
+        big = (0.0, 0.0, float(W), float(H) * 0.9)
+        s = score_rec(answer, big, W, H, others=[GT])
+        assert s["out_of_range"] == 1 and s["iou"] == 0.0 and s["acc@0.1"] == 0 and s["center_acc"] == 0
+        assert s["no_object"] == 1 and s["wrong_object"] == 0
+        assert score_rec("[0.000, 0.000, 1.000, 1.000]", big, W, H)["acc@0.5"] == 1  # the same box, in the frame
+
     def test_a_miss_is_told_apart_as_on_another_object_or_on_none(self):
         other = (120.0, 10.0, 160.0, 50.0)  # model frame [0.600, 0.300, 0.800, 0.500]
         answers = ("[0.100, 0.300, 0.300, 0.500]", "[0.600, 0.300, 0.800, 0.500]", "[0.350, 0.300, 0.550, 0.500]", "no")

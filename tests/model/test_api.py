@@ -15,6 +15,8 @@ def test_answer_boxes_are_returned_in_the_original_frame():
     pixel, norm = answer_boxes("It is at [0.250, 0.250, 0.750, 0.500] and [0.1, 0.1, 0.2]", 200, 100)
     assert pixel == [(50.0, 0.0, 150.0, 50.0)]
     assert norm == [(0.25, 0.0, 0.75, 0.5)]
+    # numbers outside [0, 1] are no model-frame box: left out, not clamped to the image's edge
+    assert answer_boxes("[3, 5, 7, 9] and [0.250, 0.250, 0.750, 0.500]", 200, 100)[0] == [(50.0, 0.0, 150.0, 50.0)]
 
 
 def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):

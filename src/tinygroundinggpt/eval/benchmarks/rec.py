@@ -58,23 +58,31 @@ def score_rec(
 
     Returns IoU, a hit per threshold, centre hit and flags saying what the answer looked like
     (``unparseable``: no box; ``multi_box``: several, the first counted; ``inverted``: x2 < x1 or
-    y2 < y1, which has no area and so scores 0). Given the image's ``others`` (every other annotated
-    object), a miss at IoU 0.5 is also told apart: ``wrong_object`` when the box is on another object
-    (IoU ≥ 0.5 with it: the expression was misread), ``no_object`` when it is on none (localisation).
+    y2 < y1, which has no area and so scores 0; ``out_of_range``: a number outside [0, 1], so no box in the
+    model frame — pixels, say — which scores 0 rather than being clamped to the whole image). Given the
+    image's ``others`` (every other annotated object), a miss at IoU 0.5 is also told apart: ``wrong_object``
+    when the box is on another object (IoU ≥ 0.5 with it: the expression was misread), ``no_object`` when it
+    is on none (localisation).
     """
     found = boxes.parse_boxes(answer)
-    out: dict[str, Any] = {"unparseable": int(not found), "multi_box": int(len(found) > 1), "inverted": 0}
-    if not found:
-        iou, centre_hit = 0.0, False
-    else:
+    out: dict[str, Any] = {
+        "unparseable": int(not found), "multi_box": int(len(found) > 1), "inverted": 0, "out_of_range": 0,
+    }  # fmt: skip
+    usable = False
+    if found:
         first = found[0]
         out["inverted"] = int(first[2] < first[0] or first[3] < first[1])
+        out["out_of_range"] = int(not boxes.in_model_frame(first))
+        usable = not out["out_of_range"]
+    if usable:
         pred = boxes.model_to_pixel(first, width, height)
         iou = boxes.iou(pred, gt_box)
         centre_hit = not out["inverted"] and boxes.contains_point(gt_box, boxes.center(pred))
+    else:
+        iou, centre_hit = 0.0, False
     out["iou"] = iou
     if others:
-        on_other = bool(found) and not out["inverted"] and any(boxes.iou(pred, b) >= 0.5 for b in others)
+        on_other = usable and not out["inverted"] and any(boxes.iou(pred, b) >= 0.5 for b in others)
         out["wrong_object"] = int(iou < 0.5 and on_other)
         out["no_object"] = int(iou < 0.5 and not on_other)
     for t in THRESHOLDS:
@@ -160,7 +168,7 @@ class RECTask(Task):
         for t in THRESHOLDS:
             out[f"acc@{t}"] = 100.0 * sum(s[f"acc@{t}"] for s in scores) / n
         out["center_acc"] = 100.0 * sum(s["center_acc"] for s in scores) / n
-        for flag in ("unparseable", "multi_box", "inverted"):
+        for flag in ("unparseable", "multi_box", "inverted", "out_of_range"):
             out[flag] = sum(s[flag] for s in scores)  # counts, not percentages
         if all("wrong_object" in s for s in scores):  # what the misses were, as percentages of all items
             out["miss_on_wrong_object"] = 100.0 * sum(s["wrong_object"] for s in scores) / n
