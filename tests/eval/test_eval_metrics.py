@@ -10,6 +10,7 @@ from tinygroundinggpt.eval.benchmarks.mme import MMETask, mme_parse, mme_subtask
 from tinygroundinggpt.eval.benchmarks.pope import POPETask, pope_answer_is_yes, pope_answer_is_yes_or_no, pope_metrics
 from tinygroundinggpt.eval.benchmarks.rec import RECTask, score_rec
 from tinygroundinggpt.eval.benchmarks.vqa import gqa_match, normalize_vqa_answer, vqa_accuracy
+from tinygroundinggpt.eval.report import markdown
 from tinygroundinggpt.eval.task import Item
 
 # A 200x100 image: padded to a 200x200 square with 50 px above and below, so the model frame's
@@ -234,6 +235,14 @@ class TestMME:
         agg = MMETask().aggregate([s("a", 1), s("a", 1), s("b", 1), s("b", 0), s("x", 1, "count"), s("x", 0, "count")])
         assert agg["perception"] == pytest.approx(125.0 + 50.0)  # count: acc 50, acc+ 0
         assert agg["perception_subtasks"] == 2 and agg["cognition"] == 0.0
+
+    @pytest.mark.parametrize(("subtasks", "cell"), [(2, "| 175.0 (2/10) |"), (10, "| 175.0 |")])
+    def test_table2_says_when_mme_p_sums_fewer_than_ten_subtasks(self, subtasks, cell):
+        entry = {"metrics": {"perception": 175.0, "perception_subtasks": subtasks}, "protocol": "MME",
+                 "n_scored": 4, "n_items": 4, "n_failed": 0, "failed": []}  # fmt: skip
+        md = markdown({"model": "m", "tasks": {"mme": entry}})
+        table2 = md.split("layout of Table 2")[1].split("##")[0]
+        assert cell in table2
 
 
 class TestJudgeParsing:

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tinygroundinggpt.eval.benchmarks.mme import PERCEPTION as MME_PERCEPTION
+
 # (column title, task name) in the order of the paper's Table 1.
 TABLE1 = [
     ("RefCOCO val", "refcoco_val"),
@@ -105,7 +107,11 @@ def markdown(results: dict[str, Any]) -> str:
                 pope = [t for _, t in POPE_SPLITS]
                 row.append(_cell(results, pope, sum(f1s) / len(f1s) if f1s else None, 1))
             else:
-                row.append(_cell(results, [task], _metric(results, task, metric), 1))
+                cell = _cell(results, [task], _metric(results, task, metric), 1)
+                subtasks = _metric(results, task, "perception_subtasks") if task == "mme" else None
+                if subtasks is not None and subtasks < len(MME_PERCEPTION):  # a partial sum: say of how many
+                    cell += f" ({subtasks}/{len(MME_PERCEPTION)})"
+                row.append(cell)
         lines += ["## Image understanding (layout of Table 2; POPE = mean F1 of the splits run)", ""]
         lines += [*_table(["Model", *(c for c, _, _ in TABLE2)], [row]), ""]
     if ran & {t for _, t, _ in WORLD}:
