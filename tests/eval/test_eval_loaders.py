@@ -103,8 +103,12 @@ def test_scienceqa_keeps_test_questions_with_images(tmp_path):
         "Answer with the option's letter from the given choices directly."
     )
     assert item.image.endswith("scienceqa/test/1/image.png")
-    assert task.score("B", item)["accuracy"] == 1 and task.score("cat", item)["accuracy"] == 1
-    assert task.score("maybe", item) == {"accuracy": 0, "unparseable": 1}
+    assert task.score("B", item)["accuracy"] == 1
+    # LLaVA's rule reads no option text: "cat" is a miss there, right only in the lenient reading beside it
+    assert task.score("cat", item) == {"accuracy": 0, "accuracy_lenient": 1, "unparseable": 1}
+    assert task.score("maybe", item) == {"accuracy": 0, "accuracy_lenient": 0, "unparseable": 1}
+    agg = task.aggregate([task.score("B", item), task.score("cat", item)])
+    assert (agg["accuracy"], agg["accuracy_lenient"], agg["unparseable"]) == (50.0, 100.0, 1)
 
 
 @pytest.mark.parametrize("layout", ["flat", "split"])

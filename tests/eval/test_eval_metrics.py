@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinygroundinggpt.eval.benchmarks.choice import extract_choice, mmbench_circular
+from tinygroundinggpt.eval.benchmarks.choice import extract_choice, llava_sqa_choice, mmbench_circular
 from tinygroundinggpt.eval.benchmarks.judged import parse_desc_scores, parse_review_scores
 from tinygroundinggpt.eval.benchmarks.mme import MMETask, mme_parse, mme_subtask_scores
 from tinygroundinggpt.eval.benchmarks.pope import POPETask, pope_answer_is_yes, pope_answer_is_yes_or_no, pope_metrics
@@ -199,6 +199,26 @@ class TestChoice:
     )
     def test_extract_choice(self, answer, letter):
         assert extract_choice(answer, self.OPTIONS) == letter
+
+    @pytest.mark.parametrize(
+        ("answer", "letter"),
+        [
+            ("B", "B"),
+            (" C ", "C"),
+            ("C. bird", "C"),
+            ("Looking at the picture. The answer is D.", "D"),
+            ("I think\nThe answer is B", "B"),  # a newline reads as ". "
+            ("B.", None),  # LLaVA needs "B. " with the space, or the letter alone
+            ("(C) bird", None),
+            ("the answer is D.", None),  # case as written
+            ("cat", None),  # no option text
+            ("AB", None),
+            ("E", None),  # not one of this question's options
+            ("", None),
+        ],
+    )
+    def test_llava_sqa_choice(self, answer, letter):
+        assert llava_sqa_choice(answer, self.OPTIONS) == letter
 
     def test_mmbench_circular_needs_every_rotation(self):
         def s(group, rotation, hit):

@@ -8,11 +8,14 @@ Files as published::
     <root>/mmbench/mmbench_dev_en.tsv  index, question, hint, A..D, answer, category, image (base64)
         (also found under MMBench_DEV_EN.tsv or mmbench_dev_20230712.tsv, the names it ships under)
 
-The answer's option letter is read by :func:`extract_choice` (no judge model): an answer whose letter
-cannot be read is a miss and is counted in ``unparseable``. ScienceQA-IMG is the test split's questions
-that have an image. MMBench is scored circularly: a question counts only if the model picks the right
-option in every rotation of its options (files that ship the rotations mark them with index + k·10⁶;
-for files that ship only the originals the rotations are generated here).
+No judge model reads the answers. ScienceQA-IMG (the test split's questions that have an image) is scored
+as LLaVA's ``eval_science_qa.py`` scores it (:func:`llava_sqa_choice`: a lone letter, "B. …" or "The answer is
+B"; anything else is a miss, counted in ``unparseable``); the more lenient :func:`extract_choice` reading is
+reported beside it as ``accuracy_lenient``. MMBench answers are read by :func:`extract_choice`, which, like
+VLMEvalKit's matching before it asks a judge, also accepts one option's text. MMBench is scored circularly:
+a question counts only if the model picks the right option in every rotation of its options (files that ship
+the rotations mark them with index + k·10⁶; for files that ship only the originals the rotations are
+generated here).
 """
 
 from __future__ import annotations
@@ -33,6 +36,25 @@ LETTER_INSTRUCTION = "Answer with the option's letter from the given choices dir
 CIRCULAR_STRIDE = 1_000_000
 _WRAPPED = re.compile(r"^[(\[]?([A-Z])(?:[)\].:,]|$)")
 _ANSWER_IS = re.compile(r"answer is:?\s*\(?([A-Z])\b")
+_LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-E])")
+
+
+def llava_sqa_choice(answer: str, options: dict[str, str]) -> str | None:
+    """The option letter as LLaVA's ScienceQA scorer reads it, or ``None`` (a miss there).
+
+    Newlines count as ". "; then the stripped answer must be a letter alone, or the answer must start with a
+    letter and ". ", or contain "The answer is X" (case as written). Only A-E, and only letters of ``options``.
+    """
+    letters = tuple("ABCDE")
+    text = answer.replace("\n", ". ")
+    if text.strip() in letters:
+        letter: str | None = text.strip()
+    elif len(text) >= 3 and text[0] in letters and text[1:3] == ". ":
+        letter = text[0]
+    else:
+        m = _LLAVA_ANSWER_IS.search(text)
+        letter = m.group(1) if m else None
+    return letter if letter in options else None
 
 
 def extract_choice(answer: str, options: dict[str, str]) -> str | None:
@@ -67,7 +89,10 @@ def format_options(options: dict[str, str]) -> str:
 class ScienceQATask(Task):
     family = "vqa"
     headline = "accuracy"
-    protocol = "ScienceQA-IMG test: questions with an image; option letter read from the answer, unreadable = miss"
+    protocol = (
+        "ScienceQA-IMG test: questions with an image; option letter read by LLaVA's eval_science_qa.py rule, "
+        "unreadable = miss (accuracy_lenient: any readable letter or one option's text)"
+    )
 
     def load(self, data_root: Path) -> list[Item]:
         root = Path(data_root) / "scienceqa"
@@ -91,8 +116,13 @@ class ScienceQATask(Task):
         return items
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
-        letter = extract_choice(answer, item.reference["options"])
-        return {"accuracy": int(letter == item.reference["answer"]), "unparseable": int(letter is None)}
+        options, right = item.reference["options"], item.reference["answer"]
+        letter = llava_sqa_choice(answer, options)
+        return {
+            "accuracy": int(letter == right),
+            "accuracy_lenient": int(extract_choice(answer, options) == right),
+            "unparseable": int(letter is None),
+        }
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
         n = len(scores)
@@ -100,6 +130,7 @@ class ScienceQATask(Task):
             return {}
         return {
             "accuracy": 100.0 * sum(s["accuracy"] for s in scores) / n,
+            "accuracy_lenient": 100.0 * sum(s["accuracy_lenient"] for s in scores) / n,
             "unparseable": sum(s["unparseable"] for s in scores),
         }
 
