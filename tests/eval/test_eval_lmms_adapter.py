@@ -1,13 +1,21 @@
 """The optional lmms-eval adapter: a clear error without lmms-eval; with it, lmms-eval's request
-objects answered in order through the real pipeline."""
+objects answered in order through the real pipeline. lmms-eval is not a dependency, so one test stands in
+its two names the adapter builds on (the ``lmms`` base class, ``register_model``) to check the adapter's
+own work on the shipped checkpoint: the answer frame per task."""
 
 from __future__ import annotations
 
 import importlib
+import random
 import sys
+import types
 
 import pytest
 from PIL import Image
+
+from tinygroundinggpt.boxes import model_frame_boxes, model_text_to_norm
+from tinygroundinggpt.demo import SHIPPED
+from tinygroundinggpt.world import generate_scene
 
 
 def test_without_lmms_eval_the_import_error_says_what_to_install(monkeypatch):
@@ -46,3 +54,57 @@ def test_generate_until_answers_lmms_eval_requests(tmp_path, tiny_model):
     assert cut_at_stop("yes\n\nmore", ["\n\n"]) == "yes" and cut_at_stop("a.b", ".") == "a"
     with pytest.raises(NotImplementedError):
         lm.loglikelihood(requests)
+
+
+@pytest.fixture
+def stand_in_lmms_eval(monkeypatch):
+    """``lmms_eval.api.model.lmms`` and ``lmms_eval.api.registry.register_model`` as lmms-eval defines them for a
+    model: a base class holding rank 0 of 1, and a decorator that records the class under its names."""
+
+    class lmms:  # noqa: N801 - lmms-eval's name
+        def __init__(self) -> None:
+            self._rank, self._world_size = 0, 1
+
+        @property
+        def rank(self) -> int:
+            return self._rank
+
+    registry: dict[str, type] = {}
+
+    def register_model(*names):
+        def decorate(cls):
+            registry.update(dict.fromkeys(names, cls))
+            return cls
+
+        return decorate
+
+    api = types.ModuleType("lmms_eval.api")
+    model_mod, registry_mod = types.ModuleType("lmms_eval.api.model"), types.ModuleType("lmms_eval.api.registry")
+    model_mod.lmms, registry_mod.register_model = lmms, register_model
+    for name, mod in [("lmms_eval", types.ModuleType("lmms_eval")), ("lmms_eval.api", api),
+                      ("lmms_eval.api.model", model_mod), ("lmms_eval.api.registry", registry_mod)]:  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.delitem(sys.modules, "tinygroundinggpt.eval.lmms_adapter", raising=False)
+    yield registry
+    sys.modules.pop("tinygroundinggpt.eval.lmms_adapter", None)  # built on the stand-in: not for later tests
+
+
+def test_boxes_are_rewritten_into_lmms_evals_frame_only_in_box_answer_tasks(stand_in_lmms_eval):
+    adapter = importlib.import_module("tinygroundinggpt.eval.lmms_adapter")
+    assert stand_in_lmms_eval == {"tinygroundinggpt": adapter.TinyGroundingGPTLMMs}
+    lm = adapter.TinyGroundingGPTLMMs(pretrained=str(SHIPPED), batch_size=2, device="cpu")
+    image, graph = generate_scene(random.Random(3), 64)  # landscape: the two frames differ in y
+    assert image.size == (64, 48)
+    target = graph.objects[0]
+    prompt = f"Output the coordinate of the {target.colour} {target.shape}."
+    lm.task_dict = {t: {"val": [{"image": image}]} for t in ("refcoco_bbox_rec_val", "vqav2_val")}
+
+    def request(task):
+        gen = {"max_new_tokens": 32, "until": ["\n\n"], "temperature": 0}
+        return types.SimpleNamespace(args=(f"<image>\n{prompt}", gen, lambda doc: [doc["image"]], 0, task, "val"))
+
+    rec, other = lm.generate_until([request("refcoco_bbox_rec_val"), request("vqav2_val")])
+    direct = lm.pipe.generate_batch([image], [prompt], max_new_tokens=32)[0]
+    assert model_frame_boxes(direct), f"the shipped model wrote no box: {direct!r}"
+    assert other == direct
+    assert rec == model_text_to_norm(direct, 64, 48) and rec != direct

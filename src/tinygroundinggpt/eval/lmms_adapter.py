@@ -10,8 +10,9 @@ lmms-eval does not import third-party models by itself, so hand it an instance::
 Importing this module also registers the model as ``tinygroundinggpt`` in lmms-eval's registry for
 code that imports it before calling lmms-eval. Generation tasks only: the model is greedy and
 single-image, so a request's first image is used; log-likelihood and multi-round requests are refused.
-Boxes in answers are rewritten from the model's frame (the image padded to a square) into lmms-eval's
-(normalised to the image's own width and height), which its RefCOCO scorer compares them in.
+In lmms-eval's box-answer tasks (``*bbox_rec*``: RefCOCO/+/g REC) boxes in answers are rewritten from the model's
+frame (the image padded to a square) into lmms-eval's (normalised to the image's own width and height), which its
+scorer compares them in; other tasks get the answer as written (four numbers there need not be a box).
 Data parallelism is lmms-eval's own (``accelerate launch -m lmms_eval``): each process takes its rank.
 """
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from tinygroundinggpt.boxes import model_text_to_norm
 
 IMAGE_PLACEHOLDER = "<image>"  # some lmms-eval prompts carry it; our pipeline inserts the image itself
+BOX_ANSWER_TASKS = "bbox_rec"  # in the name of every lmms-eval task scored on a box the model writes
 
 
 def cut_at_stop(text: str, until: str | list[str] | None) -> str:
@@ -80,7 +82,7 @@ class TinyGroundingGPTLMMs(lmms):
                 images = [self._first_image(requests[i]) for i in chunk]
                 outs = self.pipe.generate_batch(images, prompts, max_new_tokens=max_new_tokens)
                 for i, image, out in zip(chunk, images, outs, strict=True):
-                    if image is not None:
+                    if image is not None and BOX_ANSWER_TASKS in requests[i].args[4]:
                         out = model_text_to_norm(out, image.width, image.height)
                     answers[i] = cut_at_stop(out, (requests[i].args[1] or {}).get("until"))
                 bar.update(len(chunk))
