@@ -12,6 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
+from tinygroundinggpt.eval.benchmarks.judged import LLAVA_REVIEW_SYSTEM, REVIEW_SYSTEM
 from tinygroundinggpt.eval.judge import Judge
 from tinygroundinggpt.eval.task import DataError, EvalOptions, get_task
 
@@ -203,10 +204,30 @@ def test_llava_bench_judged_through_an_openai_compatible_endpoint(tmp_path):
     assert s == {"category": "conv", "unparseable": 0, "reference_score": 8.0, "model_score": 6.0}
     content = calls[0]["messages"][1]["content"]
     assert "[Context]\nA ramen bowl." in content and "[Assistant 2]\nNoodles." in content
+    assert calls[0]["messages"][0] == {"role": "system", "content": REVIEW_SYSTEM}
     assert task.aggregate([s])["relative_score"] == pytest.approx(75.0)
     # The review is cached on disk: a second task instance asks nothing new.
     again = get_task("llava_bench", EvalOptions(judge=mock_judge(tmp_path, "1 1", calls)))
     assert again.score("Noodles.", item)["model_score"] == 6.0 and len(calls) == 1
+
+
+def test_llava_bench_with_llavas_rules_sends_llavas_wording(tmp_path):
+    root = tmp_path / "llava-bench-in-the-wild"
+    root.mkdir()
+    (root / "questions.jsonl").write_text(
+        json.dumps({"question_id": 0, "image": "001.jpg", "text": "What is it?", "category": "detail"}) + "\n"
+    )
+    (root / "context.jsonl").write_text(json.dumps({"id": "001", "image": "001.jpg", "caption": "A bowl."}) + "\n")
+    (root / "answers_gpt4.jsonl").write_text(json.dumps({"question_id": 0, "text": "Ramen."}) + "\n")
+    rules = tmp_path / "rule.json"
+    rules.write_text(json.dumps({"llava_bench_detail": {"role": "Assistant", "prompt": "Rate them, LLaVA's way."}}))
+    calls: list = []
+    task = get_task("llava_bench", EvalOptions(judge=mock_judge(tmp_path, "9 7", calls), llava_rules=str(rules)))
+    (item,) = task.load(tmp_path)
+    assert task.score("Noodles.", item)["model_score"] == 7.0
+    system, user = calls[0]["messages"]
+    assert system == {"role": "system", "content": LLAVA_REVIEW_SYSTEM}
+    assert user["content"].endswith("[System]\nRate them, LLaVA's way.\n\n")
 
 
 def test_judged_tasks_refuse_to_run_without_a_judge():

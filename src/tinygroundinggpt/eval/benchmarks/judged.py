@@ -30,6 +30,8 @@ from tinygroundinggpt.eval.judge import JudgeError
 from tinygroundinggpt.eval.task import DataError, EvalOptions, Item, Task, register, require
 
 REVIEW_SYSTEM = "You are a careful, impartial reviewer of answers to questions about images."
+# The system message of LLaVA's eval_gpt_review_bench.py, sent with its rule.json (``--llava-rules``).
+LLAVA_REVIEW_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 REVIEW_RULE = (
     "You were shown a question about an image, which you know only through its description above, "
     "and the answers of two AI assistants. Rate how helpful, relevant, accurate and detailed each answer "
@@ -113,22 +115,23 @@ class LLaVABenchTask(Task):
             )
         return items
 
-    def _rule(self, category: str) -> tuple[str, str]:
+    def _rule(self, category: str) -> tuple[str, str, str]:
+        """(system message, role name, review rule): ours, or LLaVA's exact wording from its rule.json."""
         if self.rules is None:
-            return "Assistant", REVIEW_RULE
+            return REVIEW_SYSTEM, "Assistant", REVIEW_RULE
         rule = self.rules[f"llava_bench_{category}"]
-        return rule["role"], rule["prompt"]
+        return LLAVA_REVIEW_SYSTEM, rule["role"], rule["prompt"]
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
         ref = item.reference
-        role, rule = self._rule(ref["category"])
+        system, role, rule = self._rule(ref["category"])
         prompt = (
             f"[Context]\n{ref['context']}\n\n[Question]\n{ref['question']}\n\n"
             f"[{role} 1]\n{ref['answer']}\n\n[End of {role} 1]\n\n"
             f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n[System]\n{rule}\n\n"
         )
         try:
-            pair = parse_review_scores(self.judge.ask(prompt, system=REVIEW_SYSTEM))
+            pair = parse_review_scores(self.judge.ask(prompt, system=system))
         except JudgeError:
             pair = None
         out: dict[str, Any] = {"category": ref["category"], "unparseable": int(pair is None)}
