@@ -28,7 +28,7 @@ def test_serve_runs_uvicorn_on_the_app_with_the_limits(monkeypatch, tmp_path):
     assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
     client = TestClient(ran["app"])
     assert client.get("/v1/models").json()["data"][0]["id"] == "tinygroundinggpt"  # the shipped checkpoint's name
-    resp = client.post("/v1/chat/completions", content=b"x" * 2000)
+    resp = client.post("/v1/chat/completions", content=b"x" * 2000, headers={"content-type": "application/json"})
     assert resp.status_code == 413 and "limit of 1048 bytes" in resp.json()["error"]["message"]
 
 

@@ -1,6 +1,5 @@
 import json
 import os
-import pathlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +10,7 @@ from PIL import Image
 from serve_helpers import data_url, png_bytes
 
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS
-from tinygroundinggpt.serve.server import create_app
+from tinygroundinggpt.serve.server import APIError, create_app, read_limited
 
 MODEL = "tiny-test"
 
@@ -119,12 +118,12 @@ def test_files_under_the_image_root_are_read(client, root, scene, expected):
 def test_urls_outside_the_roots_are_refused_unread(client, root, monkeypatch, url, why):
     url = url.format(base=root.parent, root=root)
     opened = []
-    real_open = pathlib.Path.open
-    monkeypatch.setattr(pathlib.Path, "open", lambda self, *a, **k: opened.append(self) or real_open(self, *a, **k))
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
     body = error(client.post("/v1/chat/completions", json=request(url, "What is this?")), 400)
     assert why in body["message"] and url in body["message"]
     assert body["param"] == "messages[0].content[0]" and body["code"] == "invalid_image_url"
-    assert opened == []
+    assert [p for p in opened if str(root.parent) in str(p)] == []
 
 
 def test_a_server_without_roots_reads_no_files(pipe, root):
@@ -140,7 +139,9 @@ def test_oversized_bodies_are_refused_before_parsing(pipe, scene):
     big = request(data_url(png_bytes(image)), prompt)
     assert error(client.post("/v1/chat/completions", json=big), 413)["code"] == "request_too_large"
     # Without Content-Length (chunked), the bytes are counted as they arrive; the body is not even JSON.
-    resp = client.post("/v1/chat/completions", content=iter([b"x" * 600, b"x" * 600]))
+    resp = client.post(
+        "/v1/chat/completions", content=iter([b"x" * 600, b"x" * 600]), headers={"content-type": "application/json"}
+    )
     assert error(resp, 413)["code"] == "request_too_large"
 
 
@@ -199,7 +200,10 @@ def test_corrupt_images_are_refused_with_the_reason(client, url, why):
          400, "more than max_length"),
         (b'{"model": "%s", "messages": [{"role": "user", "content": "hi \\ud800"}]}' % MODEL.encode(), 400,
          "not valid Unicode (surrogates not allowed at character 3)"),   # valid JSON; no tokenizer takes it
-        (b"[" * 100_000, 400, "not valid JSON"),   # nesting: RecursionError in the parser
+        (b"[" * 5000, 400, "not valid JSON"),   # nesting: RecursionError in the parser
+        (b'{"model": "m", "messages": [{"role": "user", "content": [' + b",".join([b"{}"] * 20_000) + b"]}]}", 400,
+         "more than the 10000 a chat request may hold"),  # ~1 GB once parsed: refused before
+        (b'{"model": "m", "max_tokens": 1' + b"0" * 5000 + b', "messages": []}', 400, "not valid JSON"),  # int limit
     ],
 )  # fmt: skip
 def test_malformed_requests_say_what_is_wrong(client, payload, status, why):
@@ -285,7 +289,7 @@ def test_a_body_still_arriving_holds_a_slot(pipe, scene, expected):
         assert first.result(timeout=60).json()["choices"][0]["message"]["content"] == expected.text
 
 
-def test_sampling_with_temperature_answers(client, scene, expected):
+def test_sampling_with_temperature_answers(client, pipe, scene, expected):
     image, prompt = scene
     payload = request(data_url(png_bytes(image)), prompt, temperature=0.7, top_p=0.9, max_completion_tokens=40)
     body = client.post("/v1/chat/completions", json=payload).json()
@@ -294,7 +298,43 @@ def test_sampling_with_temperature_answers(client, scene, expected):
     hot = request(data_url(png_bytes(image)), prompt, temperature=2.0, max_completion_tokens=20)  # OpenAI caps it at 2
     replies = [client.post("/v1/chat/completions", json=hot).json() for _ in range(5)]
     answers = {r["choices"][0]["message"]["content"] for r in replies}
-    assert answers != {expected.text}
+    greedy = pipe.predict(image, prompt, max_new_tokens=20).text  # the same length: a cut answer differs anyway
+    assert answers != {greedy}
+    # A temperature too small to divide logits by is greedy decoding, not a NaN error.
+    tiny = client.post("/v1/chat/completions", json=request(data_url(png_bytes(image)), prompt, temperature=1e-45))
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["message"]["content"] == expected.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_bodies_not_sent_as_json_are_refused(client, content_type):
+    # A web page can make a browser post these to a local server without asking it first (no CORS preflight).
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    assert error(client.post("/v1/chat/completions", content=body, headers=headers), 415)["code"] == (
+        "unsupported_media_type"
+    )
+    ok = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_file_checked_inside_the_roots_is_read_only_if_it_still_is(tmp_path):
+    # resolve_local_image checks the path; between that and the open a path may be swapped (a race).
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "x.png").write_bytes(b"secret")
+    os.mkfifo(root / "fifo.png")  # opened for reading, a FIFO without a writer would block a worker for ever
+    with pytest.raises(APIError, match="not a regular file"):
+        read_limited(root / "fifo.png", 100, "fifo.png", [root])
+    (root / "link.png").symlink_to(outside / "x.png")  # a file swapped for a link out
+    with pytest.raises(APIError, match="cannot read the file"):
+        read_limited(root / "link.png", 100, "link.png", [root])
+    (root / "dir").symlink_to(outside)  # a directory on the path swapped for a link out
+    with pytest.raises(APIError, match="outside the server's image roots"):
+        read_limited(root / "dir" / "x.png", 100, "dir/x.png", [root])
+    (root / "ok.png").write_bytes(b"fine")
+    assert read_limited(root / "ok.png", 100, "ok.png", [root]) == b"fine"
 
 
 def test_roots_must_exist(pipe, tmp_path):

@@ -16,13 +16,15 @@ keeps working). System and assistant messages are not shown to the model. An ima
 ``data:image/...;base64,`` URL or a local file path / ``file://`` URL that resolves (symlinks and
 ``..`` followed) inside one of ``image_roots``; nothing else is read, and no URL is ever fetched.
 ``max_tokens`` / ``max_completion_tokens`` (capped at ``max_new_tokens_cap``, which is also the
-default), ``temperature`` (0 or absent: greedy), ``top_p`` (with sampling), ``n`` (1 only),
+default), ``temperature`` (0, below ``MIN_TEMPERATURE`` or absent: greedy), ``top_p`` (with sampling), ``n`` (1 only),
 ``stream`` and ``stream_options.include_usage`` are honoured; other parameters are accepted and ignored.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
-request or image, 404 for another model name, 413 for a body, image file or image pixel count over
-its limit, 503 when ``max_pending`` requests are already being received, answered or waiting. Generation runs in a
-worker thread, one request at a time.
+request or image (or one with more than ``MAX_JSON_CONTAINERS`` objects and arrays), 404 for another model
+name, 413 for a body, image file or image pixel count over its limit, 415 for a body not sent as
+``application/json`` (a web page can make a browser post plain text to a local server without asking), 503
+when ``max_pending`` requests are already being received, answered or waiting. Generation runs in a worker
+thread, one request at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -67,6 +71,11 @@ _PLACEHOLDER_RE = re.compile(
         [re.escape(IMAGE_TOKEN), re.escape(OBJECT_TOKEN), BOX_REF_RE.pattern, OBJECT_REF_RE.pattern, r"<\|[^|<>]*\|>"]
     )
 )
+# JSON objects and arrays a request body may hold. Parsed, each costs hundreds of bytes for its few in the body (a
+# 20 MiB body of "{}," would take ~1 GB); a chat request needs a few per message, and base64 holds neither bracket.
+MAX_JSON_CONTAINERS = 10_000
+# Below this a temperature is greedy decoding: dividing logits by ~0 overflows them into NaN probabilities.
+MIN_TEMPERATURE = 1e-5
 # Raster formats a request's image may be in; Pillow would otherwise also try e.g. EPS (through Ghostscript).
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -260,20 +269,42 @@ def resolve_local_image(url: str, roots: Sequence[Path]) -> Path:
     raise APIError(400, f"image_url {_describe(url)}: {why}", code="invalid_image_url")
 
 
-def read_limited(path: Path, max_bytes: int, url: str) -> bytes:
-    """A file's bytes, refusing (413) one over ``max_bytes`` without reading more than that."""
+def read_limited(path: Path, max_bytes: int, url: str, roots: Sequence[Path] = ()) -> bytes:
+    """A file's bytes, refusing (413) one over ``max_bytes`` without reading more than that.
+
+    ``path`` was checked to lie inside ``roots``, but a directory on it may be swapped for a link before the open:
+    the open follows no link at the last step, the opened file must be a regular one (a FIFO would block a worker),
+    and where the system tells (``/proc/self/fd``) what was opened must lie inside ``roots`` too."""
     too_large = APIError(
         413, f"image_url {_describe(url)}: the file is larger than {max_bytes} bytes", code="image_too_large"
     )
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        if path.stat().st_size > max_bytes:
-            raise too_large
-        with path.open("rb") as f:
-            data = f.read(max_bytes + 1)  # the file may have grown since stat
+        fd = os.open(path, flags)
     except OSError as exc:
         raise APIError(
             400, f"image_url {_describe(url)}: cannot read the file ({exc.strerror})", code="invalid_image_url"
         ) from exc
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise APIError(400, f"image_url {_describe(url)}: not a regular file", code="invalid_image_url")
+        opened = Path(f"/proc/self/fd/{fd}")
+        if roots and opened.is_symlink():
+            real = Path(os.readlink(opened))
+            if not any(real.is_relative_to(root) for root in roots):
+                raise APIError(
+                    400, f"image_url {_describe(url)}: the path resolves outside the server's image roots",
+                    code="invalid_image_url",
+                )  # fmt: skip
+        if info.st_size > max_bytes:
+            raise too_large
+        try:
+            data = f.read(max_bytes + 1)  # the file may have grown since fstat
+        except OSError as exc:
+            raise APIError(
+                400, f"image_url {_describe(url)}: cannot read the file ({exc.strerror})", code="invalid_image_url"
+            ) from exc
     if len(data) > max_bytes:
         raise too_large
     return data
@@ -284,7 +315,7 @@ def load_request_image(url: str, roots: Sequence[Path], max_bytes: int, max_pixe
     if url[:5].lower() == "data:":
         data = decode_data_url(url, max_bytes)
     else:
-        data = read_limited(resolve_local_image(url, roots), max_bytes, url)
+        data = read_limited(resolve_local_image(url, roots), max_bytes, url, roots)
     try:
         return load_image(data, max_pixels=max_pixels, name=f"image_url {_describe(url)}", formats=IMAGE_FORMATS)
     except ImageTooLargeError as exc:
@@ -317,9 +348,18 @@ async def read_body(request: Request, max_bytes: int) -> bytearray:
 
 def parse_request(body: bytes | bytearray) -> ChatCompletionRequest:
     """A request body → the validated request; :class:`APIError` (400) saying what is wrong."""
+    containers = body.count(b"{") + body.count(b"[")  # an upper bound: brackets inside strings count too
+    if containers > MAX_JSON_CONTAINERS:
+        raise APIError(
+            400,
+            f"the request body has {containers} '{{' and '[' characters, more than the {MAX_JSON_CONTAINERS} a chat "
+            "request may hold",
+            code="invalid_json",
+        )
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: a few bytes per level
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer too long to convert; deep nesting recurses
+    except (ValueError, RecursionError) as exc:
         raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
@@ -408,6 +448,13 @@ def create_app(
             )
         pending += 1
         try:
+            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type != "application/json":
+                raise APIError(
+                    415,
+                    f"the request body must be sent as Content-Type: application/json, not {media_type or 'none'!r}",
+                    code="unsupported_media_type",
+                )
             # Read and parsed here rather than by FastAPI so the body's size is checked before parsing.
             try:
                 async with asyncio.timeout(body_seconds):
@@ -416,7 +463,7 @@ def create_app(
                 raise APIError(
                     408, f"the request body did not arrive within {body_seconds:g} s", code="request_timeout"
                 ) from None
-            req = parse_request(body)
+            req = await run_in_threadpool(parse_request, body)  # a large body parses for a while: not on the loop
             check_model(req.model)
             if req.n not in (None, 1):
                 raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", param="n")
@@ -424,7 +471,7 @@ def create_app(
             cap = max_new_tokens_cap
             max_new_tokens = min(req.max_completion_tokens or req.max_tokens or cap, cap)
             sampling: dict[str, Any] = {}
-            if req.temperature:
+            if req.temperature and req.temperature >= MIN_TEMPERATURE:
                 sampling = {"do_sample": True, "temperature": req.temperature}
                 if req.top_p is not None:
                     sampling["top_p"] = req.top_p
