@@ -5,6 +5,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError
 from tinygroundinggpt.serve.web import DISPLAY_SIDE, answer, build_demo, random_scene
 
 
@@ -51,6 +52,18 @@ def test_answer_needs_an_image_and_a_question(pipe, scene):
         answer(pipe, scene[0], "What is at <box:0>?")
     with pytest.raises(ValueError, match="not valid Unicode"):  # a lone surrogate: no tokenizer takes it
         answer(pipe, scene[0], "Where is \ud800 it?")
+
+
+def test_answer_holds_an_upload_to_the_servers_limits(pipe, scene, tmp_path):
+    image, prompt = scene
+    image.save(tmp_path / "scene.png")
+    assert answer(pipe, str(tmp_path / "scene.png"), prompt)[1] == pipe.predict(image, prompt).text  # Gradio's path
+    Image.new("RGB", (6000, 5000)).save(tmp_path / "big.png")  # 30 Mpx: over the server's 25, a small file
+    with pytest.raises(ImageTooLargeError, match="big.png"):
+        answer(pipe, str(tmp_path / "big.png"), prompt)
+    (tmp_path / "scene.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    with pytest.raises(ImageLoadError, match="scene.eps"):  # a decoder the server does not allow either
+        answer(pipe, str(tmp_path / "scene.eps"), prompt)
 
 
 def test_random_scene_is_a_world_scene_at_the_size_asked():

@@ -109,8 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _web(args: argparse.Namespace) -> int:
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
-    from tinygroundinggpt.serve.web import build_demo
+    from tinygroundinggpt.serve.web import WEB_MAX_FILE_SIZE, build_demo
 
     demo = build_demo(TinyGroundingGPTPipeline.from_pretrained(_checkpoint(args.model)))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=WEB_MAX_FILE_SIZE)
     return 0

@@ -8,13 +8,15 @@ function behind its button, usable without Gradio.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
 from tinygroundinggpt.images import draw_boxes, load_image
-from tinygroundinggpt.serve.server import text_problem
+from tinygroundinggpt.serve import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from tinygroundinggpt.serve.server import IMAGE_FORMATS, text_problem
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -26,16 +28,21 @@ EXAMPLE_PROMPTS = (
     "In this image, where is the large green triangle located?",
     "Find the striped yellow star.",
 )
+WEB_MAX_FILE_SIZE = DEFAULT_MAX_IMAGE_BYTES  # for gr.Blocks.launch(max_file_size=...): uploads as large as the server's
 DISPLAY_SIDE = 512  # smaller images are enlarged for display so that boxes and their numbers stay legible
 
 
 def answer(
-    pipeline: TinyGroundingGPTPipeline, image: Image.Image | None, question: str, max_new_tokens: int = 64
+    pipeline: TinyGroundingGPTPipeline,
+    image: str | Path | Image.Image | None,
+    question: str,
+    max_new_tokens: int = 64,
 ) -> tuple[Image.Image, str, dict[str, Any]]:
     """(the image with the predicted boxes drawn, the answer text, the prediction as JSON).
 
-    Raises ``ValueError`` (:class:`~tinygroundinggpt.images.ImageLoadError` included) for a missing
-    image or question.
+    ``image`` is the uploaded file's path as Gradio hands it over (not yet decoded) or an image. It is held to the
+    server's limits: ``DEFAULT_MAX_IMAGE_PIXELS`` pixels and the raster formats the server reads. Raises
+    ``ValueError`` (:class:`~tinygroundinggpt.images.ImageLoadError` included) for a missing image or question.
     """
     if image is None:
         raise ValueError("upload an image first")
@@ -44,7 +51,7 @@ def answer(
     problem = text_problem(question)
     if problem:
         raise ValueError(problem)
-    img = load_image(image)
+    img = load_image(image, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS)
     pred = pipeline.predict(img, question, max_new_tokens=max_new_tokens)
     scale = max(1.0, DISPLAY_SIDE / max(img.size))
     width = max(2, round(max(img.size) * scale / 256))  # lines stay visible on large photos
@@ -60,10 +67,11 @@ def random_scene(size: int) -> Image.Image:
 
 
 def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundingGPT") -> gr.Blocks:
-    """The web demo around ``pipeline``. Gradio's queue runs one prediction at a time by default."""
+    """The web demo around ``pipeline``. Gradio's queue runs one prediction at a time by default. Launch it with
+    ``max_file_size=WEB_MAX_FILE_SIZE`` (``tgg web`` does) to cap uploads as the server caps image files."""
     import gradio as gr
 
-    def run(image: Image.Image | None, question: str) -> tuple[Image.Image, str, dict[str, Any]]:
+    def run(image: str | None, question: str) -> tuple[Image.Image, str, dict[str, Any]]:
         try:
             return answer(pipeline, image, question)
         except ValueError as exc:
@@ -76,8 +84,11 @@ def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundin
         )
         with gr.Row():
             with gr.Column():
-                # PNG, not Gradio's default WebP: the model must see the pixels as uploaded.
-                image = gr.Image(type="pil", format="png", label="Image", sources=["upload", "clipboard"])
+                # The upload's path, undecoded (image_mode None): answer() decodes it within the limits. PNG, not
+                # Gradio's default WebP, for a pasted image or a synthetic scene: the model must see their pixels.
+                image = gr.Image(
+                    type="filepath", image_mode=None, format="png", label="Image", sources=["upload", "clipboard"]
+                )
                 scene = gr.Button("New synthetic scene")
                 question = gr.Textbox(label="Question", value=EXAMPLE_PROMPTS[0])
                 gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[question], label="Example questions")
