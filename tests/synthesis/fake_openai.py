@@ -4,7 +4,8 @@ Replies come from :func:`default_reply`, a tiny "VLM" that reads the object name
 paper's prompts and answers in the requested format. ``faults`` overrides replies for requests whose
 prompt contains a marker: a list of actions consumed one per matching request — ``429``, ``(429, s)``
 (with ``Retry-After: s``), ``(status, message[, error code])``, ``"timeout"`` (sleep longer than the client waits),
-a reply string (e.g. a malformed one) or ``("length", text)`` (a reply cut by the token limit).
+a reply string (e.g. a malformed one), ``("length", text)`` (a reply cut by the token limit) or ``"no_choices"``
+(a 200 reply whose ``choices`` list is empty).
 ``kill`` = (n, pid): on the n-th request the server SIGKILLs the client process before answering.
 """
 
@@ -79,15 +80,16 @@ class FakeOpenAI:
                 status, text, headers = server._handle(body)
                 finish = headers.pop("x-finish-reason", "stop")
                 code = headers.pop("x-error-code", status)
+                choices = [] if headers.pop("x-no-choices", None) else [
+                    {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
+                ]  # fmt: skip
                 payload = json.dumps(
                     {
                         "id": "x",
                         "object": "chat.completion",
                         "created": 0,
                         "model": "fake",
-                        "choices": [
-                            {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
-                        ],
+                        "choices": choices,
                     }
                     if status == 200
                     else {"error": {"message": text, "type": "fake", "code": code}}
@@ -133,6 +135,8 @@ class FakeOpenAI:
             return 429, "rate limited", {"Retry-After": str(action[1])}
         if isinstance(action, tuple):  # (status, message[, code]): any other HTTP error
             return action[0], action[1], {"x-error-code": action[2]} if len(action) > 2 else {}
+        if action == "no_choices":
+            return 200, "", {"x-no-choices": "1"}
         if action == "timeout":
             time.sleep(self.timeout_sleep)
             return 500, "too late", {}

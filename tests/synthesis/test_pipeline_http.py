@@ -281,3 +281,52 @@ def test_backoff_honours_retry_after() -> None:
         start = time.monotonic()
         assert chat.chat("hello", []).text == "fine"
         assert time.monotonic() - start >= 0.5 and counter.retries == 2 and len(srv.requests) == 3
+
+
+def test_a_reply_without_choices_leaves_the_image_for_a_rerun(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        srv.faults = {"Given a list of instances: [green box, red box]": ["no_choices"]}
+        rep = run(tmp_path, srv.url)
+        assert not rep["complete"] and rep["call_errors"] == 1
+        assert rep["stages"]["relate"]["unfinished"] == 1
+        rep = run(tmp_path, srv.url)
+        assert rep["complete"] and rep["samples"] == CLEAN
+
+
+def test_malformed_annotation_objects_are_reported_and_the_others_used(tmp_path: Path) -> None:
+    manifest = write_corpus(tmp_path)
+    records = read(manifest)
+    records[0]["objects"] += ["a red box", {"box": [1, 1, 5, 5]}, {"name": "green box", "score": "high"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with FakeOpenAI() as srv:
+        rep = run(tmp_path, srv.url)
+    assert rep["complete"] and rep["samples"] == CLEAN  # the well-formed objects give what they gave before
+    assert rep["failures"] == {"load/bad_annotation": 3}
+    errors = sorted(f["error"] for f in read(tmp_path / "out" / "failures.jsonl"))
+    assert errors == [
+        "objects[2] must be a JSON object, got str",
+        "objects[3] needs a non-empty string 'name', got None",
+        "objects[4].score must be a number, got 'high'",
+    ]
+
+
+def test_an_unforeseen_error_in_a_stage_marks_only_that_image_unusable(tmp_path: Path, monkeypatch) -> None:
+    from tinygroundinggpt.synthesis import pipeline
+
+    relate = pipeline.STAGES["relate"]
+
+    def failing_for_img2(state, image, ctx):
+        if state["id"] == "img2":
+            raise KeyError("name")  # a defect the stages did not foresee, for this image only
+        relate(state, image, ctx)
+
+    monkeypatch.setitem(pipeline.STAGES, "relate", failing_for_img2)
+    write_corpus(tmp_path)
+    with FakeOpenAI() as srv:
+        rep = run(tmp_path, srv.url)
+    assert rep["complete"] and rep["unusable_images"] == 1
+    assert rep["failures"] == {"relate/stage_error": 1}
+    (failure,) = read(tmp_path / "out" / "failures.jsonl")
+    assert failure["image_id"] == "img2" and failure["error"] == "KeyError: 'name'"
+    assert {s["meta"]["image_id"] for s in read(tmp_path / "out" / "stage2_tc.jsonl")} == {"img0", "img1"}

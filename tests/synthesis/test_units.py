@@ -127,3 +127,12 @@ def test_inclusive_to_pixel() -> None:
     # Flickr30K Entities xml: 1-based pixels 1..10 inclusive are 0-based columns 0..9, i.e. [0, 10).
     assert inclusive_to_pixel([1, 1, 10, 20]) == (0.0, 0.0, 10.0, 20.0)
     assert inclusive_to_pixel([0, 0, 9, 19], one_based=False) == (0.0, 0.0, 10.0, 20.0)
+
+
+def test_a_damaged_cache_entry_is_a_miss_not_a_crash(tmp_path):
+    cache = DiskCache(tmp_path)
+    cache.put("ab" + "0" * 62, {"text": "kept"})
+    cache.put("cd" + "0" * 62, {"text": "lost"})
+    (tmp_path / "cd" / ("cd" + "0" * 62 + ".json")).write_text('{"value": {"te')  # cut off mid-write
+    assert cache.get("cd" + "0" * 62) is None and cache.get("ab" + "0" * 62) == {"text": "kept"}
+    assert (cache.hits, cache.misses) == (1, 1)

@@ -169,6 +169,9 @@ class OpenAIChatBackend:
                     temperature=self.temperature,
                     max_tokens=self.max_tokens,
                 )
+                if not resp.choices:  # a broken or overloaded server; a rerun asks again
+                    self.counter.add("errors")
+                    raise ModelCallError(f"the reply from {self.client.base_url} has no choices")
                 choice = resp.choices[0]
                 return ChatReply(choice.message.content or "", truncated=choice.finish_reason == "length")
             except self._openai.APIError as exc:

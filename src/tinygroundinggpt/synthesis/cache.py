@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def hash_inputs(inputs: Any) -> str:
@@ -40,6 +43,11 @@ class DiskCache:
             with self._lock:
                 self.misses += 1
             return None
+        except (ValueError, KeyError, TypeError):  # damaged on disk (e.g. a crash of the machine): ask again
+            log.warning("cache entry %s is unreadable; the call is made again", path)
+            with self._lock:
+                self.misses += 1
+            return None
         with self._lock:
             self.hits += 1
         return value
@@ -49,5 +57,8 @@ class DiskCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A per-thread temp name: two workers storing the same key must not interleave their bytes.
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"value": value}, ensure_ascii=False), encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"value": value}, ensure_ascii=False))
+            fh.flush()
+            os.fsync(fh.fileno())  # the bytes reach the disk before the name does: a power cut leaves no empty entry
         tmp.replace(path)

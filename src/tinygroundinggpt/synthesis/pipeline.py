@@ -175,33 +175,48 @@ class Pipeline:
         return None
 
     def _check_annotation(self, state: dict[str, Any]) -> None:
-        objs = []
-        for i, obj in enumerate(state["annotation"]["objects"]):
-            if obj.get("box") is not None:
-                try:
-                    validate_pixel_box(obj["box"], state["width"], state["height"], what=f"objects[{i}].box")
-                except BoxError as exc:
-                    state.setdefault("failures", []).append(
-                        {"stage": "load", "kind": "bad_annotation_box", "error": str(exc), "image_id": state["id"]}
-                    )
-                    continue
-            objs.append(obj)
-        state["annotation"]["objects"] = objs
+        """Keep the annotation's objects the stages can use; record each other one (and why) as a failure."""
+        objects = state["annotation"]["objects"]
+        if not isinstance(objects, list):
+            objects = [objects]  # reported below as one malformed object
+        kept = []
+        for i, obj in enumerate(objects):
+            what, kind = f"objects[{i}]", "bad_annotation"
+            if not isinstance(obj, dict):
+                problem = f"{what} must be a JSON object, got {type(obj).__name__}"
+            elif not isinstance(obj.get("name"), str) or not obj["name"].strip():
+                problem = f"{what} needs a non-empty string 'name', got {obj.get('name')!r}"
+            elif isinstance(obj.get("score", 0.0), bool) or not isinstance(obj.get("score", 0.0), (int, float)):
+                problem = f"{what}.score must be a number, got {obj['score']!r}"
+            else:
+                problem = None
+                if obj.get("box") is not None:
+                    try:
+                        validate_pixel_box(obj["box"], state["width"], state["height"], what=f"{what}.box")
+                    except BoxError as exc:
+                        problem, kind = str(exc), "bad_annotation_box"
+            if problem is None:
+                kept.append(obj)
+            else:
+                state.setdefault("failures", []).append(
+                    {"stage": "load", "kind": kind, "error": problem, "image_id": state["id"]}
+                )
+        state["annotation"]["objects"] = kept
 
     @staticmethod
-    def _reject(state: dict[str, Any], stage: str, exc: RequestRejected) -> None:
+    def _reject(state: dict[str, Any], stage: str, exc: Exception, kind: str = "request_rejected") -> None:
         """Mark the image unusable: its samples so far are removed (and counted), the reason recorded."""
         state["unusable"] = True
+        reason = "rejected" if kind == "request_rejected" else "error"
         for s in state.get("samples", []):
             state.setdefault("removed", []).append(
-                {"id": s["id"], "filter": "request", "reason": "rejected", "image_id": state["id"]}
+                {"id": s["id"], "filter": "request", "reason": reason, "image_id": state["id"]}
             )
             counts = state.setdefault("counts", {})
-            counts["removed/request/rejected"] = counts.get("removed/request/rejected", 0) + 1
+            counts[f"removed/request/{reason}"] = counts.get(f"removed/request/{reason}", 0) + 1
         state["samples"] = []
-        state.setdefault("failures", []).append(
-            {"stage": stage, "kind": "request_rejected", "error": str(exc), "image_id": state["id"]}
-        )
+        error = str(exc) if kind == "request_rejected" else f"{type(exc).__name__}: {exc}"
+        state.setdefault("failures", []).append({"stage": stage, "kind": kind, "error": error, "image_id": state["id"]})
 
     def _work(self, stage: str, prev: dict[str, Any]) -> dict[str, Any]:
         state = copy.deepcopy(prev)
@@ -214,6 +229,12 @@ class Pipeline:
             except RequestRejected as exc:
                 state = copy.deepcopy(prev)  # nothing of the refused stage is kept
                 self._reject(state, stage, exc)
+            except ModelCallError:
+                raise  # the image is left unfinished, for a rerun
+            except Exception as exc:  # noqa: BLE001 - one image's unforeseen failure must not end a run of thousands
+                log.exception("%s %s: unexpected error; the image is marked unusable", state["id"], stage)
+                state = copy.deepcopy(prev)
+                self._reject(state, stage, exc, kind="stage_error")
         for f in state.get("failures", [])[len(prev.get("failures", [])) :]:
             log.warning("%s %s: %s (%s)", f["image_id"], f["stage"], f["kind"], f["error"])
         return state
