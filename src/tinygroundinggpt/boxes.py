@@ -26,7 +26,17 @@ _BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM
 
 
 class BoxError(ValueError):
-    """A box that is malformed for the image it refers to (inverted, outside, empty, not finite)."""
+    """A box that is malformed for the image it refers to; ``kind`` says how, for counting skipped boxes:
+    ``malformed`` (not four finite numbers), ``inverted``, ``outside`` or ``zero_area``."""
+
+    def __init__(self, message: str, kind: str = "malformed") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# How far past the image's border a published annotation's box may reach and still be clamped into it (COCO's float
+# boxes and 1-based inclusive corners overshoot by rounding, up to a pixel); further, the box is wrong, not rounded.
+ANNOTATION_OVERSHOOT = 1.0
 
 
 def _as_box(box: Sequence[float], what: str = "box") -> Box:
@@ -42,20 +52,32 @@ def _as_box(box: Sequence[float], what: str = "box") -> Box:
 
 
 def validate_pixel_box(
-    box: Sequence[float], width: int, height: int, *, repair: bool = False, what: str = "box"
+    box: Sequence[float],
+    width: int,
+    height: int,
+    *,
+    repair: bool = False,
+    max_overshoot: float = math.inf,
+    what: str = "box",
 ) -> Box:
-    """Check a pixel-frame box against its image; return it (clamped when ``repair``).
+    """Check a pixel-frame box against its image; return it (clamped into the image when ``repair``).
 
     Without ``repair`` an inverted, out-of-image or zero-area box raises :class:`BoxError` naming the
-    problem. With ``repair`` coordinates are clamped to the image and swapped when inverted; a box
-    that is still empty after that raises all the same (nothing is silently invented).
+    problem. With ``repair`` coordinates are clamped to the image, unless one lies more than ``max_overshoot``
+    pixels past its border (a dataset's box that far out belongs to another frame or size: it raises); an
+    inverted box is never swapped, and one that is empty once clamped raises all the same (nothing is invented).
     """
     x1, y1, x2, y2 = _as_box(box, what)
     if width <= 0 or height <= 0:
         raise BoxError(f"{what}: image size must be positive, got {width}x{height}")
     if repair:
-        x1, x2 = sorted((x1, x2))
-        y1, y2 = sorted((y1, y2))
+        overshoot = max(0.0, -min(x1, y1, x2, y2), max(x1, x2) - width, max(y1, y2) - height)
+        if overshoot > max_overshoot:
+            raise BoxError(
+                f"{what} {[x1, y1, x2, y2]} lies {overshoot:g} px outside the {width}x{height} image "
+                f"(at most {max_overshoot:g} px is clamped)",
+                "outside",
+            )
         x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
         y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
     return _check_corners((x1, y1, x2, y2), width, height, what)
@@ -70,13 +92,13 @@ def validate_box_shape(box: Sequence[float], *, what: str = "box") -> Box:
 def _check_corners(box: Box, width: float, height: float, what: str) -> Box:
     x1, y1, x2, y2 = box
     if x2 < x1 or y2 < y1:
-        raise BoxError(f"{what} is inverted (x2 < x1 or y2 < y1): {[x1, y1, x2, y2]}")
+        raise BoxError(f"{what} is inverted (x2 < x1 or y2 < y1): {[x1, y1, x2, y2]}", "inverted")
     if x1 < 0 or y1 < 0:
-        raise BoxError(f"{what} has a negative coordinate (lies outside the image): {[x1, y1, x2, y2]}")
+        raise BoxError(f"{what} has a negative coordinate (lies outside the image): {[x1, y1, x2, y2]}", "outside")
     if x2 > width or y2 > height:
-        raise BoxError(f"{what} {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
+        raise BoxError(f"{what} {[x1, y1, x2, y2]} lies outside the {width}x{height} image", "outside")
     if x2 - x1 <= 0 or y2 - y1 <= 0:
-        raise BoxError(f"{what} has zero area: {[x1, y1, x2, y2]}")
+        raise BoxError(f"{what} has zero area: {[x1, y1, x2, y2]}", "zero_area")
     return box
 
 
@@ -127,7 +149,7 @@ def model_to_norm(box: Sequence[float], width: int, height: int) -> Box:
 
 
 def clamp_pixel_box(box: Sequence[float], width: int, height: int) -> Box:
-    """Clamp each coordinate into the image; does not reorder (see validate with ``repair``)."""
+    """Clamp each coordinate into the image; does not reorder (see :func:`validate_pixel_box` with ``repair``)."""
     x1, y1, x2, y2 = _as_box(box)
     cx = lambda v: min(max(v, 0.0), float(width))  # noqa: E731
     cy = lambda v: min(max(v, 0.0), float(height))  # noqa: E731

@@ -179,7 +179,7 @@ def draw_boxes(
     ``colour`` is one colour for every box or one per box. The outline lies on each box's own edge
     pixels, inside the box; ``labels[i]`` is written inside box ``i``'s top-left corner. Scaling is
     nearest-neighbour so tiny images stay crisp when enlarged. A box that is empty once clamped to
-    the image (a model can write one) is not drawn. ``image`` is left unchanged.
+    the image, or inverted (a model can write either), is not drawn. ``image`` is left unchanged.
     """
     colours = [colour] * len(boxes) if colour and isinstance(colour[0], int) else list(colour)
     if len(colours) != len(boxes) or (labels is not None and len(labels) != len(boxes)):

@@ -124,7 +124,7 @@ def test_visual_genome_regions_and_relationships(tmp_path: Path, capsys: pytest.
     common_args = ["--image-data", str(tmp_path / "image_data.json"), "--no-progress"]
     main(["convert", "vg-regions", str(tmp_path / "region_descriptions.json"), "--out", str(tmp_path / "r.jsonl"),
           *common_args])  # fmt: skip
-    assert "skipped: box outside the image or empty 1" in capsys.readouterr().out
+    assert "skipped: box zero_area 1" in capsys.readouterr().out  # region 21, 20 px past the border, is clamped
     samples = read(tmp_path / "r.jsonl")
     assert [s["id"] for s in samples] == ["vg-region-11-0", "vg-region-11-1", "vg-region-21-0", "vg-region-21-1"]
     assert samples[0]["image"] == "VG_100K/1.jpg" and samples[0]["boxes"] == [[20.0, 10.0, 120.0, 60.0]]
@@ -151,6 +151,7 @@ FLICKR_XML = """<annotation>
 <object><name>1</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>100</xmax><ymax>200</ymax></bndbox></object>
 <object><name>1</name><bndbox><xmin>201</xmin><ymin>11</ymin><xmax>300</xmax><ymax>375</ymax></bndbox></object>
 <object><name>3</name><name>5</name><bndbox><xmin>51</xmin><ymin>11</ymin><xmax>80</xmax><ymax>40</ymax></bndbox></object>
+<object><name>3</name><bndbox><xmin>400</xmin><ymin>11</ymin><xmax>900</xmax><ymax>40</ymax></bndbox></object>
 <object><name>8</name><nobndbox>0</nobndbox><scene>1</scene></object>
 </annotation>
 """
@@ -166,7 +167,8 @@ def test_flickr30k_entities(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
             str(tmp_path / "Annotations"), "--ids", str(tmp_path / "train.txt"), "--image-prefix", "flickr30k-images/",
             "--no-progress"]  # fmt: skip
     main([*args, "--out", str(tmp_path / "f.jsonl")])
-    assert "2 samples written; skipped: sentence without a boxed phrase 1" in capsys.readouterr().out
+    # entity 3's second box reaches 400 px past the 500 px image: left out, the image and its other boxes kept
+    assert "2 samples written; skipped: box outside 1, sentence without a boxed phrase 1" in capsys.readouterr().out
     first, second = read(tmp_path / "f.jsonl")
     # 1-based inclusive xml corners → 0-based exclusive pixels; one entity may have several boxes.
     assert first["boxes"] == [[0.0, 0.0, 100.0, 200.0], [200.0, 10.0, 300.0, 375.0], [50.0, 10.0, 80.0, 40.0]]
@@ -225,6 +227,9 @@ def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             {"id": 1, "image_id": 9, "bbox": [100.0, 50.0, 20.0, 20.0], "category_id": 1, "iscrowd": 0},
             {"id": 3, "image_id": 9, "bbox": [0.0, 0.0, 640.0, 480.0], "category_id": 1, "iscrowd": 1},
             {"id": 4, "image_id": 10, "bbox": [5.0, 5.0, 0.0, 10.0], "category_id": 1, "iscrowd": 0},
+            {"id": 6, "image_id": 9, "bbox": [600.0, 400.0, 500.0, 500.0], "category_id": 1, "iscrowd": 0},  # far out
+            {"id": 7, "image_id": 9, "bbox": [620.0, 10.0, 20.4, 10.0], "category_id": 18, "iscrowd": 0},  # 0.4 px
+            {"id": 8, "image_id": 9, "bbox": [50.0, 50.0, -10.0, 10.0], "category_id": 1, "iscrowd": 0},  # negative
         ],
         "categories": [{"id": 1, "name": "person", "supercategory": "person"},
                        {"id": 18, "name": "dog", "supercategory": "animal"}],
@@ -238,14 +243,15 @@ def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     main(["convert", "coco-manifest", str(tmp_path / "instances_train2014.json"), "--captions",
           str(tmp_path / "captions_train2014.json"), "--out", str(tmp_path / "m.jsonl"), "--no-progress"])  # fmt: skip
     assert (
-        "1 samples written; skipped: crowd annotation 1, empty box 1, image without objects 1"
-        in capsys.readouterr().out
+        "1 samples written; skipped: box inverted 1, box outside 1, box zero_area 1, crowd annotation 1, "
+        "image without objects 1" in capsys.readouterr().out
     )
     (rec,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert rec == {
         "id": "coco-9", "image": "COCO_train2014_000000000009.jpg", "width": 640, "height": 480,
         "objects": [{"name": "person", "box": [100.0, 50.0, 120.0, 70.0]},
-                    {"name": "dog", "box": [1.0, 2.0, 31.0, 42.0]}],
+                    {"name": "dog", "box": [1.0, 2.0, 31.0, 42.0]},
+                    {"name": "dog", "box": [620.0, 10.0, 640.0, 20.0]}],
         "captions": ["A man and a dog."],
     }  # fmt: skip
 

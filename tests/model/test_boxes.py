@@ -53,9 +53,17 @@ def test_validation_names_the_problem_and_repair_is_explicit():
         bx.validate_pixel_box((1, 2, 3), 100, 100)
     with pytest.raises(bx.BoxError, match="non-finite"):
         bx.validate_pixel_box((1, 2, math.nan, 4), 100, 100)
-    assert bx.validate_pixel_box((50, 120, -5, 10), 100, 100, repair=True) == (0, 10, 50, 100)
+    assert bx.validate_pixel_box((-5, 10, 50, 120), 100, 100, repair=True) == (0, 10, 50, 100)
+    with pytest.raises(bx.BoxError, match="inverted") as inverted:  # never swapped into a box nobody drew
+        bx.validate_pixel_box((50, 120, -5, 10), 100, 100, repair=True)
+    assert inverted.value.kind == "inverted"
     with pytest.raises(bx.BoxError, match="zero area"):
-        bx.validate_pixel_box((150, 10, 120, 20), 100, 100, repair=True)
+        bx.validate_pixel_box((150, 10, 170, 20), 100, 100, repair=True)
+    # A dataset's box may overshoot by rounding, not by a frame or size mix-up.
+    assert bx.validate_pixel_box((99.4, 0, 100.6, 5), 100, 100, repair=True, max_overshoot=1) == (99.4, 0, 100, 5)
+    with pytest.raises(bx.BoxError, match="lies 460 px outside the 640x480 image") as far:
+        bx.validate_pixel_box((600, 400, 1100, 620), 640, 480, repair=True, max_overshoot=1)
+    assert far.value.kind == "outside"
 
 
 def test_iou_and_helpers():

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tinygroundinggpt.boxes import BoxError, validate_pixel_box, xywh_to_xyxy
+from tinygroundinggpt.boxes import ANNOTATION_OVERSHOOT, BoxError, validate_pixel_box, xywh_to_xyxy
 from tinygroundinggpt.data.converters.common import NO_EXCLUSION, ConvertReport, ReferEvalImages
 
 
@@ -52,9 +52,11 @@ def convert_coco_manifest(
             objects = []
             for ann in sorted(by_image.get(img["id"], []), key=lambda a: a["id"]):
                 try:
-                    box = validate_pixel_box(xywh_to_xyxy(ann["bbox"]), w, h, repair=True)
-                except BoxError:
-                    report.skipped["empty box"] += 1
+                    box = validate_pixel_box(
+                        xywh_to_xyxy(ann["bbox"]), w, h, repair=True, max_overshoot=ANNOTATION_OVERSHOOT
+                    )
+                except BoxError as exc:
+                    report.skipped[f"box {exc.kind}"] += 1
                     continue
                 objects.append({"name": names[ann["category_id"]], "box": list(box)})
             if not objects:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from tinygroundinggpt.boxes import Box, BoxError, inclusive_to_pixel, validate_pixel_box
+from tinygroundinggpt.boxes import ANNOTATION_OVERSHOOT, Box, BoxError, inclusive_to_pixel, validate_pixel_box
 from tinygroundinggpt.data.converters.common import ConvertReport, write_samples
 from tinygroundinggpt.data.format import Sample
 
@@ -45,8 +46,9 @@ def parse_sentence(line: str) -> tuple[str, list[tuple[str, str, int, int]]]:
     return "".join(text), phrases
 
 
-def parse_annotation(path: str | Path) -> tuple[int, int, dict[str, list[Box]]]:
-    """An xml file → (width, height, entity id → boxes in the pixel frame)."""
+def parse_annotation(path: str | Path, skipped: Counter[str] | None = None) -> tuple[int, int, dict[str, list[Box]]]:
+    """An xml file → (width, height, entity id → boxes in the pixel frame). A box that is wrong for the image is
+    left out (its phrase stays text, as for an entity without a box) and counted in ``skipped`` by kind."""
     root = ET.parse(path).getroot()
     width, height = int(root.findtext("size/width")), int(root.findtext("size/height"))
     boxes: dict[str, list[Box]] = {}
@@ -55,7 +57,14 @@ def parse_annotation(path: str | Path) -> tuple[int, int, dict[str, list[Box]]]:
         if bnd is None:
             continue  # nobndbox / scene: the phrase stays text
         corners = [float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-        box = validate_pixel_box(inclusive_to_pixel(corners), width, height, repair=True)
+        try:
+            box = validate_pixel_box(
+                inclusive_to_pixel(corners), width, height, repair=True, max_overshoot=ANNOTATION_OVERSHOOT
+            )
+        except BoxError as exc:
+            if skipped is not None:
+                skipped[f"box {exc.kind}"] += 1
+            continue
         for name in obj.findall("name"):
             boxes.setdefault(name.text.strip(), []).append(box)
     return width, height, boxes
@@ -67,12 +76,12 @@ def _ids(sentences_dir: Path, ids: Sequence[str] | None) -> list[str]:
 
 def _load(image_id: str, sentences_dir: Path, annotations_dir: Path, report: ConvertReport) -> Any:
     try:
-        w, h, boxes = parse_annotation(annotations_dir / f"{image_id}.xml")
+        w, h, boxes = parse_annotation(annotations_dir / f"{image_id}.xml", report.skipped)
         lines = (sentences_dir / f"{image_id}.txt").read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         report.skipped["sentences or annotation file missing"] += 1
         return None
-    except (ET.ParseError, TypeError, ValueError, BoxError):
+    except (ET.ParseError, TypeError, ValueError):
         report.skipped["unreadable annotation xml"] += 1
         return None
     return w, h, boxes, [ln for ln in lines if ln.strip()]

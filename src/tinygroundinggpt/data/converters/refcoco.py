@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tinygroundinggpt.boxes import BoxError, validate_pixel_box, xywh_to_xyxy
+from tinygroundinggpt.boxes import ANNOTATION_OVERSHOOT, BoxError, validate_pixel_box, xywh_to_xyxy
 from tinygroundinggpt.data.converters.common import (
     NO_EXCLUSION,
     ConvertReport,
@@ -62,9 +62,9 @@ def iter_refcoco(
         w, h = int(img["width"]), int(img["height"])
         try:
             # COCO boxes are floats that can overshoot the border by a fraction of a pixel.
-            box = validate_pixel_box(xywh_to_xyxy(ann["bbox"]), w, h, repair=True)
-        except BoxError:
-            report.skipped["empty box"] += 1
+            box = validate_pixel_box(xywh_to_xyxy(ann["bbox"]), w, h, repair=True, max_overshoot=ANNOTATION_OVERSHOOT)
+        except BoxError as exc:
+            report.skipped[f"box {exc.kind}"] += 1
             continue
         for sent in ref["sentences"]:
             text = (sent.get("sent") or sent.get("raw") or "").strip()

@@ -55,6 +55,8 @@ def load_image_data(path: str | Path, *, image_prefix: str = "") -> dict[int, VG
 
 
 def _box(obj: dict[str, Any], w: int, h: int, wkey: str, hkey: str) -> Box:
+    # Visual Genome's boxes often reach well past the border (crowd-drawn); clamped, as its own tools do. A negative
+    # width or height stays an error: swapped, it would be a box nobody drew.
     return validate_pixel_box(xywh_to_xyxy([obj["x"], obj["y"], obj[wkey], obj[hkey]]), w, h, repair=True)
 
 
@@ -83,8 +85,8 @@ def iter_regions(
             phrase = " ".join(str(reg.get("phrase", "")).split())
             try:
                 box = _box(reg, w, h, "width", "height")
-            except BoxError:
-                report.skipped["box outside the image or empty"] += 1
+            except BoxError as exc:
+                report.skipped[f"box {exc.kind}"] += 1
                 continue
             if not phrase:
                 report.skipped["empty phrase"] += 1
@@ -122,8 +124,8 @@ def iter_relationships(
             predicate = " ".join(str(rel.get("predicate", "")).split()).lower()
             try:
                 boxes = [_box(subj, w, h, "w", "h"), _box(obj, w, h, "w", "h")]
-            except BoxError:
-                report.skipped["box outside the image or empty"] += 1
+            except BoxError as exc:
+                report.skipped[f"box {exc.kind}"] += 1
                 continue
             if not predicate or not _name(subj) or not _name(obj):
                 report.skipped["empty predicate or name"] += 1
