@@ -115,6 +115,9 @@ class Sample:
         image = obj.get("image")
         if image is not None and not isinstance(image, str):
             raise SampleError(f"'image' must be a string (an image path), got {type(image).__name__}: {image!r}")
+        size = (obj.get("width"), obj.get("height"))
+        if size != (None, None) and not all(type(v) is int and v > 0 for v in size):
+            raise SampleError(f"'width' and 'height' must be given together as positive integers, got {size}")
         sample = cls(
             id=str(obj["id"]),
             messages=messages,
