@@ -54,6 +54,8 @@ def sample(boxes: list[Any], messages: list[dict[str, str]] | None = None, **ext
         ),
         (sample([[1, 2, 3, 4]], image=["a.jpg"]), "'image' must be a string .an image path., got list"),
         (sample([[1, 2, 3, 4]], image=7), "'image' must be a string .an image path., got int"),
+        (sample([[1, 2, 3, 4]], width=640), "'width' and 'height' must be given together"),
+        (sample([[1, 2, 3, 4]], width="640", height=480), "as positive integers, got .'640', 480."),
     ],
 )
 def test_bad_samples_are_sample_errors(obj: dict[str, Any], problem: str) -> None:
