@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tinygroundinggpt.boxes import cxcywh_to_xyxy, inclusive_to_pixel
 from tinygroundinggpt.synthesis.cache import DiskCache, hash_inputs
-from tinygroundinggpt.synthesis.pipeline import StateFile
+from tinygroundinggpt.synthesis.pipeline import StateFile, read_manifest
 from tinygroundinggpt.synthesis.replies import (
     MalformedReply,
     parse_judgement,
@@ -127,3 +128,14 @@ def test_inclusive_to_pixel() -> None:
     # Flickr30K Entities xml: 1-based pixels 1..10 inclusive are 0-based columns 0..9, i.e. [0, 10).
     assert inclusive_to_pixel([1, 1, 10, 20]) == (0.0, 0.0, 10.0, 20.0)
     assert inclusive_to_pixel([0, 0, 9, 19], one_based=False) == (0.0, 0.0, 10.0, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [(b'{"id": "b", "image": ', "Expecting value"), (b'{"id": "b\xff", "image": "b.png"}', "can't decode byte 0xff")],
+)
+def test_a_bad_manifest_line_is_named_by_file_and_line(tmp_path: Path, bad: bytes, problem: str) -> None:
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"id": "a", "image": "a.png"}\n\n' + bad + b"\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: not a JSON object in UTF-8: .*{problem}"):
+        read_manifest(path)
