@@ -203,10 +203,20 @@ def test_llava_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             {"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "a cat"}]},
         {"id": "bad", "conversations": [{"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}]},
         {"id": "bad2", "image": "b.jpg", "conversations": [{"from": "robot", "value": "x"}]},
+        {"id": "two-images", "image": ["a.jpg", "b.jpg"], "conversations": [
+            {"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}]},
+        {"id": "object", "image": "a.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is <object>?"}, {"from": "gpt", "value": "y"}]},
+        {"id": "eot", "conversations": [
+            {"from": "human", "value": "x"}, {"from": "gpt", "value": "y<|im_end|>"}]},
     ]  # fmt: skip
     (tmp_path / "mix.json").write_text(json.dumps(records, indent=2))
     main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--out", str(tmp_path / "l.jsonl"), "--no-progress"])
-    assert "skipped: <image> without an image 1, turn with an unknown speaker or no text 1" in capsys.readouterr().out
+    assert (
+        "skipped: 'image' is not a string 1, <image> without an image 1, "
+        "text holds a bare <object>, which no object image backs (write <object:i>) 1, "
+        "text holds the chat control token <|im_end|> 1, turn with an unknown speaker or no text 1"
+    ) in capsys.readouterr().out
     samples = read(tmp_path / "l.jsonl")
     assert [s["id"] for s in samples] == [
         "llava-mix665k-000000033471", "llava-mix665k-text-1", "llava-mix665k-GCC_1", "llava-mix665k-noimg"

@@ -55,6 +55,8 @@ def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
         pipe.generate_batch([img_path], ["What is <object:1>?"], boxes=[[(1, 1, 20, 20)]])
     with pytest.raises(ValueError, match="<object:i>, but there is no image"):
         pipe.generate_batch([None], ["What is <object:0>?"], boxes=[[(1, 1, 20, 20)]])
+    with pytest.raises(ValueError, match="box 0 of the 90x60 image is inverted"):  # not swapped into another box
+        pipe.generate_batch([img_path], ["What is <object:0>?"], boxes=[[(20, 1, 1, 20)]])
     ckpt = str(tmp_path / "ckpt")
     with pytest.raises(SystemExit, match="tgg predict: .*refers to box 0, but there are 0 boxes"):
         main(["predict", "--model", ckpt, "--image", str(img_path), "Where is <box:0>?"])

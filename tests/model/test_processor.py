@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.data.format import Sample, SampleError
 from tinygroundinggpt.model.processing_tinygroundinggpt import IGNORE_INDEX, TruncationError
 
 
@@ -151,5 +152,54 @@ def test_errors_for_missing_image_and_bad_box(tiny_model):
     _, proc = tiny_model
     with pytest.raises(ValueError, match="no image"):
         proc.encode([{"role": "user", "content": "<image> hi"}])
-    with pytest.raises(bx.BoxError, match="zero area"):
+    with pytest.raises(bx.BoxError, match="lies outside the 10x10 image"):  # not clamped to an empty box
         proc.object_to_tensor(Image.new("RGB", (10, 10)), (20, 20, 30, 30))
+
+
+def test_a_literal_object_token_is_refused_not_left_without_an_object_image(tiny_model):
+    _, proc = tiny_model
+    img = Image.new("RGB", (40, 40))
+    for system in (None, "You see <object>."):  # in a turn, or in the system prompt the template adds
+        asking = copy.deepcopy(proc)
+        asking.system_prompt = system
+        text = "<image> Is <object:0> like <object>?" if system is None else "<image> Is <object:0> red?"
+        msgs = [{"role": "user", "content": text}, {"role": "assistant", "content": "Yes."}]
+        with pytest.raises(ValueError, match=r"2 <object> placeholders but 1 object images"):
+            asking.encode(msgs, img, [(0, 0, 8, 8)])
+    with pytest.raises(ValueError, match="bare <object>"):  # a prompt: refused before encoding
+        proc(["What is <object>?"], [img])
+
+
+@pytest.mark.parametrize(
+    ("box", "problem"),
+    [
+        ((50, 10, 20, 40), "box 0 of the 90x60 image is inverted"),
+        ((10, 10, 100, 40), r"box 0 of the 90x60 image \[10.0, 10.0, 100.0, 40.0\] lies outside the 90x60 image"),
+        ((-5, 10, 20, 40), "box 0 of the 90x60 image has a negative coordinate"),
+    ],
+)
+@pytest.mark.parametrize("prompt", ["Where is <box:0>?", "What is <object:0>?"])
+def test_boxes_given_with_a_prompt_are_checked_not_repaired(tiny_model, box, problem, prompt):
+    _, proc = tiny_model
+    with pytest.raises(ValueError, match=problem):
+        proc([prompt], [Image.new("RGB", (90, 60))], boxes=[[box]])
+
+
+def test_boxes_need_an_image(tiny_model):
+    _, proc = tiny_model
+    msgs = [{"role": "user", "content": "Where is <box:0>?"}, {"role": "assistant", "content": "There."}]
+    with pytest.raises(ValueError, match="<box:i> / <object:i> but no image was given"):
+        proc.encode(msgs, None, [(0, 0, 1, 1)])  # it rendered as [1.000, 1.000, 1.000, 1.000]
+    with pytest.raises(ValueError, match="<box:i> / <object:i>, but there is no image"):
+        proc(["Where is <box:0>?"], [None], boxes=[[(0, 0, 1, 1)]])
+
+
+def test_a_stored_size_that_is_not_the_images_is_a_sample_error(tiny_model, tmp_path):
+    _, proc = tiny_model
+    Image.new("RGB", (200, 100)).save(tmp_path / "a.png")
+    msgs = [{"role": "user", "content": "<image>\nWhere is it?"}, {"role": "assistant", "content": "<box:0>"}]
+    stored = {"id": "s", "image": "a.png", "boxes": [[10, 10, 50, 50]], "messages": msgs}
+    assert proc.encode_sample(Sample.from_json({**stored, "width": 200, "height": 100}), str(tmp_path)).input_ids
+    wrong = Sample.from_json({**stored, "width": 640, "height": 480})
+    with pytest.raises(SampleError, match=r"a.png: the sample says 640x480 but the image is 200x100"):
+        proc.encode_sample(wrong, str(tmp_path))

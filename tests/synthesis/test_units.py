@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tinygroundinggpt.boxes import cxcywh_to_xyxy, inclusive_to_pixel
 from tinygroundinggpt.synthesis.cache import DiskCache, hash_inputs
-from tinygroundinggpt.synthesis.pipeline import StateFile
+from tinygroundinggpt.synthesis.pipeline import StateFile, read_manifest
 from tinygroundinggpt.synthesis.replies import (
     MalformedReply,
     parse_judgement,
@@ -136,3 +137,14 @@ def test_a_damaged_cache_entry_is_a_miss_not_a_crash(tmp_path):
     (tmp_path / "cd" / ("cd" + "0" * 62 + ".json")).write_text('{"value": {"te')  # cut off mid-write
     assert cache.get("cd" + "0" * 62) is None and cache.get("ab" + "0" * 62) == {"text": "kept"}
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [(b'{"id": "b", "image": ', "Expecting value"), (b'{"id": "b\xff", "image": "b.png"}', "can't decode byte 0xff")],
+)
+def test_a_bad_manifest_line_is_named_by_file_and_line(tmp_path: Path, bad: bytes, problem: str) -> None:
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"id": "a", "image": "a.png"}\n\n' + bad + b"\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: not a JSON object in UTF-8: .*{problem}"):
+        read_manifest(path)

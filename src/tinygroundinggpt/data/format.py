@@ -36,14 +36,36 @@ ROLES = ("system", "user", "assistant")
 SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
+# Qwen's ChatML control tokens are all ``<|name|>``; one written in text would open or close turns of its own.
+CONTROL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
+
+def reserved_token_problem(text: str) -> str | None:
+    """A token that ``text`` must not hold literally, if it does: a bare ``<object>`` (which would become object
+    feature tokens with no object image behind them; ``<object:i>`` names one) or a ChatML control token."""
+    if OBJECT_TOKEN in text:
+        return f"text holds a bare {OBJECT_TOKEN}, which no object image backs (write <object:i>)"
+    control = CONTROL_TOKEN_RE.search(text)
+    if control:
+        return f"text holds the chat control token {control.group()}"
+    return None
+
+
 def reference_problem(text: str, n_boxes: int, has_image: bool) -> str | None:
     """What is wrong with ``text``'s ``<box:i>`` / ``<object:i>`` / ``<image>`` given ``n_boxes`` boxes and
-    an image or none, if anything."""
+    an image or none, if anything; also a reserved token written literally (:func:`reserved_token_problem`)."""
+    problem = reserved_token_problem(text)
+    if problem:
+        return problem
     for ref in BOX_REF_RE.findall(text) + OBJECT_REF_RE.findall(text):
         if int(ref) >= n_boxes:
             return f"<box:{ref}> / <object:{ref}> refers to box {ref}, but there are {n_boxes} boxes"
-    if (IMAGE_TOKEN in text or OBJECT_REF_RE.search(text)) and not has_image:
-        return "uses <image> / <object:i>, but there is no image"
+    n_images = text.count(IMAGE_TOKEN)
+    if n_images > has_image:
+        return f"uses {n_images} <image> placeholders, but there is {'one image' if has_image else 'no image'}"
+    # Boxes are stored in the image's pixels: without an image a <box:i> has no frame to be rendered in.
+    if (BOX_REF_RE.search(text) or OBJECT_REF_RE.search(text)) and not has_image:
+        return "uses <box:i> / <object:i>, but there is no image"
     return None
 
 
@@ -60,6 +82,7 @@ class Sample:
     width: int | None = None
     height: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    line: int | None = field(default=None, compare=False)  # its line in the file it was read from (for reports)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id}
@@ -89,10 +112,16 @@ class Sample:
         boxes = obj.get("boxes") or []
         if not isinstance(boxes, list) or not all(isinstance(b, list) for b in boxes):
             raise SampleError("'boxes' must be a list of [x1, y1, x2, y2]")
+        image = obj.get("image")
+        if image is not None and not isinstance(image, str):
+            raise SampleError(f"'image' must be a string (an image path), got {type(image).__name__}: {image!r}")
+        size = (obj.get("width"), obj.get("height"))
+        if size != (None, None) and not all(type(v) is int and v > 0 for v in size):
+            raise SampleError(f"'width' and 'height' must be given together as positive integers, got {size}")
         sample = cls(
             id=str(obj["id"]),
             messages=messages,
-            image=obj.get("image"),
+            image=image,
             boxes=[tuple(b) for b in boxes],  # type: ignore[misc]
             width=obj.get("width"),
             height=obj.get("height"),
@@ -165,15 +194,16 @@ def iter_jsonl(path: str | Path, report: LoadReport | None = None) -> Iterator[S
     """Samples of a JSONL file; bad lines are recorded in ``report`` (file, line, problem) and skipped."""
     path = Path(path)
     report = report if report is not None else LoadReport(str(path))
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with path.open("rb") as fh:  # decoded line by line, so that a bad byte costs its line, not the file
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                sample = Sample.from_json(json.loads(line))
-            except (json.JSONDecodeError, SampleError, TypeError, ValueError) as exc:
+                sample = Sample.from_json(json.loads(raw.decode("utf-8")))
+            except (SampleError, TypeError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8
                 report.skipped.append((str(path), lineno, f"{type(exc).__name__}: {exc}"))
                 continue
+            sample.line = lineno
             report.read += 1
             yield sample
 

@@ -31,6 +31,7 @@ from tinygroundinggpt.data.format import (
     OBJECT_REF_RE,
     OBJECT_TOKEN,
     Sample,
+    SampleError,
     reference_problem,
 )
 from tinygroundinggpt.images import crop_box, load_image, pad_to_square
@@ -112,7 +113,7 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
         self, img: Image.Image, box: Sequence[float], rng: random.Random | None = None
     ) -> torch.Tensor:
         """Crop a pixel box, zoom it to the encoder resolution. ``rng`` turns on train-time augmentation."""
-        box = bx.validate_pixel_box(box, img.width, img.height, repair=True, what="object box")
+        box = bx.validate_pixel_box(box, img.width, img.height, what="object box")
         if rng is not None:
             if self.object_margin > 0:
                 box = bx.expand_box(box, rng.uniform(0, self.object_margin), img.width, img.height)
@@ -228,16 +229,34 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
     ) -> Encoded:
         """One conversation (with ``<image>``, ``<box:i>``, ``<object:i>``) → :class:`Encoded`.
 
-        ``rng`` enables train-time object augmentation; leave it ``None`` at inference.
+        ``rng`` enables train-time object augmentation; leave it ``None`` at inference. ``pixel_boxes`` must lie
+        inside the image as given: an inverted or outside box is an error, not repaired into another box.
         """
-        width, height = image.size if image is not None else (1, 1)
-        rendered, object_order = self.render_messages(messages, pixel_boxes, width, height)
-        n_images = sum(m["content"].count(IMAGE_TOKEN) for m in rendered)
+        if image is None:
+            if any(BOX_REF_RE.search(m["content"]) or OBJECT_REF_RE.search(m["content"]) for m in messages):
+                raise ValueError("the conversation has <box:i> / <object:i> but no image was given")
+            rendered, object_order = self.render_messages(messages, (), 0, 0)
+        else:
+            width, height = image.size
+            pixel_boxes = [
+                bx.validate_pixel_box(b, width, height, what=f"box {i} of the {width}x{height} image")
+                for i, b in enumerate(pixel_boxes)
+            ]
+            rendered, object_order = self.render_messages(messages, pixel_boxes, width, height)
+        ids, labels, offsets = self.tokenize_conversation(rendered, add_generation_prompt)
+        # Counted on the tokens, not the text: a literal <image>/<object> (in any turn or the system prompt) is a
+        # placeholder too, and one with no image behind it would fail only in the model's forward.
+        n_images = ids.count(self.image_token_id)
         if n_images and image is None:
             raise ValueError("the conversation has <image> but no image was given")
         if n_images > 1:
             raise ValueError(f"the conversation has {n_images} <image> placeholders; one global image is supported")
-        ids, labels, offsets = self.tokenize_conversation(rendered, add_generation_prompt)
+        n_objects = ids.count(self.object_token_id)
+        if n_objects != len(object_order):
+            raise ValueError(
+                f"the conversation has {n_objects} <object> placeholders but {len(object_order)} object images "
+                "(<object:i>); a literal <object> in text has no object image"
+            )
         ids, labels, runs = self._expand(ids, labels)
         if len(ids) > self.max_length:
             ids, labels, runs = self._truncate(ids, labels, runs)
@@ -282,6 +301,12 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
         if sample.image is not None:
             path = Path(image_root) / sample.image if image_root else Path(sample.image)
             image = load_image(path)
+            # the stored size is the frame the boxes were written in: another image puts them elsewhere
+            if sample.width is not None and (sample.width, sample.height) != image.size:
+                raise SampleError(
+                    f"{path}: the sample says {sample.width}x{sample.height} but the image is "
+                    f"{image.width}x{image.height}"
+                )
             sample.check_boxes(image.width, image.height)
         return self.encode(sample.messages, image, sample.boxes, rng=rng)
 

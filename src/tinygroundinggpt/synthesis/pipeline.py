@@ -50,11 +50,14 @@ log = logging.getLogger(__name__)
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     """The manifest's records; ids must be unique (they key every stage's state)."""
     records, seen = [], set()
-    with Path(path).open(encoding="utf-8") as fh:
+    with Path(path).open("rb") as fh:  # decoded per line, so that a bad byte is reported with its line
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line.decode("utf-8"))
+            except ValueError as exc:  # bad JSON or bad UTF-8
+                raise ValueError(f"{path}:{lineno}: not a JSON object in UTF-8: {exc}") from exc
             if not isinstance(rec, dict) or "id" not in rec or "image" not in rec:
                 raise ValueError(f"{path}:{lineno}: a record needs 'id' and 'image'")
             rec["id"] = str(rec["id"])

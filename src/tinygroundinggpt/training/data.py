@@ -170,8 +170,9 @@ class MixtureDataset(Dataset):
             try:
                 return Fetched(position, replaced, self.processor.encode_sample(sample, str(root), rng=rng))
             except ValueError as exc:  # a bad image or box, too long, or a conversation the template refuses
-                replaced.append((origin, sample.id, str(exc)))
-                logger.warning("replacing %s sample %s: %s", origin, sample.id, exc)
+                where = origin if sample.line is None else f"{origin}:{sample.line}"
+                replaced.append((where, sample.id, str(exc)))
+                logger.warning("replacing %s sample %s: %s", where, sample.id, exc)
         raise ValueError(f"{len(replaced)} samples in a row could not be encoded, the last: {replaced[-1]}")
 
 
@@ -205,7 +206,7 @@ class Fetched:
     """One training item: its position in its epoch, the samples replaced on the way to it, its encoding."""
 
     index: int
-    replaced: list[tuple[str, str, str]]
+    replaced: list[tuple[str, str, str]]  # (file:line, sample id, problem)
     encoded: Encoded
 
 

@@ -111,7 +111,7 @@ class GroundingTrainer(Trainer):
         self.recipe = recipe
         self.health = _Health()
         self.trained_indices: list[int] = []  # positions (within their epoch) this process trained on: sharding audit
-        self.replaced: dict[tuple[str, str, str], None] = {}  # (file, sample id, problem), in order
+        self.replaced: dict[tuple[str, str, str], None] = {}  # (file:line, sample id, problem), in order
         base = self.model.module if hasattr(self.model, "module") else self.model
         base.projector.register_forward_hook(self._record_visual_norm)
 

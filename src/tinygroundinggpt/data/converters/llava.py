@@ -21,7 +21,7 @@ from tinygroundinggpt.data.converters.common import (
     iter_json_array,
     write_samples,
 )
-from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, Sample
+from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, Sample, reserved_token_problem
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -40,8 +40,13 @@ def llava_sample(rec: dict[str, Any], index: int, *, prefix: str = "", image_pre
     text = "".join(m["content"] for m in messages)
     if BOX_REF_RE.search(text) or OBJECT_REF_RE.search(text):
         return "text holds a <box:i>/<object:i> placeholder"
+    problem = reserved_token_problem(text)
+    if problem:
+        return problem
     n_images = text.count(IMAGE_TOKEN)
     image = rec.get("image")
+    if image is not None and not isinstance(image, str):
+        return "'image' is not a string"
     if image is None and n_images:
         return "<image> without an image"
     if image is not None:
