@@ -104,6 +104,15 @@ def test_save_load_round_trip_identical_logits_via_auto_classes(tiny_model, tmp_
         torch.testing.assert_close(model(**b1).logits, loaded(**b2).logits, rtol=0, atol=0)
 
 
+def test_a_checkpoint_holding_only_a_pickle_is_refused(tiny_model, tmp_path):
+    model, _ = tiny_model
+    model.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path)
+
+
 def test_assemble_from_three_checkpoints_offline(tiny_components):
     """A CLIPModel, a Dinov2Model and a Qwen2 LM + tokenizer in their real formats, assembled offline."""
     paths = {k: str(v) for k, v in tiny_components.items()}

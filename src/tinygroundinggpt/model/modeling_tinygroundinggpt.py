@@ -123,6 +123,8 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        # safetensors only: never a pickle (pytorch_model.bin) in its place
+        kwargs.setdefault("use_safetensors", True)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         # transformers 5 loads weights into new Parameters that require grad, undoing the freeze of __init__
