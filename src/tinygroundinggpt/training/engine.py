@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def _mark_complete(folder: Path, info: dict[str, Any]) -> None:
 
 def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / COMPLETE).is_file()
+
+
+def _forget_earlier_run(output_dir: Path, fresh: bool) -> None:
+    """Untrust what an earlier run left in ``output_dir`` before this one writes there: its stage marker always (a
+    rerun killed midway must not pass for finished), and with ``fresh`` its checkpoints too (the new run's saves
+    would mix with them, and a resume would continue the old run from its newest one)."""
+    (output_dir / COMPLETE).unlink(missing_ok=True)
+    if fresh and output_dir.is_dir():
+        for p in output_dir.iterdir():
+            if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name):
+                shutil.rmtree(p)
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
@@ -144,6 +156,13 @@ class GroundingTrainer(Trainer):
                 groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
             )
         return self.optimizer
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The Trainer saves into an existing checkpoint-N in place: a kill midway must not leave it marked complete.
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / COMPLETE).unlink(missing_ok=True)
+        super()._save_checkpoint(model, trial)
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -300,7 +319,8 @@ def train_stage(
 ) -> dict[str, Any]:
     """Run one stage; the trained model and processor are saved to ``output_dir`` (ordinary checkpoint).
 
-    Returns the stage report (loss history, data mixture, skipped samples, wall time).
+    ``resume`` continues from the newest complete checkpoint in ``output_dir``; without it the checkpoints an earlier
+    run left there are deleted. Returns the stage report (loss history, data mixture, skipped samples, wall time).
     """
     output_dir = Path(output_dir)
     t0 = time.perf_counter()
@@ -320,6 +340,9 @@ def train_stage(
         )
     apply_module_modes(model, recipe)
     args = training_arguments(recipe, output_dir, **training_kwargs)
+    with args.main_process_first(desc="clearing the earlier run"):
+        if args.should_save:
+            _forget_earlier_run(output_dir, fresh=not resume)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
     # markers written before checkpoints recorded their time count as none
     before = json.loads((Path(checkpoint) / COMPLETE).read_text()).get("elapsed_seconds", 0.0) if checkpoint else 0.0

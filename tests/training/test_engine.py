@@ -1,0 +1,55 @@
+"""What a stage leaves in its folder (markers, checkpoints' processors), its optimiser groups and its weights' dtype."""
+
+import pytest
+from transformers import TrainerCallback
+
+from tinygroundinggpt.training.chain import load_checkpoint, run_chain
+from tinygroundinggpt.training.engine import (
+    COMPLETE,
+    GroundingTrainer,
+    is_complete,
+    last_complete_checkpoint,
+    train_stage,
+)
+from tinygroundinggpt.training.recipe import load_recipe
+
+QUICK = ["batch_size=2", "warmup=0", "data=[{path: stage2_tc.jsonl, weight: 1.0}]"]
+
+
+def _stage(name, world, ckpt, out, sets=(), model=None, **kwargs):
+    loaded, proc = load_checkpoint(ckpt)
+    recipe = load_recipe(name, [*QUICK, *sets])
+    return train_stage(recipe, model or loaded, proc, out, data_root=world, disable_tqdm=True, **kwargs)
+
+
+def test_a_rerun_killed_midway_leaves_no_stale_marker_to_trust(world, tiny_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "stage"
+    _stage("stage1a", world, tiny_ckpt, out, ["max_steps=2", "save_steps=1"])
+    assert is_complete(out) and last_complete_checkpoint(out) == str(out / "checkpoint-2")
+
+    class Stale(TrainerCallback):  # a finished checkpoint-1 the rerun will save into in place
+        def on_step_begin(self, args, state, control, **kwargs):
+            (out / "checkpoint-1").mkdir(exist_ok=True)
+            (out / "checkpoint-1" / COMPLETE).write_text("{}")
+
+    def killed(self, output_dir):  # the model is written, the optimiser state not yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GroundingTrainer, "_save_optimizer_and_scheduler", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _stage("stage1a", world, tiny_ckpt, out, ["max_steps=2", "save_steps=1"], resume=False, callbacks=[Stale()])
+    assert (out / "checkpoint-1" / "model.safetensors").is_file()  # killed during the save, not before it
+    assert not is_complete(out)  # a chain rerun trains the stage again instead of skipping it
+    assert last_complete_checkpoint(out) is None  # neither the old run's checkpoint-2 nor the half-saved one
+
+
+def test_a_chain_without_resume_trains_finished_stages_again(world, tiny_ckpt, tmp_path):
+    sets = {"stage1b": [*QUICK, "max_steps=1"]}
+    run = dict(stages=("stage1b",), init=tiny_ckpt, overrides=sets, use_tiny_overrides=False, disable_tqdm=True)
+    weights = tmp_path / "stage1b" / "model.safetensors"
+    run_chain(tmp_path, world, **run)
+    stamp = weights.stat().st_mtime_ns
+    run_chain(tmp_path, world, **run)
+    assert weights.stat().st_mtime_ns == stamp  # finished: skipped
+    run_chain(tmp_path, world, resume=False, **run)
+    assert weights.stat().st_mtime_ns != stamp and is_complete(weights.parent)
