@@ -3,6 +3,7 @@
 import pytest
 from transformers import TrainerCallback
 
+from tinygroundinggpt.model import TinyGroundingGPTProcessor
 from tinygroundinggpt.training.chain import load_checkpoint, run_chain
 from tinygroundinggpt.training.engine import (
     COMPLETE,
@@ -53,3 +54,12 @@ def test_a_chain_without_resume_trains_finished_stages_again(world, tiny_ckpt, t
     assert weights.stat().st_mtime_ns == stamp  # finished: skipped
     run_chain(tmp_path, world, resume=False, **run)
     assert weights.stat().st_mtime_ns != stamp and is_complete(weights.parent)
+
+
+def test_checkpoints_keep_the_stages_processor(world, tiny_ckpt, tmp_path):
+    out = tmp_path / "stage"
+    _stage("stage1a", world, tiny_ckpt, out, ["max_steps=1", "save_steps=1", "max_length=512"])
+    final = TinyGroundingGPTProcessor.from_pretrained(out)
+    saved = TinyGroundingGPTProcessor.from_pretrained(out / "checkpoint-1")
+    assert saved.to_dict() == final.to_dict()
+    assert (saved.image_size, saved.max_length) == (64, 512)  # not the defaults (336 px, 2048)

@@ -352,7 +352,7 @@ def train_stage(
         args=args,
         train_dataset=dataset,
         data_collator=Collator(processor),
-        processing_class=processor.tokenizer,
+        processing_class=processor,  # saved with every checkpoint: its image size and token counts fit the model
         recipe=recipe,
         callbacks=[marker, *(callbacks or [])],
     )
@@ -382,7 +382,8 @@ def train_stage(
     )
     if trainer.is_fsdp_enabled:  # checkpoints may stay sharded; the stage's model must load with from_pretrained
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather the weights collectively
+    # every rank: ZeRO-3/FSDP gather the weights collectively; rank 0 writes the processor with them
+    trainer.save_model(str(output_dir))
     if _any_rank(not math.isfinite(result.training_loss), trainer.args.device):
         # never marked complete, so a chain rerun does not start the next stage from it
         raise FloatingPointError(
@@ -392,7 +393,6 @@ def train_stage(
     if trainer.is_world_process_zero():
         if not any(output_dir.glob("model*.safetensors")):
             raise RuntimeError(f"stage {recipe.name}: saving wrote no model weights to {output_dir}")
-        processor.save_pretrained(str(output_dir))
         (output_dir / "train_report.json").write_text(json.dumps(report, indent=2, default=str))
         _mark_complete(output_dir, {"stage": recipe.name, "global_step": trainer.state.global_step})
     return report
