@@ -1,6 +1,7 @@
 """What a stage leaves in its folder (markers, checkpoints' processors), its optimiser groups and its weights' dtype."""
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from tinygroundinggpt.model import TinyGroundingGPTProcessor
@@ -21,6 +22,12 @@ def _stage(name, world, ckpt, out, sets=(), model=None, **kwargs):
     loaded, proc = load_checkpoint(ckpt)
     recipe = load_recipe(name, [*QUICK, *sets])
     return train_stage(recipe, model or loaded, proc, out, data_root=world, disable_tqdm=True, **kwargs)
+
+
+class _Capture(TrainerCallback):
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.optimizer, self.model = optimizer, model
+        self.dtypes = {n: p.dtype for n, p in model.named_parameters()}
 
 
 def test_a_rerun_killed_midway_leaves_no_stale_marker_to_trust(world, tiny_ckpt, tmp_path, monkeypatch):
@@ -63,3 +70,23 @@ def test_checkpoints_keep_the_stages_processor(world, tiny_ckpt, tmp_path):
     saved = TinyGroundingGPTProcessor.from_pretrained(out / "checkpoint-1")
     assert saved.to_dict() == final.to_dict()
     assert (saved.image_size, saved.max_length) == (64, 512)  # not the defaults (336 px, 2048)
+
+
+def test_weight_decay_spares_biases_and_norms_and_keeps_module_learning_rates(world, tiny_ckpt, tmp_path):
+    capture = _Capture()
+    sets = ["max_steps=1", "weight_decay=0.1", "learning_rate=1e-3", "module_learning_rates={projector: 2e-3}"]
+    _stage("stage1b", world, tiny_ckpt, tmp_path / "stage", sets, callbacks=[capture])
+    role = {id(p): (m, n) for m in capture.model.modules() for n, p in m.named_parameters(recurse=False)}
+    groups = capture.optimizer.param_groups
+    # the LLM's and the projector's rates, each for a decayed and a spared group
+    expected = [(1e-3, 0.0), (1e-3, 0.1), (2e-3, 0.0), (2e-3, 0.1)]
+    assert sorted((g["initial_lr"], g["weight_decay"]) for g in groups) == expected
+    for group in groups:
+        for p in group["params"]:
+            module, name = role[id(p)]
+            spared = name == "bias" or "Norm" in type(module).__name__  # LayerNorm, Qwen2RMSNorm
+            assert (group["weight_decay"] == 0.0) == spared, (type(module).__name__, name, group["weight_decay"])
+    assert type(capture.optimizer.optimizer) is torch.optim.AdamW and not groups[0]["fused"]
+    # another optimiser asked for is used, with the same groups
+    _stage("stage1b", world, tiny_ckpt, tmp_path / "sgd", sets, callbacks=[capture], optim="sgd")
+    assert type(capture.optimizer.optimizer) is torch.optim.SGD and len(capture.optimizer.param_groups) == 4

@@ -142,19 +142,27 @@ class GroundingTrainer(Trainer):
         return EpochLengthGroupedSampler(dataset, batch)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """``args.optim`` over one group per module (its own learning rate) and decay rule: as the Trainer does,
+        biases, norms and the parameters ``get_decay_parameter_names`` leaves out get no weight decay."""
         if self.optimizer is None:
             base = self.model.module if hasattr(self.model, "module") else self.model
+            decay = set(self.get_decay_parameter_names(base))
             groups = []
             for name in MODULES:
-                params = [p for p in getattr(base, name).parameters() if p.requires_grad]
-                if params:
-                    lr = self.recipe.module_learning_rates.get(name, self.args.learning_rate)
-                    groups.append({"params": params, "lr": lr, "weight_decay": self.args.weight_decay})
+                named = [(n, p) for n, p in base.named_parameters() if n.split(".")[0] == name and p.requires_grad]
+                lr = self.recipe.module_learning_rates.get(name, self.args.learning_rate)
+                for weight_decay, params in (
+                    (self.args.weight_decay, [p for n, p in named if n in decay]),
+                    (0.0, [p for n, p in named if n not in decay]),
+                ):
+                    if params:
+                        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay})
             if not groups:
                 raise RecipeError(f"recipe {self.recipe.name} trains no parameters")
-            self.optimizer = torch.optim.AdamW(
-                groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
-            )
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, base)
+            if {"params", "model", "optimizer_dict"} & set(kwargs):
+                raise RecipeError(f"optim {self.args.optim} chooses its own parameters; per-module rates need groups")
+            self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
@@ -297,6 +305,9 @@ def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> 
         dataloader_num_workers=0 if not cuda else loader_workers_per_rank(),
         report_to="none",
         use_cpu=not cuda,
+        # unfused AdamW, what the recipes were tuned and the shipped checkpoint trained with (the 5.x default is fused,
+        # which rounds differently)
+        optim="adamw_torch",
         ddp_find_unused_parameters=False,
         logging_nan_inf_filter=False,  # a diverged step shows in the logs and the stage loss, not averaged away
     )
