@@ -90,3 +90,14 @@ def test_weight_decay_spares_biases_and_norms_and_keeps_module_learning_rates(wo
     # another optimiser asked for is used, with the same groups
     _stage("stage1b", world, tiny_ckpt, tmp_path / "sgd", sets, callbacks=[capture], optim="sgd")
     assert type(capture.optimizer.optimizer) is torch.optim.SGD and len(capture.optimizer.param_groups) == 4
+
+
+def test_a_bf16_model_trains_float32_master_weights(world, tiny_ckpt, tmp_path):
+    model, _ = load_checkpoint(tiny_ckpt)
+    model.to(torch.bfloat16)  # as a paper preset assembles
+    capture = _Capture()
+    _stage("stage1b", world, tiny_ckpt, tmp_path / "stage", ["max_steps=1"], model=model, callbacks=[capture])
+    trained = {n.split(".")[0]: dtype for n, dtype in capture.dtypes.items() if not n.startswith("vision_tower")}
+    assert set(trained.values()) == {torch.float32}
+    assert {p.dtype for p in model.vision_tower.parameters()} == {torch.bfloat16}  # frozen: left as it was
+    assert {p.dtype for group in capture.optimizer.param_groups for p in group["params"]} == {torch.float32}

@@ -367,6 +367,12 @@ def train_stage(
         recipe=recipe,
         callbacks=[marker, *(callbacks or [])],
     )
+    if not trainer.is_deepspeed_enabled:
+        # Optimiser steps on bf16 weights lose small updates (a paper preset assembles in bf16): train fp32 master
+        # weights; bf16 comes from the Trainer's autocast. DeepSpeed keeps its own fp32 copy.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     if checkpoint:
         logger.info("resuming %s from %s", recipe.name, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
