@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -6,7 +7,15 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor, AutoTokenizer, CLIPVisionModel, Dinov2Model, Qwen2ForCausalLM
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPVisionModel,
+    Dinov2Model,
+    GenerationConfig,
+    Qwen2ForCausalLM,
+)
 
 from tinygroundinggpt.model import PlaceholderMismatchError, TinyGroundingGPTForConditionalGeneration
 from tinygroundinggpt.model.modeling_tinygroundinggpt import _normalise
@@ -104,6 +113,23 @@ def test_save_load_round_trip_identical_logits_via_auto_classes(tiny_model, tmp_
         torch.testing.assert_close(model(**b1).logits, loaded(**b2).logits, rtol=0, atol=0)
 
 
+def test_the_llms_generation_config_survives_save_and_load(tiny_model, tmp_path):
+    model = copy.deepcopy(tiny_model[0])
+    model.language_model.generation_config = GenerationConfig(eos_token_id=[2, 0], pad_token_id=1)  # two stop tokens
+    model.save_pretrained(tmp_path)
+    loaded = TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path).language_model.generation_config
+    assert (loaded.eos_token_id, loaded.pad_token_id) == ([2, 0], 1)  # not the text config's single eos
+
+
+def test_a_checkpoint_holding_only_a_pickle_is_refused(tiny_model, tmp_path):
+    model, _ = tiny_model
+    model.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path)
+
+
 def test_assemble_from_three_checkpoints_offline(tiny_components):
     """A CLIPModel, a Dinov2Model and a Qwen2 LM + tokenizer in their real formats, assembled offline."""
     paths = {k: str(v) for k, v in tiny_components.items()}
@@ -154,7 +180,7 @@ def test_assembly_is_seeded_and_leaves_the_callers_random_state_alone(tiny_compo
 
 def test_published_dtypes_and_generation_settings_are_reconciled_on_assembly(tiny_components, tmp_path):
     # As published: CLIP-L and DINOv2-L in fp32, Qwen2.5-Instruct in bf16 with sampling and a repetition penalty.
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     llm = AutoModelForCausalLM.from_pretrained(tiny_components["llm"], dtype=torch.bfloat16)
     llm.generation_config = GenerationConfig(do_sample=True, temperature=0.7, repetition_penalty=1.05, eos_token_id=2)

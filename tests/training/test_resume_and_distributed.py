@@ -80,8 +80,8 @@ def test_sigkill_midway_then_resume_matches_uninterrupted(world, tiny_ckpt, tmp_
         torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=0)
 
 
-def _two_process(launcher: list[str], cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*launcher, *cmd], env=ENV, capture_output=True, text=True, timeout=600)
+def _two_process(launcher: list[str], cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*launcher, *cmd], env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def _shards(out: Path) -> list[list[int]]:
@@ -107,20 +107,22 @@ def test_two_process_torchrun_matches_one_process(world, tiny_ckpt, tmp_path):
 
 def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path):
     # Text-only samples (LLaVA's mixture has them) leave ranks without images; under DDP / ZeRO-3 / FSDP each rank then
-    # runs the vision tower and projector on a zero-weighted dummy. On CPU (gloo) DDP does not fail without it, so this
-    # checks that the dummy path trains, on steps of text only; the GPU failures it prevents cannot be shown here.
+    # runs the vision tower and projector on a zero-weighted dummy. Without it the rank with text only never readies
+    # the projector's gradients, the ranks' all-reduces stop matching and the run hangs (seen under gloo): a timeout.
     chat = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
-    (tmp_path / "text.jsonl").write_text((json.dumps(chat) + "\n") * 16)
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"id": f"text-{i}", **chat}) + "\n" for i in range(16)))
     data = f"data=[{{path: {tmp_path / 'text.jsonl'}, weight: 1.0}}, {{path: stage2_tc.jsonl, weight: 0.2}}]"
     out = tmp_path / "two"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
-    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--set", "max_steps=4", "--set", data))
+    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--set", "max_steps=4", "--set", data), timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     losses = _losses(out)
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
-    # the 16 text samples come first in the mixture: ranks had steps of text only
-    steps = [r[k : k + 2] for r in _shards(out) for k in range(0, len(r), 2)]
-    assert any(all(i < 16 for i in step) for step in steps), steps
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["data"][str(tmp_path / "text.jsonl")] == 16 and not report["skipped"]
+    # the 16 text samples come first in the mixture: in some step one rank had text only while the other had images
+    r0, r1 = ([r[k : k + 2] for k in range(0, len(r), 2)] for r in _shards(out))
+    assert any(all(i < 16 for i in a) != all(i < 16 for i in b) for a, b in zip(r0, r1, strict=True)), (r0, r1)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU ops with g++")

@@ -6,12 +6,13 @@ the same two towers and projector; their features replace the placeholder tokens
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, CLIPVisionModel, Dinov2Model, PreTrainedModel
+from transformers import AutoModelForCausalLM, CLIPVisionModel, Dinov2Model, GenerationConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
 from tinygroundinggpt.model.configuration_tinygroundinggpt import TinyGroundingGPTConfig
@@ -122,13 +123,27 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
             self.vision_tower.requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        # safetensors only: never a pickle (pytorch_model.bin) in its place
+        kwargs.setdefault("use_safetensors", True)
+        loaded = super().from_pretrained(path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         # transformers 5 loads weights into new Parameters that require grad, undoing the freeze of __init__
         if model.config.freeze_vision_tower:
             model.vision_tower.requires_grad_(False)
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        try:
+            model.language_model.generation_config = GenerationConfig.from_pretrained(path, **hub)
+        except OSError:  # saved before checkpoints kept it: the LLM's config gives the defaults
+            pass
         return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """Also saves the LLM's generation config (its stop tokens may be several, where its config holds one): this
+        class is no ``GenerationMixin``, so transformers saves none for it."""
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            self.language_model.generation_config.save_pretrained(save_directory)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()

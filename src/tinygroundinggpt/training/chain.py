@@ -2,7 +2,8 @@
 (the tiny preset's chain adds easier stages; ``recipes/tiny.yaml``).
 
 Each stage writes an ordinary checkpoint to ``<out>/<stage>``; a stage already marked complete is
-skipped, so a killed chain resumes where it stopped (inside a stage, from its last checkpoint).
+skipped, so a killed chain resumes where it stopped (inside a stage, from its last checkpoint); with
+``resume=False`` every stage trains from the start.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def run_chain(
     reports: dict[str, Any] = {}
     previous: Path | None = Path(init) if init else None
     t0 = time.perf_counter()
+    resume = training_kwargs.get("resume", True)  # without it every stage trains again, finished ones too
     for stage in stages:
         stage_out = out / stage
         recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
         if seed is not None:
             recipe.seed = seed
-        if is_complete(stage_out):
+        if resume and is_complete(stage_out):
             # a finished stage of another seed would silently make this a different run than asked for
             report = json.loads((stage_out / "train_report.json").read_text())
             if report["recipe"]["seed"] != recipe.seed:

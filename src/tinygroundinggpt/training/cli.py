@@ -36,7 +36,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="one seed for every stage and the assembled projector (default: each recipe's own seed, projector 0)",
     )
     p.add_argument("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON config")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over: delete the checkpoints (checkpoint-N) an earlier run left in --out; with --chain, train "
+        "finished stages again too",
+    )
     p.set_defaults(func=_train)
 
     a = sub.add_parser("ablate", help="a paper ablation in miniature: table3, table4 or table10")

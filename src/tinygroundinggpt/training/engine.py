@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def _mark_complete(folder: Path, info: dict[str, Any]) -> None:
 
 def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / COMPLETE).is_file()
+
+
+def _forget_earlier_run(output_dir: Path, fresh: bool) -> None:
+    """Untrust what an earlier run left in ``output_dir`` before this one writes there: its stage marker always (a
+    rerun killed midway must not pass for finished), and with ``fresh`` its checkpoints too (the new run's saves
+    would mix with them, and a resume would continue the old run from its newest one)."""
+    (output_dir / COMPLETE).unlink(missing_ok=True)
+    if fresh and output_dir.is_dir():
+        for p in output_dir.iterdir():
+            if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name):
+                shutil.rmtree(p)
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
@@ -130,20 +142,35 @@ class GroundingTrainer(Trainer):
         return EpochLengthGroupedSampler(dataset, batch)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """``args.optim`` over one group per module (its own learning rate) and decay rule: as the Trainer does,
+        biases, norms and the parameters ``get_decay_parameter_names`` leaves out get no weight decay."""
         if self.optimizer is None:
             base = self.model.module if hasattr(self.model, "module") else self.model
+            decay = set(self.get_decay_parameter_names(base))
             groups = []
             for name in MODULES:
-                params = [p for p in getattr(base, name).parameters() if p.requires_grad]
-                if params:
-                    lr = self.recipe.module_learning_rates.get(name, self.args.learning_rate)
-                    groups.append({"params": params, "lr": lr, "weight_decay": self.args.weight_decay})
+                named = [(n, p) for n, p in base.named_parameters() if n.split(".")[0] == name and p.requires_grad]
+                lr = self.recipe.module_learning_rates.get(name, self.args.learning_rate)
+                for weight_decay, params in (
+                    (self.args.weight_decay, [p for n, p in named if n in decay]),
+                    (0.0, [p for n, p in named if n not in decay]),
+                ):
+                    if params:
+                        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay})
             if not groups:
                 raise RecipeError(f"recipe {self.recipe.name} trains no parameters")
-            self.optimizer = torch.optim.AdamW(
-                groups, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
-            )
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, base)
+            if {"params", "model", "optimizer_dict"} & set(kwargs):
+                raise RecipeError(f"optim {self.args.optim} chooses its own parameters; per-module rates need groups")
+            self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The Trainer saves into an existing checkpoint-N in place: a kill midway must not leave it marked complete.
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / COMPLETE).unlink(missing_ok=True)
+        super()._save_checkpoint(model, trial)
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -278,6 +305,9 @@ def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> 
         dataloader_num_workers=0 if not cuda else loader_workers_per_rank(),
         report_to="none",
         use_cpu=not cuda,
+        # unfused AdamW, what the recipes were tuned and the shipped checkpoint trained with (the 5.x default is fused,
+        # which rounds differently)
+        optim="adamw_torch",
         ddp_find_unused_parameters=False,
         logging_nan_inf_filter=False,  # a diverged step shows in the logs and the stage loss, not averaged away
     )
@@ -300,7 +330,8 @@ def train_stage(
 ) -> dict[str, Any]:
     """Run one stage; the trained model and processor are saved to ``output_dir`` (ordinary checkpoint).
 
-    Returns the stage report (loss history, data mixture, skipped samples, wall time).
+    ``resume`` continues from the newest complete checkpoint in ``output_dir``; without it the checkpoints an earlier
+    run left there are deleted. Returns the stage report (loss history, data mixture, skipped samples, wall time).
     """
     output_dir = Path(output_dir)
     t0 = time.perf_counter()
@@ -320,6 +351,9 @@ def train_stage(
         )
     apply_module_modes(model, recipe)
     args = training_arguments(recipe, output_dir, **training_kwargs)
+    with args.main_process_first(desc="clearing the earlier run"):
+        if args.should_save:
+            _forget_earlier_run(output_dir, fresh=not resume)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
     # markers written before checkpoints recorded their time count as none
     before = json.loads((Path(checkpoint) / COMPLETE).read_text()).get("elapsed_seconds", 0.0) if checkpoint else 0.0
@@ -329,10 +363,16 @@ def train_stage(
         args=args,
         train_dataset=dataset,
         data_collator=Collator(processor),
-        processing_class=processor.tokenizer,
+        processing_class=processor,  # saved with every checkpoint: its image size and token counts fit the model
         recipe=recipe,
         callbacks=[marker, *(callbacks or [])],
     )
+    if not trainer.is_deepspeed_enabled:
+        # Optimiser steps on bf16 weights lose small updates (a paper preset assembles in bf16): train fp32 master
+        # weights; bf16 comes from the Trainer's autocast. DeepSpeed keeps its own fp32 copy.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     if checkpoint:
         logger.info("resuming %s from %s", recipe.name, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -359,7 +399,8 @@ def train_stage(
     )
     if trainer.is_fsdp_enabled:  # checkpoints may stay sharded; the stage's model must load with from_pretrained
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(output_dir))  # every rank: ZeRO-3/FSDP gather the weights collectively
+    # every rank: ZeRO-3/FSDP gather the weights collectively; rank 0 writes the processor with them
+    trainer.save_model(str(output_dir))
     if _any_rank(not math.isfinite(result.training_loss), trainer.args.device):
         # never marked complete, so a chain rerun does not start the next stage from it
         raise FloatingPointError(
@@ -369,7 +410,6 @@ def train_stage(
     if trainer.is_world_process_zero():
         if not any(output_dir.glob("model*.safetensors")):
             raise RuntimeError(f"stage {recipe.name}: saving wrote no model weights to {output_dir}")
-        processor.save_pretrained(str(output_dir))
         (output_dir / "train_report.json").write_text(json.dumps(report, indent=2, default=str))
         _mark_complete(output_dir, {"stage": recipe.name, "global_step": trainer.state.global_step})
     return report

@@ -1,0 +1,103 @@
+"""What a stage leaves in its folder (markers, checkpoints' processors), its optimiser groups and its weights' dtype."""
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from tinygroundinggpt.model import TinyGroundingGPTProcessor
+from tinygroundinggpt.training.chain import load_checkpoint, run_chain
+from tinygroundinggpt.training.engine import (
+    COMPLETE,
+    GroundingTrainer,
+    is_complete,
+    last_complete_checkpoint,
+    train_stage,
+)
+from tinygroundinggpt.training.recipe import load_recipe
+
+QUICK = ["batch_size=2", "warmup=0", "data=[{path: stage2_tc.jsonl, weight: 1.0}]"]
+
+
+def _stage(name, world, ckpt, out, sets=(), model=None, **kwargs):
+    loaded, proc = load_checkpoint(ckpt)
+    recipe = load_recipe(name, [*QUICK, *sets])
+    return train_stage(recipe, model or loaded, proc, out, data_root=world, disable_tqdm=True, **kwargs)
+
+
+class _Capture(TrainerCallback):
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.optimizer, self.model = optimizer, model
+        self.dtypes = {n: p.dtype for n, p in model.named_parameters()}
+
+
+def test_a_rerun_killed_midway_leaves_no_stale_marker_to_trust(world, tiny_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "stage"
+    _stage("stage1a", world, tiny_ckpt, out, ["max_steps=2", "save_steps=1"])
+    assert is_complete(out) and last_complete_checkpoint(out) == str(out / "checkpoint-2")
+
+    class Stale(TrainerCallback):  # a finished checkpoint-1 the rerun will save into in place
+        def on_step_begin(self, args, state, control, **kwargs):
+            (out / "checkpoint-1").mkdir(exist_ok=True)
+            (out / "checkpoint-1" / COMPLETE).write_text("{}")
+
+    def killed(self, output_dir):  # the model is written, the optimiser state not yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GroundingTrainer, "_save_optimizer_and_scheduler", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _stage("stage1a", world, tiny_ckpt, out, ["max_steps=2", "save_steps=1"], resume=False, callbacks=[Stale()])
+    assert (out / "checkpoint-1" / "model.safetensors").is_file()  # killed during the save, not before it
+    assert not is_complete(out)  # a chain rerun trains the stage again instead of skipping it
+    assert last_complete_checkpoint(out) is None  # neither the old run's checkpoint-2 nor the half-saved one
+
+
+def test_a_chain_without_resume_trains_finished_stages_again(world, tiny_ckpt, tmp_path):
+    sets = {"stage1b": [*QUICK, "max_steps=1"]}
+    run = dict(stages=("stage1b",), init=tiny_ckpt, overrides=sets, use_tiny_overrides=False, disable_tqdm=True)
+    weights = tmp_path / "stage1b" / "model.safetensors"
+    run_chain(tmp_path, world, **run)
+    stamp = weights.stat().st_mtime_ns
+    run_chain(tmp_path, world, **run)
+    assert weights.stat().st_mtime_ns == stamp  # finished: skipped
+    run_chain(tmp_path, world, resume=False, **run)
+    assert weights.stat().st_mtime_ns != stamp and is_complete(weights.parent)
+
+
+def test_checkpoints_keep_the_stages_processor(world, tiny_ckpt, tmp_path):
+    out = tmp_path / "stage"
+    _stage("stage1a", world, tiny_ckpt, out, ["max_steps=1", "save_steps=1", "max_length=512"])
+    final = TinyGroundingGPTProcessor.from_pretrained(out)
+    saved = TinyGroundingGPTProcessor.from_pretrained(out / "checkpoint-1")
+    assert saved.to_dict() == final.to_dict()
+    assert (saved.image_size, saved.max_length) == (64, 512)  # not the defaults (336 px, 2048)
+
+
+def test_weight_decay_spares_biases_and_norms_and_keeps_module_learning_rates(world, tiny_ckpt, tmp_path):
+    capture = _Capture()
+    sets = ["max_steps=1", "weight_decay=0.1", "learning_rate=1e-3", "module_learning_rates={projector: 2e-3}"]
+    _stage("stage1b", world, tiny_ckpt, tmp_path / "stage", sets, callbacks=[capture])
+    role = {id(p): (m, n) for m in capture.model.modules() for n, p in m.named_parameters(recurse=False)}
+    groups = capture.optimizer.param_groups
+    # the LLM's and the projector's rates, each for a decayed and a spared group
+    expected = [(1e-3, 0.0), (1e-3, 0.1), (2e-3, 0.0), (2e-3, 0.1)]
+    assert sorted((g["initial_lr"], g["weight_decay"]) for g in groups) == expected
+    for group in groups:
+        for p in group["params"]:
+            module, name = role[id(p)]
+            spared = name == "bias" or "Norm" in type(module).__name__  # LayerNorm, Qwen2RMSNorm
+            assert (group["weight_decay"] == 0.0) == spared, (type(module).__name__, name, group["weight_decay"])
+    assert type(capture.optimizer.optimizer) is torch.optim.AdamW and not groups[0]["fused"]
+    # another optimiser asked for is used, with the same groups
+    _stage("stage1b", world, tiny_ckpt, tmp_path / "sgd", sets, callbacks=[capture], optim="sgd")
+    assert type(capture.optimizer.optimizer) is torch.optim.SGD and len(capture.optimizer.param_groups) == 4
+
+
+def test_a_bf16_model_trains_float32_master_weights(world, tiny_ckpt, tmp_path):
+    model, _ = load_checkpoint(tiny_ckpt)
+    model.to(torch.bfloat16)  # as a paper preset assembles
+    capture = _Capture()
+    _stage("stage1b", world, tiny_ckpt, tmp_path / "stage", ["max_steps=1"], model=model, callbacks=[capture])
+    trained = {n.split(".")[0]: dtype for n, dtype in capture.dtypes.items() if not n.startswith("vision_tower")}
+    assert set(trained.values()) == {torch.float32}
+    assert {p.dtype for p in model.vision_tower.parameters()} == {torch.bfloat16}  # frozen: left as it was
+    assert {p.dtype for group in capture.optimizer.param_groups for p in group["params"]} == {torch.float32}
