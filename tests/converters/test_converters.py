@@ -214,18 +214,20 @@ def test_llava_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--out", str(tmp_path / "l.jsonl"), "--no-progress"])
     assert (
         "skipped: 'image' is not a string 1, <image> without an image 1, "
+        "text holds [x1, y1, x2, y2] boxes in an unknown frame (--keep-box-text keeps them) 1, "
         "text holds a bare <object>, which no object image backs (write <object:i>) 1, "
         "text holds the chat control token <|im_end|> 1, turn with an unknown speaker or no text 1"
     ) in capsys.readouterr().out
     samples = read(tmp_path / "l.jsonl")
-    assert [s["id"] for s in samples] == [
-        "llava-mix665k-000000033471", "llava-mix665k-text-1", "llava-mix665k-GCC_1", "llava-mix665k-noimg"
-    ]  # fmt: skip
-    assert samples[0]["messages"][3] == {"role": "assistant", "content": "[0.12, 0.30, 0.56, 0.91]"}  # stays text
-    assert samples[0]["boxes"] == [] and samples[0]["image"] == "coco/train2017/000000033471.jpg"
-    assert "image" not in samples[1]
-    assert samples[2]["messages"][0]["content"] == "Describe the image.\n<image>"
-    assert samples[3]["messages"][0]["content"] == "<image>\nWhat is it?"
+    assert [s["id"] for s in samples] == ["llava-mix665k-text-1", "llava-mix665k-GCC_1", "llava-mix665k-noimg"]
+    assert "image" not in samples[0]
+    assert samples[1]["messages"][0]["content"] == "Describe the image.\n<image>"
+    assert samples[2]["messages"][0]["content"] == "<image>\nWhat is it?"
+    main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--out", str(tmp_path / "k.jsonl"), "--no-progress",
+          "--keep-box-text"])  # fmt: skip
+    kept = read(tmp_path / "k.jsonl")[0]
+    assert kept["messages"][3] == {"role": "assistant", "content": "[0.12, 0.30, 0.56, 0.91]"}  # stays text
+    assert kept["boxes"] == [] and kept["image"] == "coco/train2017/000000033471.jpg"
 
 
 def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -73,6 +73,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("input", help="the JSON file")
     p.add_argument("--id-prefix", help="prepended to record ids (default: the command name and '-')")
+    p.add_argument(
+        "--keep-box-text", action="store_true",
+        help="keep records whose text holds [x1, y1, x2, y2] boxes (their frame is unknown; skipped by default)",
+    )  # fmt: skip
     _common(p)
     p.set_defaults(func=_llava)
 
@@ -127,5 +131,5 @@ def _llava(args: argparse.Namespace) -> int:
     prefix = args.id_prefix if args.id_prefix is not None else f"{args.dataset}-"
     return _done(convert_llava(
         args.input, args.out, prefix=prefix, image_prefix=args.image_prefix, exclude=_exclude(args),
-        progress=not args.no_progress,
+        progress=not args.no_progress, keep_box_text=args.keep_box_text,
     ))  # fmt: skip

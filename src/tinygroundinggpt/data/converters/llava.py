@@ -2,8 +2,10 @@
 LLaVA-v1.5-mix665K (``llava_v1_5_mix665k.json``) and ShareGPT4V (``sharegpt4v_*.json``).
 
 Each file is one JSON array of ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}``;
-``<image>`` marks the image in a human turn; text-only records have no ``image``. Boxes that some of
-these texts hold as ``[0.12, 0.3, ...]`` stay text: the files do not say which frame they are in.
+``<image>`` marks the image in a human turn; text-only records have no ``image``. Records whose text holds
+boxes as ``[0.12, 0.3, ...]`` (mix665K's RefCOCO and Visual Genome parts) are skipped and counted unless
+``keep_box_text``: the files do not say which frame those are in (LLaVA's issues dispute it), and as targets they
+would teach the model a second box format, two decimals in an unknown frame, beside its own; kept, they stay text.
 Their COCO images (``coco/train2017/000000123456.jpg``) include the RefCOCO/+/g val/test images, and
 LLaVA-v1.5-mix665K holds RefCOCO REC data itself: ``exclude`` drops the records on those images.
 """
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tinygroundinggpt.boxes import model_frame_boxes
 from tinygroundinggpt.data.converters.common import (
     NO_EXCLUSION,
     ConvertReport,
@@ -26,7 +29,9 @@ from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE,
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
-def llava_sample(rec: dict[str, Any], index: int, *, prefix: str = "", image_prefix: str = "") -> Sample | str:
+def llava_sample(
+    rec: dict[str, Any], index: int, *, prefix: str = "", image_prefix: str = "", keep_box_text: bool = False
+) -> Sample | str:
     """One record → a sample, or the reason it cannot be one."""
     turns = rec.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -43,6 +48,8 @@ def llava_sample(rec: dict[str, Any], index: int, *, prefix: str = "", image_pre
     problem = reserved_token_problem(text)
     if problem:
         return problem
+    if not keep_box_text and any(model_frame_boxes(m["content"]) for m in messages):
+        return "text holds [x1, y1, x2, y2] boxes in an unknown frame (--keep-box-text keeps them)"
     n_images = text.count(IMAGE_TOKEN)
     image = rec.get("image")
     if image is not None and not isinstance(image, str):
@@ -73,6 +80,7 @@ def iter_llava(
     image_prefix: str = "",
     exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
+    keep_box_text: bool = False,
 ) -> Iterator[Sample]:
     for i, rec in enumerate(iter_json_array(path, progress=progress)):
         image = rec.get("image") if isinstance(rec, dict) else None
@@ -80,7 +88,9 @@ def iter_llava(
         if isinstance(image, str) and exclude.drops_file(image_prefix + image, report):
             continue
         out = (
-            llava_sample(rec, i, prefix=prefix, image_prefix=image_prefix) if isinstance(rec, dict) else "not an object"
+            llava_sample(rec, i, prefix=prefix, image_prefix=image_prefix, keep_box_text=keep_box_text)
+            if isinstance(rec, dict)
+            else "not an object"
         )
         if isinstance(out, str):
             report.skipped[out] += 1
