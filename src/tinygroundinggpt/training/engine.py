@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -243,9 +244,13 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 def finish_distributed() -> None:
     """Wait for every rank, then tear the process group down: a rank leaving early while rank 0 still
-    saves was seen to abort at exit ("terminate called without an active exception")."""
+    saves was seen to abort at exit ("terminate called without an active exception"). The finished Trainer's DDP
+    model sits in reference cycles; collected only at interpreter shutdown, its Gloo work releases tensors when the
+    interpreter can no longer take the GIL, which aborts the same way (seen once in CI after the barrier was added):
+    collect it first."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
