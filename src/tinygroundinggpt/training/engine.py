@@ -244,10 +244,9 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 def finish_distributed() -> None:
     """Wait for every rank, then tear the process group down: a rank leaving early while rank 0 still
-    saves was seen to abort at exit ("terminate called without an active exception"). The finished Trainer's DDP
-    model sits in reference cycles; collected only at interpreter shutdown, its Gloo work releases tensors when the
-    interpreter can no longer take the GIL, which aborts the same way (seen once in CI after the barrier was added):
-    collect it first."""
+    saves was seen to abort at exit ("terminate called without an active exception"). It was seen once more in CI
+    after the barrier; the likely cause: the finished Trainer's DDP model sits in reference cycles, and collected only
+    at interpreter shutdown its Gloo work releases tensors when the GIL can no longer be taken. So collect it first."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         gc.collect()
