@@ -37,7 +37,7 @@ SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 
 
 # Qwen's ChatML control tokens are all ``<|name|>``; one written in text would open or close turns of its own.
-CONTROL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+CONTROL_TOKEN_RE = re.compile(r"<\|[^|<>]*\|>")
 
 
 def reserved_token_problem(text: str) -> str | None:

@@ -52,7 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinygroundinggpt.api import Prediction, TinyGroundingGPTPipeline
-from tinygroundinggpt.data.format import BOX_REF_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
+from tinygroundinggpt.data.format import BOX_REF_RE, CONTROL_TOKEN_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
 from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 from tinygroundinggpt.serve import (
@@ -68,7 +68,13 @@ from tinygroundinggpt.serve import (
 # ChatML's control tokens (<|im_end|>, <|im_start|>, ...) would let it fabricate turns.
 _PLACEHOLDER_RE = re.compile(
     "|".join(
-        [re.escape(IMAGE_TOKEN), re.escape(OBJECT_TOKEN), BOX_REF_RE.pattern, OBJECT_REF_RE.pattern, r"<\|[^|<>]*\|>"]
+        [
+            re.escape(IMAGE_TOKEN),
+            re.escape(OBJECT_TOKEN),
+            BOX_REF_RE.pattern,
+            OBJECT_REF_RE.pattern,
+            CONTROL_TOKEN_RE.pattern,
+        ]
     )
 )
 # JSON objects and arrays a request body may hold. Parsed, each costs hundreds of bytes for its few in the body (a

@@ -207,10 +207,9 @@ class Pipeline:
         state["annotation"]["objects"] = kept
 
     @staticmethod
-    def _reject(state: dict[str, Any], stage: str, exc: Exception, kind: str = "request_rejected") -> None:
-        """Mark the image unusable: its samples so far are removed (and counted), the reason recorded."""
+    def _reject(state: dict[str, Any], stage: str, kind: str, reason: str, error: str) -> None:
+        """Mark the image unusable: its samples so far are removed (counted under ``reason``), the failure recorded."""
         state["unusable"] = True
-        reason = "rejected" if kind == "request_rejected" else "error"
         for s in state.get("samples", []):
             state.setdefault("removed", []).append(
                 {"id": s["id"], "filter": "request", "reason": reason, "image_id": state["id"]}
@@ -218,7 +217,6 @@ class Pipeline:
             counts = state.setdefault("counts", {})
             counts[f"removed/request/{reason}"] = counts.get(f"removed/request/{reason}", 0) + 1
         state["samples"] = []
-        error = str(exc) if kind == "request_rejected" else f"{type(exc).__name__}: {exc}"
         state.setdefault("failures", []).append({"stage": stage, "kind": kind, "error": error, "image_id": state["id"]})
 
     def _work(self, stage: str, prev: dict[str, Any]) -> dict[str, Any]:
@@ -231,13 +229,13 @@ class Pipeline:
                 STAGES[stage](state, image, self.ctx)
             except RequestRejected as exc:
                 state = copy.deepcopy(prev)  # nothing of the refused stage is kept
-                self._reject(state, stage, exc)
+                self._reject(state, stage, "request_rejected", "rejected", str(exc))
             except ModelCallError:
                 raise  # the image is left unfinished, for a rerun
             except Exception as exc:  # noqa: BLE001 - one image's unforeseen failure must not end a run of thousands
                 log.exception("%s %s: unexpected error; the image is marked unusable", state["id"], stage)
                 state = copy.deepcopy(prev)
-                self._reject(state, stage, exc, kind="stage_error")
+                self._reject(state, stage, "stage_error", "error", f"{type(exc).__name__}: {exc}")
         for f in state.get("failures", [])[len(prev.get("failures", [])) :]:
             log.warning("%s %s: %s (%s)", f["image_id"], f["stage"], f["kind"], f["error"])
         return state
