@@ -126,14 +126,81 @@ def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU ops with g++")
-def test_deepspeed_zero2_two_processes_shard_the_data(world, tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_two_processes_shard_the_data_and_match_one_process(world, tiny_ckpt, tmp_path, stage):
     pytest.importorskip("deepspeed")
-    out = tmp_path / "ds"
+    one, out = tmp_path / "one", tmp_path / "ds"
+    subprocess.run([sys.executable, *_train_cmd(world, tiny_ckpt, one, "--set", "max_steps=3")], env=ENV, check=True,
+                   capture_output=True)  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
-    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--deepspeed", "zero2", "--set", "max_steps=3"))
+    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--deepspeed", stage, "--set", "max_steps=3"))
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = _shards(out)
     # 3 steps × per-device batch 2 (the DeepSpeed path may fetch one batch ahead)
     assert len(r0) == len(r1) and 6 <= len(r0) <= 8
     assert set(r0).isdisjoint(r1), "DeepSpeed fed every rank the same data"
-    assert all(abs(v) < 20 for v in _losses(out).values())
+    a, b = _losses(one), _losses(out)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert abs(a[step] - b[step]) < 2e-3 * max(1.0, abs(a[step])), (step, a[step], b[step])
+    # ZeRO-3 holds each weight in pieces across the ranks: the stage's save must gather them whole (a DeepSpeed save
+    # may add the tied lm_head)
+    wa, wb = _weights(one), _weights(out)
+    assert set(wa) <= set(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=0)
+
+
+def _accelerate_fsdp_cpu(tmp_path: Path, port: int) -> list[str]:
+    """``accelerate launch`` with the shipped FSDP config, only what two CPU processes need changed (fp32: the CPU
+    path has no bf16 autocast here)."""
+    import yaml
+
+    import tinygroundinggpt.training
+
+    shipped = Path(tinygroundinggpt.training.__file__).parent / "configs" / "fsdp.yaml"
+    config = yaml.safe_load(shipped.read_text())
+    config.update(num_processes=2, use_cpu=True, mixed_precision="no", main_process_port=port)
+    path = tmp_path / "fsdp_cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path)]
+
+
+def test_fsdp2_two_processes_match_one_process_and_resume_from_sharded_checkpoint(world, tiny_ckpt, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "fsdp"
+    subprocess.run([sys.executable, *_train_cmd(world, tiny_ckpt, one, "--set", "max_steps=4")], env=ENV, check=True,
+                   capture_output=True)  # fmt: skip
+    launch = [*_accelerate_fsdp_cpu(tmp_path, 29537), str(Path(__file__).parent / "fsdp_cpu_launch.py")]
+    cmd = _train_cmd(world, tiny_ckpt, two, "--set", "max_steps=4", "--set", "save_steps=2")[2:]  # drop "-m cli"
+    res = _two_process(launch, cmd, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    # the mid-stage checkpoints are FSDP's own sharded state (SHARDED_STATE_DICT), not a full copy
+    assert (two / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir() and (two / "checkpoint-2" / "optimizer_0").is_dir()
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) < 2e-3 * max(1.0, abs(a[step])), (step, a[step], b[step])
+    wa, wb = _weights(one), _weights(two)
+    for k in wa:  # the stage's final save gathers the full weights (it may add the tied lm_head)
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=0)
+    r0, r1 = _shards(two)
+    assert set(r0).isdisjoint(r1)
+    assert sorted(r0 + r1) == sorted(json.loads((one / "data_rank0.json").read_text())["indices"])
+    # killed after checkpoint-2: the rerun resumes from the sharded checkpoint and ends where the whole run ended
+    for name in ("checkpoint-4", "COMPLETE", "model.safetensors", "train_report.json"):
+        shutil.rmtree(two / name) if (two / name).is_dir() else (two / name).unlink()
+    res = _two_process(launch, cmd, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert json.loads((two / "train_report.json").read_text())["resumed_from"] == "checkpoint-2"
+    wc = _weights(two)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wc[k], atol=1e-4, rtol=0)
+
+
+def test_fsdp_config_on_cpu_processes_is_refused_not_run_as_ddp(world, tiny_ckpt, tmp_path):
+    # accelerate itself would train the two CPU processes as DDP and say nothing
+    launch = [*_accelerate_fsdp_cpu(tmp_path, 29539), "-m"]
+    res = _two_process(launch, _train_cmd(world, tiny_ckpt, tmp_path / "out", "--set", "max_steps=2")[1:], timeout=300)
+    assert res.returncode != 0
+    assert "FSDP was asked for" in res.stderr and "MULTI_CPU" in res.stderr
+    assert not (tmp_path / "out" / "COMPLETE").exists()

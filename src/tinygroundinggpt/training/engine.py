@@ -321,6 +321,17 @@ def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> 
     return TrainingArguments(**args)
 
 
+def _check_fsdp_applies(trainer: Trainer) -> None:
+    """``accelerate launch`` with an FSDP config sets ACCELERATE_USE_FSDP, but accelerate shards only distributed GPU
+    (and other accelerator) processes: CPU processes it trains as DDP without a word. Say so before training."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        raise RecipeError(
+            "FSDP was asked for (ACCELERATE_USE_FSDP=true, an FSDP accelerate config) but accelerate runs this "
+            f"launch as {trainer.accelerator.distributed_type.value}: it applies FSDP only to GPU processes. "
+            "Launch one process per GPU, or drop the FSDP config (torchrun runs DDP on CPU)"
+        )
+
+
 def train_stage(
     recipe: Recipe,
     model: TinyGroundingGPTForConditionalGeneration,
@@ -371,6 +382,7 @@ def train_stage(
         recipe=recipe,
         callbacks=[marker, *(callbacks or [])],
     )
+    _check_fsdp_applies(trainer)
     if not trainer.is_deepspeed_enabled:
         # Optimiser steps on bf16 weights lose small updates (a paper preset assembles in bf16): train fp32 master
         # weights; bf16 comes from the Trainer's autocast. DeepSpeed keeps its own fp32 copy.
