@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from tinygroundinggpt.cli import main
-from tinygroundinggpt.demo import HEADLINE
+from tinygroundinggpt.demo import HEADLINE, POPE_TASKS, REC_TASKS, summarise
 
 
 def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
@@ -55,9 +55,30 @@ def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
     assert not (tmp_path / "never").exists()  # refused before any training
 
 
-def test_demo_refuses_a_train_seed_without_train():
-    with pytest.raises(SystemExit, match="only applies with --train"):
-        main(["demo", "--train-seed", "3"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--train-seed", "3"], "a training seed applies only when training"),
+        (["--train", "--model", "elsewhere"], "a model to evaluate was named too"),
+        (["--n-eval", "1"], "at least 2 scenes"),
+    ],
+)
+def test_demo_refuses_arguments_it_cannot_honour_before_any_work(args, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["demo", "--out", str(tmp_path / "demo"), *args])
+    assert not (tmp_path / "demo").exists()
+
+
+def test_summary_pools_only_tasks_with_scored_items():
+    # a split without expressions (few scenes, no held-out pair drawn) has no metrics; it was read as if it had
+    rec = {"n_scored": 10, "metrics": {"acc@0.5": 50.0, "miou": 40.0}}
+    empty = {"n_scored": 0, "metrics": {}}
+    pope = {"n_scored": 8, "metrics": {"accuracy": 75.0, "f1": 70.0, "yes_ratio": 50.0, "not_yes_or_no": 0.0}}
+    tasks = {t: rec for t in REC_TASKS["heldout"]} | {t: empty for t in REC_TASKS["compositional"]}
+    summary = summarise({"tasks": tasks | {t: pope for t in POPE_TASKS}})
+    assert summary["rec_heldout_acc50"] == 50.0 and summary["rec_heldout_n"] == 20
+    assert summary["rec_compositional_acc50"] == 0.0 and summary["rec_compositional_n"] == 0
+    assert summary["pope_adversarial_acc"] == 75.0
 
 
 def test_demo_draws_its_scenes_at_the_models_input_size(tiny_tokenizer, tmp_path):

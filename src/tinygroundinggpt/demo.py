@@ -41,8 +41,8 @@ REPRODUCED_WITHIN = 3.0
 
 
 def _pooled(results: dict[str, Any], tasks: tuple[str, ...], metric: str) -> float:
-    """A metric over several tasks, weighted by their item counts."""
-    rows = [results["tasks"][t] for t in tasks]
+    """A metric over several tasks, weighted by their item counts (a task with none scored has no metrics)."""
+    rows = [r for r in (results["tasks"][t] for t in tasks) if r["n_scored"]]
     n = sum(r["n_scored"] for r in rows)
     return sum(r["metrics"][metric] * r["n_scored"] for r in rows) / n if n else 0.0
 
@@ -106,13 +106,23 @@ def prediction_sheet(world_dir: Path, eval_dir: Path, task_name: str, n: int = 1
         img = Image.open(item.image).convert("RGB")
         drawn = [(tuple(item.reference["box"]), TRUE_BOX_COLOUR)]
         pred = bx.parse_first_box(answers.get(item.id, ""))
-        if pred is not None:
+        if pred is not None and bx.in_model_frame(pred):  # as scored: other numbers are a miss, not a box
             drawn.append((bx.model_to_pixel(pred, img.width, img.height), PREDICTED_BOX_COLOUR))
         boxes, colours = zip(*drawn, strict=True)
         tiles.append(draw_boxes(img, boxes, colour=colours, scale=cell / max(img.size)))
         text = item.reference["expression"]
         captions.append([text[:38], text[38:76]])
     return tile_sheet(tiles, cell=cell, captions=captions)
+
+
+def check_demo_args(*, model: str | Path | None, train: bool, n_eval: int, train_seed: int | None) -> None:
+    """Refuse a demo that cannot run as asked, before anything is written or trained."""
+    if train and model is not None:
+        raise ValueError("training evaluates the model it trains; a model to evaluate was named too: give one")
+    if train_seed is not None and not train:
+        raise ValueError("a training seed applies only when training")
+    if n_eval < 2:
+        raise ValueError(f"the evaluation needs at least 2 scenes (half val, half test), got {n_eval}")
 
 
 def run_demo(
@@ -134,6 +144,7 @@ def run_demo(
     points."""
     from tinygroundinggpt.world import write_world
 
+    check_demo_args(model=model, train=train, n_eval=n_eval, train_seed=train_seed)
     if train and train_seed is None and compare_with is None:
         compare_with = SHIPPED  # what --train with the recipes' own seeds reproduces
     if compare_with is not None and not (Path(compare_with) / "config.json").is_file():
@@ -209,8 +220,10 @@ def add_commands(sub: Any) -> None:
 
 
 def _demo(args: Any) -> int:
-    if args.train_seed is not None and not args.train:
-        raise SystemExit("tgg demo: --train-seed only applies with --train")
+    try:
+        check_demo_args(model=args.model, train=args.train, n_eval=args.n_eval, train_seed=args.train_seed)
+    except ValueError as exc:
+        raise SystemExit(f"tgg demo: {exc}") from None
     summary = run_demo(
         args.out,
         model=args.model,

@@ -81,6 +81,28 @@ def test_world_rec_and_pope_failures_listed_cache_reused(tmp_path, checkpoint, w
     assert len(cache_rows(out, "world_rec_val")) == rec2["n_items"]
 
 
+def test_a_world_rewritten_into_the_same_folder_is_answered_afresh(tmp_path, checkpoint):
+    # Item ids and prompts recur across worlds (POPE: "Is there a <shape> in the image?" for ids 1..N): the cache key
+    # holds the image's bytes, and the REC files are read again once rewritten (in one process too).
+    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
+    tasks = [get_task("world_rec_val"), get_task("world_pope_adversarial")]
+    runs = []
+    for seed in (1, 2):
+        write_world(tmp_path / "world", n_train=0, n_eval=4, n_compositional=0, seed=seed, progress=False)
+        runs.append(evaluate(pipe, tasks, tmp_path / "world", tmp_path / "out", batch_size=8, progress=False))
+    for name in ("world_rec_val", "world_pope_adversarial"):
+        first, second = runs[0]["tasks"][name], runs[1]["tasks"][name]
+        assert second["n_failed"] == 0 and second["timing"]["answered"] == second["n_items"] > 0
+        assert len(cache_rows(tmp_path / "out", name)) == first["n_items"] + second["n_items"]
+    rec_items = get_task("world_rec_val").load(tmp_path / "world")
+    scores = (tmp_path / "out" / "scores" / "world_rec_val.jsonl").read_text().splitlines()
+    scored = [json.loads(x)["id"] for x in scores]
+    assert sorted(scored) == sorted(it.id for it in rec_items)
+    # the same world again: everything comes from the cache
+    again = evaluate(pipe, tasks, tmp_path / "world", tmp_path / "out", batch_size=8, progress=False)
+    assert all(again["tasks"][t.name]["timing"]["answered"] == 0 for t in tasks)
+
+
 def test_a_task_whose_every_item_failed_is_reported_not_raised(tmp_path, checkpoint):
     (tmp_path / "gqa").mkdir()  # the questions are there, the images are not
     gqa = {"1": {"imageId": "n1", "question": "Is it red?", "answer": "no"}}

@@ -276,3 +276,16 @@ def test_cli_writes_world_and_contact_sheet(tmp_path):
     assert manifest["n_train"] == 4 and (tmp_path / "eval" / "pope" / "coco_pope_adversarial.json").is_file()
     with Image.open(tmp_path / "contact_sheet.png") as sheet:
         assert sheet.size == (4 * 256, 256)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0, 3), (4, 3), (2, 10)])
+def test_cli_refuses_object_counts_the_world_cannot_describe(tmp_path, low, high):
+    # ten or more objects crashed midway (counts are written as words, up to nine)
+    parser = argparse.ArgumentParser()
+    world_cli.add_commands(parser.add_subparsers(dest="command"))
+    argv = ["world", "--out", str(tmp_path / "w"), "--min-objects", str(low), "--max-objects", str(high), "--quiet"]
+    args = parser.parse_args(argv)
+    with pytest.raises(SystemExit, match="min_objects <= max_objects <= 9"):
+        args.func(args)
+    assert not (tmp_path / "w").exists()
+    write_world(tmp_path / "nine", n_train=3, n_eval=0, min_objects=9, max_objects=9, progress=False)

@@ -43,7 +43,7 @@ from tinygroundinggpt.world.formats import (
     write_pope,
     write_refer,
 )
-from tinygroundinggpt.world.language import KINDS, referring_expressions, relation_triples
+from tinygroundinggpt.world.language import KINDS, MAX_OBJECTS, referring_expressions, relation_triples
 from tinygroundinggpt.world.scene import (
     BACKGROUNDS,
     COLOURS,
@@ -71,6 +71,15 @@ def _save_png(image: Image.Image, path: Path) -> None:
     image.save(path, format="PNG", compress_level=3)
 
 
+def check_object_range(min_objects: int, max_objects: int) -> None:
+    """Refuse a scene size the world cannot describe (counts are words up to nine) or an empty range."""
+    if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
+        raise ValueError(
+            f"objects per scene: need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {min_objects} and "
+            f"{max_objects}"
+        )
+
+
 def write_world(
     out_dir: str | Path,
     n_train: int,
@@ -93,6 +102,7 @@ def write_world(
     ``min_objects``/``max_objects`` set the curriculum (``1, 1`` gives one-object scenes). ``sheet`` > 0
     also writes ``contact_sheet.png`` showing that many of the first training scenes with their boxes.
     """
+    check_object_range(min_objects, max_objects)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     held = frozenset(heldout)

@@ -21,10 +21,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _world(args: argparse.Namespace) -> int:
-    from tinygroundinggpt.world.build import write_world
+    from tinygroundinggpt.world.build import check_object_range, write_world
 
-    if not 1 <= args.min_objects <= args.max_objects:
-        raise SystemExit("--min-objects must be at least 1 and at most --max-objects")
+    try:
+        check_object_range(args.min_objects, args.max_objects)
+    except ValueError as exc:
+        raise SystemExit(f"tgg world: {exc}") from None
     manifest = write_world(
         args.out,
         args.n_train,

@@ -44,6 +44,7 @@ POSITIONS = ("top left corner", "top right corner", "bottom left corner", "botto
              "left", "right", "top", "bottom", "center")  # fmt: skip
 POSITION_PREP = {"left": "on the", "right": "on the", "top": "at the", "bottom": "at the"}
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+MAX_OBJECTS = len(NUMBERS) - 1  # counts are written as words
 MARGIN = 0.08  # share of the image side a distractor must stay clear of the target's reading
 DESCRIPTOR_ORDER = ("size", "pattern", "colour")
 

@@ -91,14 +91,22 @@ def score_rec(
     return out
 
 
-@functools.lru_cache(maxsize=4)
 def _read_refer(
     folder: str, refs_name: str
 ) -> tuple[list[dict], dict[int, dict], dict[int, dict], dict[int, list[dict]]]:
-    """refs, annotations by id, images by id, and each image's annotations (read once per folder)."""
+    """refs, annotations by id, images by id, and each image's annotations (parsed once per version of the files: a
+    world rewritten into the same folder is read again)."""
     root = Path(folder)
     refs_path = require(root / refs_name, "REC refs")
     inst_path = require(root / "instances.json", "REC instances")
+    stamps = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (refs_path, inst_path))
+    return _parse_refer(refs_path, inst_path, stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_refer(
+    refs_path: Path, inst_path: Path, stamps: tuple
+) -> tuple[list[dict], dict[int, dict], dict[int, dict], dict[int, list[dict]]]:
     refs = load_refs(refs_path)  # plain data only: a refs pickle cannot run code here
     inst = json.loads(inst_path.read_text(encoding="utf-8"))
     anns = {a["id"]: a for a in inst["annotations"]}
