@@ -50,7 +50,7 @@ def test_demo_writes_report_table_and_picture(tiny_model, tmp_path, capsys):
     assert main([*itself, "--out", str(tmp_path / "self")]) == 0
     same = json.loads((tmp_path / "self" / "report.json").read_text())
     assert same["compared_with"]["within"] and all(same[k] == same["compared_with"][k] == report[k] for k in HEADLINE)
-    with pytest.raises(FileNotFoundError, match="missing to compare with"):
+    with pytest.raises(SystemExit, match="missing to compare with"):
         main(["demo", "--train", "--compare-with", str(tmp_path / "missing"), "--out", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()  # refused before any training
 

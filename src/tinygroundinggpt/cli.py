@@ -1,13 +1,15 @@
-"""``tgg``: one sub-command per job. Each job's package exposes ``add_commands(subparsers)``.
+"""TinyGroundingGPT: build, train, evaluate, serve and inspect the model, and make its data (`tgg <command> -h`).
 
-To add a job, write ``<package>/cli.py`` with ``add_commands`` and list it in ``COMMAND_MODULES``;
-keep heavy imports inside the command functions so ``tgg --help`` stays fast.
+Each job's package exposes ``add_commands(subparsers)``. To add a job, write ``<package>/cli.py`` with
+``add_commands`` and list it in ``COMMAND_MODULES``; keep heavy imports inside the command functions so
+``tgg --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -53,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        # A bad argument, file, image, box or recipe: its message, not a traceback (which TGG_TRACEBACK=1 keeps).
+        if os.environ.get("TGG_TRACEBACK"):
+            raise
+        raise SystemExit(f"tgg {args.command}: {exc}\n(TGG_TRACEBACK=1 shows where it was raised)") from None
 
 
 if __name__ == "__main__":

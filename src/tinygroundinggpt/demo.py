@@ -220,10 +220,11 @@ def add_commands(sub: Any) -> None:
 
 
 def _demo(args: Any) -> int:
-    try:
-        check_demo_args(model=args.model, train=args.train, n_eval=args.n_eval, train_seed=args.train_seed)
-    except ValueError as exc:
-        raise SystemExit(f"tgg demo: {exc}") from None
+    check_demo_args(model=args.model, train=args.train, n_eval=args.n_eval, train_seed=args.train_seed)
+    if args.train:  # the chain says which of its stages it is on
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = run_demo(
         args.out,
         model=args.model,

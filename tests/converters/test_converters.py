@@ -366,6 +366,6 @@ def test_llava_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_refer_eval_root_without_refs_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no refs\(unc\)\.p or refs\(umd\)\.p"):
+    with pytest.raises(SystemExit, match=r"no refs\(unc\)\.p or refs\(umd\)\.p"):
         main(["convert", "coco-manifest", str(tmp_path / "x.json"), "--exclude-refer-eval", str(tmp_path), "--out",
               str(tmp_path / "m.jsonl")])  # fmt: skip

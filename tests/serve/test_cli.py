@@ -33,7 +33,7 @@ def test_serve_runs_uvicorn_on_the_app_with_the_limits(monkeypatch, tmp_path):
 
 
 def test_serve_refuses_a_missing_image_root(tmp_path):
-    with pytest.raises(ValueError, match="is not a directory"):
+    with pytest.raises(SystemExit, match="is not a directory"):
         main(["serve", "--image-root", str(tmp_path / "nope")])
 
 

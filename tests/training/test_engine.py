@@ -92,6 +92,16 @@ def test_weight_decay_spares_biases_and_norms_and_keeps_module_learning_rates(wo
     assert type(capture.optimizer.optimizer) is torch.optim.SGD and len(capture.optimizer.param_groups) == 4
 
 
+def test_the_logged_learning_rate_is_the_recipes_and_module_rates_are_logged_by_name(world, tiny_ckpt, tmp_path):
+    sets = ["max_steps=2", "logging_steps=1", "learning_rate=1e-3", "module_learning_rates={projector: 4e-3}"]
+    report = _stage("stage1b", world, tiny_ckpt, tmp_path / "stage", sets)
+    logged = [e for e in report["log_history"] if "loss" in e]
+    assert len(logged) == 2
+    for entry in logged:  # the projector's group comes first; its rate was logged as the stage's
+        assert entry["learning_rate_projector"] == pytest.approx(4 * entry["learning_rate"])
+    assert 0 < logged[0]["learning_rate"] <= 1e-3
+
+
 def test_a_bf16_model_trains_float32_master_weights(world, tiny_ckpt, tmp_path):
     model, _ = load_checkpoint(tiny_ckpt)
     model.to(torch.bfloat16)  # as a paper preset assembles

@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from world_resolver import resolve
 
 from tinygroundinggpt.boxes import xywh_to_xyxy
+from tinygroundinggpt.cli import main
 from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT, LoadReport, iter_jsonl
 from tinygroundinggpt.world import cli as world_cli
 from tinygroundinggpt.world.build import write_world
@@ -281,11 +282,8 @@ def test_cli_writes_world_and_contact_sheet(tmp_path):
 @pytest.mark.parametrize(("low", "high"), [(0, 3), (4, 3), (2, 10)])
 def test_cli_refuses_object_counts_the_world_cannot_describe(tmp_path, low, high):
     # ten or more objects crashed midway (counts are written as words, up to nine)
-    parser = argparse.ArgumentParser()
-    world_cli.add_commands(parser.add_subparsers(dest="command"))
     argv = ["world", "--out", str(tmp_path / "w"), "--min-objects", str(low), "--max-objects", str(high), "--quiet"]
-    args = parser.parse_args(argv)
-    with pytest.raises(SystemExit, match="min_objects <= max_objects <= 9"):
-        args.func(args)
+    with pytest.raises(SystemExit, match="tgg world: objects per scene: need 1 <= min_objects <= max_objects <= 9"):
+        main(argv)
     assert not (tmp_path / "w").exists()
     write_world(tmp_path / "nine", n_train=3, n_eval=0, min_objects=9, max_objects=9, progress=False)

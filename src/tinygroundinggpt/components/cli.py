@@ -53,13 +53,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     which = COMPONENTS if args.which == "all" else (args.which,)
-    try:  # before rendering thousands of scenes
-        overrides = parse_overrides(args.set)
-        if args.steps is not None:
-            overrides["steps"] = args.steps
-        recipes = {name: _recipe(recipe_class(name), overrides) for name in which}
-    except ValueError as exc:
-        raise SystemExit(f"tgg components: {exc}") from exc
+    overrides = parse_overrides(args.set)  # checked before rendering thousands of scenes
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    recipes = {name: _recipe(recipe_class(name), overrides) for name in which}
     # drawn at the encoder's input size; `all` takes no size (the Qwen2's recipe has none), so one size serves
     samples = world_samples(args.seed, args.scenes, getattr(recipes[which[0]], "image_size", IMAGE_SIZE))
     for name in which:

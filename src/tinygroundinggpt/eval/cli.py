@@ -11,6 +11,9 @@ On CPU, ``accelerate launch --cpu`` starts one process only; start several with
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from tinygroundinggpt.demo import SHIPPED
 
 # Short names for the groups the paper reports together.
 ALIASES = {
@@ -48,7 +51,9 @@ def expand_tasks(spec: str) -> list[str]:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on REC, POPE, VQAv2, GQA, SQA, MME, MMBench, LLaVA-Bench")
-    p.add_argument("--model", help="checkpoint folder or Hub id")
+    p.add_argument(
+        "--model", default=str(SHIPPED), help="checkpoint folder or Hub id (default: the shipped tiny model)"
+    )
     p.add_argument("--tasks", default="", help="comma-separated task names, or the groups 'rec', 'pope' and 'world'")
     p.add_argument(
         "--data-root", default="data", help="folder holding the benchmarks as published (see eval/README.md)"
@@ -66,7 +71,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from tinygroundinggpt.eval.task import DataError, EvalOptions, get_task, task_names
 
@@ -74,8 +78,8 @@ def _eval(args: argparse.Namespace) -> int:
         print("\n".join(task_names()))
         return 0
     names = expand_tasks(args.tasks)
-    if not args.model or not names:
-        raise SystemExit("tgg eval: --model and --tasks are required (see --list-tasks)")
+    if not names:
+        raise SystemExit("tgg eval: --tasks is required (see --list-tasks)")
     out = Path(args.out or Path("eval_results") / Path(args.model.rstrip("/")).name)
 
     import torch

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 
 from tinygroundinggpt.cli import positive
+from tinygroundinggpt.demo import SHIPPED
 
 DTYPES = ("bfloat16", "float16", "float32")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="answer a question about an image; boxes in the image's pixels")
-    p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    p.add_argument(
+        "--model", default=str(SHIPPED), help="checkpoint folder or Hub id (default: the shipped tiny model)"
+    )
     p.add_argument("--image", required=True)
     p.add_argument("question")
     p.add_argument("--max-new-tokens", type=positive(int), default=64)
@@ -29,10 +32,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
 
     pipe = TinyGroundingGPTPipeline.from_pretrained(args.model)
-    try:
-        pred = pipe.predict(args.image, args.question, max_new_tokens=args.max_new_tokens)
-    except ValueError as exc:  # an unreadable image (ImageLoadError), a question naming boxes it was not given
-        raise SystemExit(f"tgg predict: {exc}") from None
+    pred = pipe.predict(args.image, args.question, max_new_tokens=args.max_new_tokens)
     print(json.dumps(pred.to_json(), indent=2))
     return 0
 

@@ -65,7 +65,7 @@ def run_chain(
     previous: Path | None = Path(init) if init else None
     t0 = time.perf_counter()
     resume = training_kwargs.get("resume", True)  # without it every stage trains again, finished ones too
-    for stage in stages:
+    for number, stage in enumerate(stages, 1):
         stage_out = out / stage
         recipe = stage_recipe(stage, (overrides or {}).get(stage, []), tiny=tiny)
         if seed is not None:
@@ -78,10 +78,12 @@ def run_chain(
                     f"{stage_out} was trained with seed {report['recipe']['seed']}, not {recipe.seed}: "
                     "give another output folder"
                 )
-            logger.info("%s already complete in %s; skipping", stage, stage_out)
+            logger.info("stage %d/%d %s: already complete in %s; skipping", number, len(stages), stage, stage_out)
             reports[stage] = report
             previous = stage_out
             continue
+        start = previous or f"the {preset} preset's components"
+        logger.info("stage %d/%d %s: training from %s into %s", number, len(stages), stage, start, stage_out)
         if previous is None:
             if recipe.init != "assemble":
                 raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")

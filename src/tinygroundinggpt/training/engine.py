@@ -157,7 +157,7 @@ class GroundingTrainer(Trainer):
                     (0.0, [p for n, p in named if n not in decay]),
                 ):
                     if params:
-                        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay})
+                        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay, "module": name})
             if not groups:
                 raise RecipeError(f"recipe {self.recipe.name} trains no parameters")
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, base)
@@ -195,6 +195,20 @@ class GroundingTrainer(Trainer):
                 self.health.grad_norms.setdefault(name, []).append(norm)
         return loss
 
+    def _log_learning_rates(self, logs: dict[str, float]) -> None:
+        """The Trainer logs the first group's rate, which may be a module's own (the projector's, first in MODULES):
+        log the recipe's rate as ``learning_rate`` and each module rate under its own name."""
+        now: dict[str, float] = {}
+        for group in self.optimizer.param_groups:
+            now.setdefault(group.get("module", ""), group["lr"])
+        own = self.recipe.module_learning_rates
+        shared = [m for m in now if m not in own]
+        if shared:
+            logs["learning_rate"] = now[shared[0]]
+        for module in own:
+            if module in now:
+                logs[f"learning_rate_{module}"] = now[module]
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         h = self.health
         if "loss" in logs and h.slots:
@@ -210,6 +224,8 @@ class GroundingTrainer(Trainer):
             for name, vals in h.grad_norms.items():
                 logs[f"grad_norm_{name}"] = float(f"{sum(vals) / len(vals):.4g}")
             h.reset()
+        if "learning_rate" in logs and self.optimizer is not None:
+            self._log_learning_rates(logs)
         super().log(logs, *args, **kwargs)
 
 

@@ -23,10 +23,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _world(args: argparse.Namespace) -> int:
     from tinygroundinggpt.world.build import check_object_range, write_world
 
-    try:
-        check_object_range(args.min_objects, args.max_objects)
-    except ValueError as exc:
-        raise SystemExit(f"tgg world: {exc}") from None
+    check_object_range(args.min_objects, args.max_objects)
     manifest = write_world(
         args.out,
         args.n_train,
