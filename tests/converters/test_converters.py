@@ -255,7 +255,7 @@ def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     main(["convert", "coco-manifest", str(tmp_path / "instances_train2014.json"), "--captions",
           str(tmp_path / "captions_train2014.json"), "--out", str(tmp_path / "m.jsonl"), "--no-progress"])  # fmt: skip
     assert (
-        "1 samples written; skipped: box inverted 1, box outside 1, box zero_area 1, crowd annotation 1, "
+        "1 sample written; skipped: box inverted 1, box outside 1, box zero_area 1, crowd annotation 1, "
         "image without objects 1" in capsys.readouterr().out
     )
     (rec,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]

@@ -34,7 +34,7 @@ class ConvertReport:
     excluded_images: set[int] = field(default_factory=set)  # COCO ids
 
     def summary(self) -> str:
-        text = f"{self.written} samples written"
+        text = f"{self.written} sample{'' if self.written == 1 else 's'} written"
         if self.skipped:
             text += "; skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
         if self.excluded_images:
