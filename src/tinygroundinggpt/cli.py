@@ -11,6 +11,8 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
 
 COMMAND_MODULES = [
@@ -58,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:
-        # A bad argument, file, image, box or recipe: its message, not a traceback (which TGG_TRACEBACK=1 keeps).
-        if os.environ.get("TGG_TRACEBACK"):
+        # A bad argument, file, image, box or recipe: its message rather than a traceback. The same types also come
+        # from real faults (a full disk, a bug), so the traceback is kept in a file, or shown with TGG_TRACEBACK=1.
+        if os.environ.get("TGG_TRACEBACK", "0") not in ("", "0"):
             raise
-        raise SystemExit(f"tgg {args.command}: {exc}\n(TGG_TRACEBACK=1 shows where it was raised)") from None
+        with tempfile.NamedTemporaryFile("w", prefix="tgg-traceback-", suffix=".txt", delete=False) as f:
+            f.write(traceback.format_exc())
+        raise SystemExit(f"tgg {args.command}: {exc}\n(traceback: {f.name}; TGG_TRACEBACK=1 prints it)") from None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def _init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
     if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type == DistributedType.MULTI_CPU:
         self.distributed_type = DistributedType.FSDP
         self.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()
+        state.PartialState._shared_state["distributed_type"] = self.distributed_type  # as accelerate does for GPUs
 
 
 state.AcceleratorState.__init__ = _init_with_fsdp_on_cpu

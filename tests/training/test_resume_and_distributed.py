@@ -1,4 +1,5 @@
-"""Kill-and-resume, multi-process (torchrun/gloo) and DeepSpeed ZeRO-2 runs of the real CLI on CPU."""
+"""Kill-and-resume and multi-process runs of the real CLI on CPU (gloo): DDP under torchrun, DeepSpeed ZeRO-2 and
+ZeRO-3, and FSDP2 from the shipped accelerate config."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ Each process (``accelerate launch`` starts several; a plain run is one) answers 
 item that has no cached answer yet and appends each answer to its own JSONL shard
 ``<out>/predictions/<task>/rank<r>.jsonl`` as soon as its batch is done. A rerun reads all shards,
 skips what is there and answers the rest, so a killed run resumes where it stopped and no item is
-answered or scored twice. Each answer is stored with a key of its prompt, generation length and image bytes, so a
-rerun with another prompt (``--rec-prompt``), length or a rewritten image regenerates instead of reusing stale answers,
+answered or scored twice. Each answer is stored with a key of its prompt, generation length and image version (size and
+modification time), so a rerun with another prompt (``--rec-prompt``), length or a rewritten (or copied) image
+regenerates instead of reusing stale answers; scoring again needs the images in place,
 and an output folder refuses answers of a different model. An item whose image is missing or corrupt
 is listed as failed, not fatal, and is retried on the next run. The main process then scores every
 cached answer once and writes ``results.json`` and ``results.md`` (see :mod:`tinygroundinggpt.eval.report`).
@@ -13,7 +14,6 @@ cached answer once and writes ``results.json`` and ``results.md`` (see :mod:`tin
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -45,28 +45,24 @@ class _SingleProcess:
         pass
 
 
-@functools.lru_cache(maxsize=4096)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _image_digest(image: str | bytes | None) -> str:
+def _image_version(image: str | bytes | None) -> str:
+    """Which image an answer was given for: a file's size and modification time (a stat, no read: a rerun over tens
+    of thousands of cached images stays cheap), encoded bytes by their digest."""
     if image is None:
         return ""
     if isinstance(image, bytes):
         return hashlib.sha256(image).hexdigest()
     try:
         st = os.stat(image)
-        return _file_digest(image, st.st_size, st.st_mtime_ns)  # read once per file version, not per question
     except OSError:
-        return "unreadable"  # the item fails at loading and is retried next run
+        return "unreadable"  # the item fails at loading, with the reason, and is retried next run
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def answer_key(item: Item, max_new_tokens: int) -> str:
-    """What an answer depends on besides the model: the prompt, the generation length and the image's bytes (item ids
-    and prompts recur across versions of a benchmark folder: a regenerated world must not reuse the old answers)."""
-    key = f"{item.prompt}\0{max_new_tokens}\0{_image_digest(item.image)}"
+    """What an answer depends on besides the model: the prompt, the generation length and the image's version (item
+    ids and prompts recur across versions of a benchmark folder: a regenerated world must not reuse old answers)."""
+    key = f"{item.prompt}\0{max_new_tokens}\0{_image_version(item.image)}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

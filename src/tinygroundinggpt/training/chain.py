@@ -82,11 +82,11 @@ def run_chain(
             reports[stage] = report
             previous = stage_out
             continue
-        start = previous or f"the {preset} preset's components"
+        if previous is None and recipe.init != "assemble":
+            raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
+        start = previous or "newly assembled components"
         logger.info("stage %d/%d %s: training from %s into %s", number, len(stages), stage, start, stage_out)
         if previous is None:
-            if recipe.init != "assemble":
-                raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
             seeded = {} if seed is None else {"seed": seed}
             model, processor = assemble_preset(preset, **{**(components or {}), **seeded})
         else:

@@ -157,7 +157,7 @@ class GroundingTrainer(Trainer):
                     (0.0, [p for n, p in named if n not in decay]),
                 ):
                     if params:
-                        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay, "module": name})
+                        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay})
             if not groups:
                 raise RecipeError(f"recipe {self.recipe.name} trains no parameters")
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, base)
@@ -196,18 +196,17 @@ class GroundingTrainer(Trainer):
         return loss
 
     def _log_learning_rates(self, logs: dict[str, float]) -> None:
-        """The Trainer logs the first group's rate, which may be a module's own (the projector's, first in MODULES):
-        log the recipe's rate as ``learning_rate`` and each module rate under its own name."""
-        now: dict[str, float] = {}
-        for group in self.optimizer.param_groups:
-            now.setdefault(group.get("module", ""), group["lr"])
-        own = self.recipe.module_learning_rates
-        shared = [m for m in now if m not in own]
-        if shared:
-            logs["learning_rate"] = now[shared[0]]
-        for module in own:
-            if module in now:
-                logs[f"learning_rate_{module}"] = now[module]
+        """The Trainer logs the first optimizer group's rate, which may be a module's own (the projector's): log the
+        recipe's rate as ``learning_rate`` and each trained module's own rate by name. Every group follows one schedule,
+        so the rates now are the configured ones times the schedule's factor (any group's ``lr / initial_lr``)."""
+        started = [g for g in self.optimizer.param_groups if g.get("initial_lr")]
+        if not started:
+            return
+        factor = started[0]["lr"] / started[0]["initial_lr"]
+        logs["learning_rate"] = self.args.learning_rate * factor
+        for module, rate in self.recipe.module_learning_rates.items():
+            if self.recipe.mode(module) != "frozen":
+                logs[f"learning_rate_{module}"] = rate * factor
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         h = self.health
@@ -338,13 +337,14 @@ def training_arguments(recipe: Recipe, output_dir: str | Path, **extra: Any) -> 
 
 
 def _check_fsdp_applies(trainer: Trainer) -> None:
-    """``accelerate launch`` with an FSDP config sets ACCELERATE_USE_FSDP, but accelerate shards only distributed GPU
-    (and other accelerator) processes: CPU processes it trains as DDP without a word. Say so before training."""
+    """``accelerate launch`` with an FSDP config sets ACCELERATE_USE_FSDP, but accelerate shards only accelerator
+    processes started by a distributed launcher: CPU processes it trains as DDP (and a GPU process started without a
+    launcher unsharded) without a word. Say so before training."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
         raise RecipeError(
             "FSDP was asked for (ACCELERATE_USE_FSDP=true, an FSDP accelerate config) but accelerate runs this "
-            f"launch as {trainer.accelerator.distributed_type.value}: it applies FSDP only to GPU processes. "
-            "Launch one process per GPU, or drop the FSDP config (torchrun runs DDP on CPU)"
+            f"launch as {trainer.accelerator.distributed_type.value}: it applies FSDP only to GPU processes started by "
+            "a launcher. Use accelerate launch (or torchrun) with one process per GPU, or drop the FSDP config on CPU"
         )
 
 
