@@ -11,7 +11,7 @@ pred.text, pred.boxes          # boxes: [(x1, y1, x2, y2), ...] in photo.jpg's p
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,25 @@ from tinygroundinggpt.images import load_image
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 
 ImageLike = str | Path | bytes | Image.Image
+
+
+class AnswerStream(Iterator):
+    """What :meth:`TinyGroundingGPTPipeline.stream` returns: iterate for the pieces. ``close`` may be called from any
+    thread, also while another thread waits for the next piece (a server whose client went away): the generation
+    stops at its next token."""
+
+    def __init__(self, pieces: Iterator[str | Prediction], closed: threading.Event) -> None:
+        self._pieces, self._closed = pieces, closed
+
+    def __next__(self) -> str | Prediction:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._pieces.close()  # type: ignore[attr-defined]
+        except ValueError:  # being iterated in another thread right now: it ends on its own once generation stops
+            pass
 
 
 @dataclass
@@ -98,7 +117,6 @@ class TinyGroundingGPTPipeline:
         """One answer per (image, prompt); greedy unless ``do_sample=True`` is passed."""
         return [g.text for g in self.generate_batch_detailed(images, prompts, max_new_tokens, boxes, **generate_kwargs)]
 
-    @torch.no_grad()
     def generate_batch_detailed(
         self,
         images: Sequence[ImageLike | None],
@@ -109,23 +127,90 @@ class TinyGroundingGPTPipeline:
     ) -> list[Prediction]:
         """:meth:`generate_batch` as :class:`Prediction` s: boxes in each image's frames, token counts, and
         whether each answer ended on its own."""
+        loaded, batch = self._prepare(images, prompts, boxes)
+        return self._predictions(self._generate(batch, max_new_tokens, **generate_kwargs), batch, loaded)
+
+    def stream(
+        self,
+        image: ImageLike | None,
+        prompt: str,
+        max_new_tokens: int = 64,
+        boxes: Sequence[Sequence[float]] | None = None,
+        **generate_kwargs: Any,
+    ) -> AnswerStream:
+        """One answer as it is generated: its text in pieces, then its :class:`Prediction`. The image and prompt are
+        read and checked before this returns, so a bad input raises here, not midway through the stream; closing
+        the stream early stops the generation."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        loaded, batch = self._prepare([image], [prompt], None if boxes is None else [boxes])
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        closed = threading.Event()
+
+        class _Closed(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), closed.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["out"] = self._generate(
+                    batch, max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Closed()]),
+                    **generate_kwargs,
+                )  # fmt: skip
+            except BaseException as exc:  # handed to the reader, which would otherwise wait forever
+                outcome["error"] = exc
+                streamer.end()
+
+        def pieces() -> Iterator[str | Prediction]:
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            try:
+                for text in streamer:
+                    if text:
+                        yield text
+            finally:
+                closed.set()  # a reader that stopped early stops the generation
+                worker.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            yield self._predictions(outcome["out"], batch, loaded)[0]
+
+        return AnswerStream(pieces(), closed)
+
+    def _prepare(
+        self,
+        images: Sequence[ImageLike | None],
+        prompts: Sequence[str],
+        boxes: list[Sequence[Sequence[float]]] | None,
+    ) -> tuple[list[Image.Image | None], dict[str, torch.Tensor]]:
         loaded = [None if img is None else load_image(img) for img in images]  # the processor keeps these as they are
         batch = self.processor(list(prompts), loaded, boxes=boxes)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return loaded, {k: v.to(self.device) for k, v in batch.items()}
+
+    def _stops(self) -> list[int]:
+        tok, eot = self.processor.tokenizer, self.processor.end_of_turn_id
+        return [eot] if eot == tok.eos_token_id else [eot, tok.eos_token_id]  # a base model may still write its eos
+
+    @torch.no_grad()  # grad mode is per thread: stream() generates in a thread of its own
+    def _generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int, **generate_kwargs: Any) -> torch.Tensor:
         generate_kwargs.setdefault("do_sample", False)
-        tok = self.processor.tokenizer
-        eot = self.processor.end_of_turn_id
-        stops = [eot] if eot == tok.eos_token_id else [eot, tok.eos_token_id]  # a base model may still write its eos
-        with self._lock:
-            out = self.model.generate(
+        with self._lock:  # one generation at a time
+            return self.model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=stops,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                eos_token_id=self._stops(),
                 **generate_kwargs,
             )
+
+    def _predictions(
+        self, out: torch.Tensor, batch: dict[str, torch.Tensor], loaded: list[Image.Image | None]
+    ) -> list[Prediction]:
+        stops = self._stops()
         new = out[:, batch["input_ids"].shape[1] :]
-        texts = tok.batch_decode(new, skip_special_tokens=True)
+        texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
         result = []
         rows = zip(new.tolist(), batch["attention_mask"].sum(1).tolist(), texts, loaded, strict=True)
         for row, n_prompt, text, img in rows:

@@ -1,11 +1,12 @@
 import json
+import threading
 
 import pytest
 import torch
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
-from tinygroundinggpt.api import TinyGroundingGPTPipeline, answer_boxes
+from tinygroundinggpt.api import Prediction, TinyGroundingGPTPipeline, answer_boxes
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 
@@ -65,6 +66,38 @@ def test_pipeline_predict_and_cli(tiny_model, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: must be above 0
         main(["predict", "--model", ckpt, "--image", str(img_path), "hi", "--max-new-tokens", "0"])
     assert "must be above 0" in capsys.readouterr().err
+
+
+def test_stream_yields_the_answer_in_pieces_then_its_prediction_and_stops_when_closed():
+    from tinygroundinggpt.demo import SHIPPED
+    from tinygroundinggpt.world import generate_scene
+
+    image = generate_scene(__import__("random").Random(22), 64)[0]
+    pipe = TinyGroundingGPTPipeline.from_pretrained(SHIPPED)
+    question = "Output the coordinate of the cyan triangle."
+    whole = pipe.predict(image, question)
+    *pieces, last = list(pipe.stream(image, question))
+    assert len(pieces) > 1 and all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces).strip() == whole.text and last == whole  # boxes, token counts, finished: as predict
+    # a bad input raises when the stream is asked for, before any token
+    with pytest.raises(ValueError, match="refers to box 0, but there are 0 boxes"):
+        pipe.stream(image, "Where is <box:0>?")
+    # closed after its first piece, the generation stops instead of running to max_new_tokens in the background;
+    # also when another thread is reading it at that moment (a server whose client went away)
+    describe = "Describe the image with the coordinates of every object."
+    for reader in (False, True):
+        long = pipe.stream(image, describe, max_new_tokens=400)
+        assert isinstance(next(long), str)
+        rest: list = []
+        thread = threading.Thread(target=rest.extend, args=(long,)) if reader else None
+        if thread:
+            thread.start()
+        long.close()
+        if thread:
+            thread.join(60)
+            assert not thread.is_alive()
+            assert all(not isinstance(p, Prediction) or not p.finished for p in rest)  # cut short, not run out
+        assert pipe.predict(image, question) == whole  # the pipeline is free again
 
 
 def test_a_number_too_long_to_be_finite_is_not_returned_as_a_box():

@@ -198,6 +198,8 @@ def test_corrupt_images_are_refused_with_the_reason(client, url, why):
                     ).encode(), 400, "placeholder '<|im_end|>'"),
         (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Where is it? " * 1000}]}).encode(),
          400, "more than max_length"),
+        (json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Where? " * 2000}]}
+                    ).encode(), 400, "more than max_length"),  # a stream's error too, before its first byte
         (b'{"model": "%s", "messages": [{"role": "user", "content": "hi \\ud800"}]}' % MODEL.encode(), 400,
          "not valid Unicode (surrogates not allowed at character 3)"),   # valid JSON; no tokenizer takes it
         (b"[" * 5000, 400, "not valid JSON"),   # nesting: RecursionError in the parser
@@ -232,8 +234,10 @@ def test_streaming_sends_the_same_answer_and_ends_with_done(client, scene, expec
     chunks = [json.loads(e) for e in events[:-1]]
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
     deltas = [ch["delta"] for c in chunks for ch in c["choices"]]
-    assert "".join(d.get("content", "") for d in deltas) == expected.text
+    assert "".join(d.get("content", "") for d in deltas).strip() == expected.text
+    assert sum(bool(d.get("content")) for d in deltas) > 1  # the text as it is generated, not in one piece
     assert [ch["finish_reason"] for c in chunks for ch in c["choices"]][-1] == "stop"
+    assert deltas[0]["role"] == "assistant" and deltas[-1]["boxes"] == [list(b) for b in expected.boxes]
     assert chunks[-1]["usage"]["completion_tokens"] > 1
 
 

@@ -17,7 +17,8 @@ keeps working). System and assistant messages are not shown to the model. An ima
 ``..`` followed) inside one of ``image_roots``; nothing else is read, and no URL is ever fetched.
 ``max_tokens`` / ``max_completion_tokens`` (capped at ``max_new_tokens_cap``, which is also the
 default), ``temperature`` (0, below ``MIN_TEMPERATURE`` or absent: greedy), ``top_p`` (with sampling), ``n`` (1 only),
-``stream`` and ``stream_options.include_usage`` are honoured; other parameters are accepted and ignored.
+``stream`` (the text as it is generated, then a delta with the boxes) and ``stream_options.include_usage`` are
+honoured; other parameters are accepted and ignored.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request or image (or one with more than ``MAX_JSON_CONTAINERS`` objects and arrays), 404 for another model
@@ -38,7 +39,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinygroundinggpt.api import Prediction, TinyGroundingGPTPipeline
@@ -378,6 +379,29 @@ def parse_request(body: bytes | bytearray) -> ChatCompletionRequest:
         raise APIError(400, f"invalid request: {problems}", param=where or None) from exc
 
 
+def _grounding(result: Prediction) -> dict[str, Any]:
+    """What the reply's message carries beside the text: boxes in the image's pixels and normalised, and their frame:
+    the image upright, its EXIF orientation applied as a browser shows it (0 x 0: no image)."""
+    return {
+        "boxes": [list(b) for b in result.boxes],
+        "boxes_norm": [list(b) for b in result.boxes_norm],
+        "width": result.width,
+        "height": result.height,
+    }
+
+
+def _finish(result: Prediction) -> str:
+    return "stop" if result.finished else "length"
+
+
+def _usage(result: Prediction) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
 def create_app(
     pipeline: TinyGroundingGPTPipeline,
     *,
@@ -428,8 +452,11 @@ def create_app(
         check_model(model_id)
         return model_card
 
-    def answer(chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any]) -> Prediction:
-        """Runs in a worker thread: reading and decoding the image block too."""
+    def answer(
+        chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any], stream: bool
+    ) -> Prediction | Iterator[str | Prediction]:
+        """Runs in a worker thread: reading and decoding the image block too. A stream has read and checked its
+        inputs when this returns, so their errors still get a status code; its tokens follow as generated."""
         image = None
         if chat.image_url is not None:
             try:
@@ -438,13 +465,16 @@ def create_app(
                 exc.param = chat.image_param  # the loader knows the URL, not where the request put it
                 raise
         try:  # the pipeline runs one generation at a time
+            if stream:
+                return pipeline.stream(image, chat.text, max_new_tokens=max_new_tokens, **sampling)
             return pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[0]
         except TruncationError as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
 
-    async def admitted(request: Request) -> tuple[ChatCompletionRequest, Prediction]:
-        """The request parsed and answered. A slot is taken before the body is read: each body may hold up to
-        ``max_request_bytes`` (and its decoded image) in memory, so bodies being received count too."""
+    async def admitted(request: Request) -> tuple[ChatCompletionRequest, Prediction | Iterator[str | Prediction]]:
+        """The request parsed and answered (a stream: started). A slot is taken before the body is read: each body
+        may hold up to ``max_request_bytes`` (and its decoded image) in memory, so bodies being received count too;
+        a stream gives its slot back when it ends."""
         nonlocal pending
         if pending >= max_pending:
             raise APIError(
@@ -481,44 +511,49 @@ def create_app(
                 sampling = {"do_sample": True, "temperature": req.temperature}
                 if req.top_p is not None:
                     sampling["top_p"] = req.top_p
-            return req, await run_in_threadpool(answer, chat, max_new_tokens, sampling)
-        finally:
+            result = await run_in_threadpool(answer, chat, max_new_tokens, sampling, bool(req.stream))
+        except BaseException:
             pending -= 1
+            raise
+        if not req.stream:
+            pending -= 1
+        return req, result
+
+    def release() -> None:
+        nonlocal pending
+        pending -= 1
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         req, result = await admitted(request)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
-        message = {
-            "role": "assistant",
-            "content": result.text,
-            "boxes": [list(b) for b in result.boxes],
-            "boxes_norm": [list(b) for b in result.boxes_norm],
-            # the frame of boxes: the image upright, its EXIF orientation applied as a browser shows it (0: no image)
-            "width": result.width,
-            "height": result.height,
-        }
-        finish_reason = "stop" if result.finished else "length"
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        }
         if not req.stream:
-            choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
-            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+            message = {"role": "assistant", "content": result.text, **_grounding(result)}
+            choice = {"index": 0, "message": message, "finish_reason": _finish(result), "logprobs": None}
+            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": _usage(result)})
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
 
+        def delta(content: dict[str, Any], finish_reason: str | None = None) -> str:
+            return chunk([{"index": 0, "delta": content, "finish_reason": finish_reason, "logprobs": None}])
+
         async def events() -> AsyncIterator[str]:
-            # The answer is complete before the first byte is sent, so errors still get a real status
-            # code; it goes out as one content chunk.
-            yield chunk([{"index": 0, "delta": message, "finish_reason": None, "logprobs": None}])
-            yield chunk([{"index": 0, "delta": {}, "finish_reason": finish_reason, "logprobs": None}])
-            if req.stream_options is not None and req.stream_options.include_usage:
-                yield chunk([], usage=usage)
-            yield "data: [DONE]\n\n"
+            # Inputs were checked before the first byte (their errors got a status code); the text follows as it is
+            # generated, then a last delta with the boxes, which need the whole answer.
+            try:
+                yield delta({"role": "assistant", "content": ""})
+                async for piece in iterate_in_threadpool(result):
+                    if isinstance(piece, str):
+                        yield delta({"content": piece})
+                        continue
+                    yield delta(_grounding(piece), _finish(piece))
+                    if req.stream_options is not None and req.stream_options.include_usage:
+                        yield chunk([], usage=_usage(piece))
+                yield "data: [DONE]\n\n"
+            finally:
+                await run_in_threadpool(result.close)  # a client gone midway stops the generation
+                release()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
