@@ -241,6 +241,16 @@ def test_streaming_sends_the_same_answer_and_ends_with_done(client, scene, expec
     assert chunks[-1]["usage"]["completion_tokens"] > 1
 
 
+def test_a_stream_gives_its_busy_slot_back_when_it_ends(pipe, scene, expected):
+    # its generation outlives the request's admission: the slot is held until the stream ends, then freed
+    client = TestClient(create_app(pipe, model_name=MODEL, max_pending=1))
+    image, prompt = scene
+    for stream in (True, True, False):
+        resp = client.post("/v1/chat/completions", json=request(data_url(png_bytes(image)), prompt, stream=stream))
+        assert resp.status_code == 200
+    assert resp.json()["choices"][0]["message"]["content"] == expected.text
+
+
 class GatedPipeline:
     """The real pipeline, whose generation waits until the test opens the gate."""
 

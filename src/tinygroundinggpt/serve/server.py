@@ -39,7 +39,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -402,6 +402,21 @@ def _usage(result: Prediction) -> dict[str, int]:
     }
 
 
+class _StreamThenRelease(StreamingResponse):
+    """A streaming response that runs ``ended`` however it ends: sent in full, failed, or its client gone, also before
+    the first chunk, when Starlette never starts the body iterator (whose own ``finally`` would then never run)."""
+
+    def __init__(self, content: AsyncIterator[str], ended: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.ended = ended
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.ended()
+
+
 def create_app(
     pipeline: TinyGroundingGPTPipeline,
     *,
@@ -541,20 +556,22 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             # Inputs were checked before the first byte (their errors got a status code); the text follows as it is
             # generated, then a last delta with the boxes, which need the whole answer.
-            try:
-                yield delta({"role": "assistant", "content": ""})
-                async for piece in iterate_in_threadpool(result):
-                    if isinstance(piece, str):
-                        yield delta({"content": piece})
-                        continue
-                    yield delta(_grounding(piece), _finish(piece))
-                    if req.stream_options is not None and req.stream_options.include_usage:
-                        yield chunk([], usage=_usage(piece))
-                yield "data: [DONE]\n\n"
-            finally:
-                await run_in_threadpool(result.close)  # a client gone midway stops the generation
-                release()
+            yield delta({"role": "assistant", "content": ""})
+            async for piece in iterate_in_threadpool(result):
+                if isinstance(piece, str):
+                    yield delta({"content": piece})
+                    continue
+                yield delta(_grounding(piece), _finish(piece))
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    yield chunk([], usage=_usage(piece))
+            yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        async def ended() -> None:
+            await run_in_threadpool(result.close)  # a client gone midway stops the generation
+            release()
+
+        return _StreamThenRelease(
+            events(), ended, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     return app
