@@ -6,7 +6,7 @@ from PIL import Image
 
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError
-from tinygroundinggpt.serve.web import DISPLAY_SIDE, answer, build_demo, random_scene
+from tinygroundinggpt.serve.web import DISPLAY_SIDE, answer, answer_stream, build_demo, random_scene
 
 
 def test_the_running_demo_answers_over_http_like_the_pipeline(pipe, scene, tmp_path):
@@ -26,6 +26,15 @@ def test_the_running_demo_answers_over_http_like_the_pipeline(pipe, scene, tmp_p
             client.predict(handle_file(str(tmp_path / "scene.png")), " ", api_name="/ask")
     finally:
         demo.close()
+
+
+def test_answer_stream_shows_the_text_as_written_then_the_boxes(pipe, scene):
+    image, prompt = scene
+    *partial, (drawn, text, as_json) = answer_stream(pipe, image, prompt)
+    assert len(partial) > 1 and all(img is None and js is None for img, _, js in partial)
+    assert [t for _, t, _ in partial] == sorted((t for _, t, _ in partial), key=len)  # each extends the one before
+    assert partial[-1][1].strip() == text
+    assert answer(pipe, image, prompt) == (drawn, text, as_json)  # the whole answer: the stream's last
 
 
 def test_answer_draws_the_predicted_boxes(pipe, scene):

@@ -8,6 +8,8 @@ function behind its button, usable without Gradio.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +34,19 @@ WEB_MAX_FILE_SIZE = DEFAULT_MAX_IMAGE_BYTES  # for gr.Blocks.launch(max_file_siz
 DISPLAY_SIDE = 512  # smaller images are enlarged for display so that boxes and their numbers stay legible
 
 
-def answer(
+def answer_stream(
     pipeline: TinyGroundingGPTPipeline,
     image: str | Path | Image.Image | None,
     question: str,
     max_new_tokens: int = 64,
-) -> tuple[Image.Image, str, dict[str, Any]]:
-    """(the image with the predicted boxes drawn, the answer text, the prediction as JSON).
+) -> Iterator[tuple[Image.Image | None, str, dict[str, Any] | None]]:
+    """(None, the answer so far, None) as it is generated, then (the image with the predicted boxes drawn, the
+    answer, the prediction as JSON).
 
     ``image`` is the uploaded file's path as Gradio hands it over (not yet decoded) or an image. It is held to the
     server's limits: ``DEFAULT_MAX_IMAGE_PIXELS`` pixels and the raster formats the server reads. Raises
-    ``ValueError`` (:class:`~tinygroundinggpt.images.ImageLoadError` included) for a missing image or question.
+    ``ValueError`` (:class:`~tinygroundinggpt.images.ImageLoadError` included) for a missing image or question,
+    before anything is generated.
     """
     if image is None:
         raise ValueError("upload an image first")
@@ -52,11 +56,29 @@ def answer(
     if problem:
         raise ValueError(problem)
     img = load_image(image, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS)
-    pred = pipeline.predict(img, question, max_new_tokens=max_new_tokens)
-    scale = max(1.0, DISPLAY_SIDE / max(img.size))
-    width = max(2, round(max(img.size) * scale / 256))  # lines stay visible on large photos
-    labels = [str(i) for i in range(len(pred.boxes))]
-    return draw_boxes(img, pred.boxes, labels=labels, scale=scale, width=width), pred.text, pred.to_json()
+    text = ""
+    with closing(pipeline.stream(img, question, max_new_tokens=max_new_tokens)) as pieces:  # a closed page stops it
+        for piece in pieces:
+            if isinstance(piece, str):
+                text += piece
+                yield None, text, None
+                continue
+            scale = max(1.0, DISPLAY_SIDE / max(img.size))
+            width = max(2, round(max(img.size) * scale / 256))  # lines stay visible on large photos
+            labels = [str(i) for i in range(len(piece.boxes))]
+            yield draw_boxes(img, piece.boxes, labels=labels, scale=scale, width=width), piece.text, piece.to_json()
+
+
+def answer(
+    pipeline: TinyGroundingGPTPipeline,
+    image: str | Path | Image.Image | None,
+    question: str,
+    max_new_tokens: int = 64,
+) -> tuple[Image.Image, str, dict[str, Any]]:
+    """The last of :func:`answer_stream`: (the image with the predicted boxes drawn, the answer text, the prediction
+    as JSON)."""
+    *_, last = answer_stream(pipeline, image, question, max_new_tokens)
+    return last
 
 
 def random_scene(size: int) -> Image.Image:
@@ -71,9 +93,9 @@ def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundin
     ``max_file_size=WEB_MAX_FILE_SIZE`` (``tgg web`` does) to cap uploads as the server caps image files."""
     import gradio as gr
 
-    def run(image: str | None, question: str) -> tuple[Image.Image, str, dict[str, Any]]:
+    def run(image: str | None, question: str) -> Iterator[tuple[Image.Image | None, str, dict[str, Any] | None]]:
         try:
-            return answer(pipeline, image, question)
+            yield from answer_stream(pipeline, image, question)  # the text as it is written, then the boxes
         except ValueError as exc:
             raise gr.Error(str(exc)) from exc
 
