@@ -20,12 +20,12 @@ from typing import Any
 from PIL import Image
 
 from tinygroundinggpt import boxes as bx
+from tinygroundinggpt.assets import SHIPPED
 from tinygroundinggpt.eval.runner import answers_of, checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import get_task
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, tile_sheet
 from tinygroundinggpt.model import TinyGroundingGPTConfig
 
-SHIPPED = Path(__file__).resolve().parent / "assets" / "tiny" / "tinygroundinggpt"
 DEMO_SEED = 20_261_126  # no training world uses this seed: the demo's scenes are unseen
 TRAIN_SEED = 7
 REC_TASKS = {"heldout": ("world_rec_val", "world_rec_test"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinygroundinggpt.demo import SHIPPED
+from tinygroundinggpt.assets import SHIPPED
 
 # Short names for the groups the paper reports together.
 ALIASES = {
@@ -71,7 +71,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-
     from tinygroundinggpt.eval.task import DataError, EvalOptions, get_task, task_names
 
     if args.list_tasks:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from tinygroundinggpt.demo import SHIPPED
+from tinygroundinggpt.assets import SHIPPED
 from tinygroundinggpt.interpret.attention import SPANS
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tinygroundinggpt.assets import SHIPPED
 from tinygroundinggpt.cli import positive
-from tinygroundinggpt.demo import SHIPPED
 
 DTYPES = ("bfloat16", "float16", "float32")
 

@@ -27,6 +27,7 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
+from tinygroundinggpt.assets import TINY
 from tinygroundinggpt.data.format import IMAGE_TOKEN, OBJECT_TOKEN
 from tinygroundinggpt.images import mean_fill
 from tinygroundinggpt.model.configuration_tinygroundinggpt import (
@@ -46,7 +47,7 @@ PAPER_LLMS = {
     "3b": "Qwen/Qwen2.5-3B-Instruct",
     "7b": "Qwen/Qwen2.5-7B-Instruct",
 }
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+ASSETS = TINY
 TINY_COMPONENTS = {"clip": ASSETS / "clip", "dino": ASSETS / "dinov2", "llm": ASSETS / "qwen2"}
 
 # Published architectures, so the paper sizes can be built without downloading anything.

@@ -77,7 +77,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _checkpoint(model: str | None) -> Path:
-    from tinygroundinggpt.demo import SHIPPED
+    from tinygroundinggpt.assets import SHIPPED
 
     return Path(model) if model else SHIPPED
 

@@ -99,7 +99,7 @@ def _read_refer(
     root = Path(folder)
     refs_path = require(root / refs_name, "REC refs")
     inst_path = require(root / "instances.json", "REC instances")
-    stamps = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (refs_path, inst_path))
+    stamps = tuple((st.st_size, st.st_mtime_ns) for st in (refs_path.stat(), inst_path.stat()))
     return _parse_refer(refs_path, inst_path, stamps)
 
 
