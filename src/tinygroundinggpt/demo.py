@@ -21,6 +21,7 @@ from PIL import Image
 
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.assets import SHIPPED
+from tinygroundinggpt.cli import add_command
 from tinygroundinggpt.eval.runner import answers_of, checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import get_task
 from tinygroundinggpt.images import PREDICTED_BOX_COLOUR, TRUE_BOX_COLOUR, draw_boxes, tile_sheet
@@ -201,7 +202,7 @@ def _evaluate(model: Path, world: Path, eval_dir: Path, batch_size: int, progres
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("demo", help="the shipped tiny model grounding fresh scenes: evaluated and drawn")
+    p = add_command(sub, "demo")
     p.add_argument("--out", default="demo_out", help="output folder (report.json, report.md, predictions.png)")
     p.add_argument("--train", action="store_true", help="first reproduce the checkpoint from the tiny components")
     p.add_argument("--model", help="evaluate this checkpoint instead of the shipped one")

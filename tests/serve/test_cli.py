@@ -2,11 +2,11 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from tinygroundinggpt.cli import COMMAND_MODULES, build_parser, main
+from tinygroundinggpt.cli import COMMANDS, build_parser, main
 
 
 def test_commands_are_registered_with_their_defaults():
-    assert "tinygroundinggpt.serve.cli" in COMMAND_MODULES
+    assert COMMANDS["serve"][0] == COMMANDS["web"][0] == "tinygroundinggpt.serve.cli"
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.model, args.image_root, args.max_new_tokens) == (
         "127.0.0.1",

@@ -12,6 +12,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tinygroundinggpt.cli import add_command
+
 if TYPE_CHECKING:
     from tinygroundinggpt.components.clip import TrainedClip
     from tinygroundinggpt.components.corpus import WorldSample
@@ -23,7 +25,7 @@ DEFAULT_SCENES = 8000
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("components", help="pretrain the tiny CLIP / DINOv2 / Qwen2 on synthetic-world scenes")
+    p = add_command(sub, "components")
     p.add_argument("which", choices=(*COMPONENTS, "all"))
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder (for 'all': a folder per component)")
     p.add_argument("--seed", type=int, default=0)

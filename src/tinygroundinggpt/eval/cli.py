@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from tinygroundinggpt.assets import SHIPPED
+from tinygroundinggpt.cli import add_command
 
 # Short names for the groups the paper reports together.
 ALIASES = {
@@ -50,7 +51,7 @@ def expand_tasks(spec: str) -> list[str]:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on REC, POPE, VQAv2, GQA, SQA, MME, MMBench, LLaVA-Bench")
+    p = add_command(sub, "eval")
     p.add_argument(
         "--model", default=str(SHIPPED), help="checkpoint folder or Hub id (default: the shipped tiny model)"
     )

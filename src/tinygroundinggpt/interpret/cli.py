@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from tinygroundinggpt.assets import SHIPPED
+from tinygroundinggpt.cli import add_command
 from tinygroundinggpt.interpret.attention import SPANS
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ GIVEN_BOX_COLOUR = (0, 140, 255)  # the question's boxes, apart from the answer'
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attend", help="where an answer looks: last-layer attention to the image patches, drawn")
+    p = add_command(sub, "attend")
     p.add_argument("--model", default=str(SHIPPED), help="checkpoint folder (default: the shipped tiny model)")
     p.add_argument("--image", required=True)
     p.add_argument("question")
@@ -30,7 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="attention.png", help="the heat map over the image, predicted boxes red")
     p.set_defaults(func=_attend)
 
-    p = sub.add_parser("similarity", help="per-encoder cosine similarity of one patch to every patch, drawn")
+    p = add_command(sub, "similarity")
     p.add_argument("--model", default=str(SHIPPED), help="checkpoint folder (default: the shipped tiny model)")
     p.add_argument("--image", required=True)
     p.add_argument("--point", type=float, nargs=2, required=True, metavar=("X", "Y"), help="query pixel")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from tinygroundinggpt.assets import SHIPPED
-from tinygroundinggpt.cli import positive
+from tinygroundinggpt.cli import add_command, positive
 
 DTYPES = ("bfloat16", "float16", "float32")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="answer a question about an image; boxes in the image's pixels")
+    p = add_command(sub, "predict")
     p.add_argument(
         "--model", default=str(SHIPPED), help="checkpoint folder or Hub id (default: the shipped tiny model)"
     )
@@ -19,7 +19,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
     p.add_argument("--max-new-tokens", type=positive(int), default=64)
     p.set_defaults(func=_predict)
-    e = sub.add_parser("export", help="save a checkpoint (with its processor) in another dtype, e.g. bf16 for shipping")
+    e = add_command(sub, "export")
     e.add_argument("--model", required=True, help="checkpoint folder")
     e.add_argument("--out", required=True, help="new folder (must not exist, so nothing is overwritten)")
     e.add_argument("--dtype", choices=DTYPES, default="bfloat16")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tinygroundinggpt.cli import positive
+from tinygroundinggpt.cli import add_command, positive
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS
 from tinygroundinggpt.serve import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -28,7 +28,7 @@ def _common_args(p: argparse.ArgumentParser, port: int) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible Chat Completions server; answers carry pixel boxes")
+    p = add_command(sub, "serve")
     _common_args(p, 8000)
     p.add_argument("--model-name", help="the model id clients send (default: the checkpoint folder's name)")
     p.add_argument(
@@ -70,7 +70,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("web", help="Gradio web demo: upload an image, ask, see the boxes drawn")
+    p = add_command(sub, "web")
     _common_args(p, 7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.set_defaults(func=_web)

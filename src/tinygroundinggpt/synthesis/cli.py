@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tinygroundinggpt.cli import add_command
+
 
 def _shard(text: str) -> tuple[int, int]:
     try:
@@ -17,7 +19,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="multi-scale fine-grained data synthesis (paper §3.2) over a manifest")
+    p = add_command(sub, "synth")
     p.add_argument("manifest", help="JSONL: {id, image, objects?: [{name, box}], captions?: [...]}")
     p.add_argument("--out", required=True, help="output folder (state, stage2/stage3 data, report)")
     p.add_argument("--image-root", help="folder the manifest's image paths are relative to (default: its folder)")
@@ -53,13 +55,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_synth)
 
-    m = sub.add_parser("synth-merge", help="join the outputs of tgg synth --shard i/N runs")
+    m = add_command(sub, "synth-merge")
     m.add_argument("manifest", help="the manifest the shards ran on (gives the order)")
     m.add_argument("--shards", nargs="+", required=True, help="the shards' --out folders")
     m.add_argument("--out", required=True)
     m.set_defaults(func=_synth_merge)
 
-    w = sub.add_parser("synth-world", help="a synthesis manifest of built-in synthetic-world scenes (for tgg synth)")
+    w = add_command(sub, "synth-world")
     w.add_argument("--out", required=True, help="folder for images/ and manifest.jsonl")
     w.add_argument("-n", type=int, default=100, help="number of scenes")
     w.add_argument("--seed", type=int, default=0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tinygroundinggpt.cli import add_command
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one stage (--recipe) or the whole chain (--chain)")
+    p = add_command(sub, "train")
     p.add_argument("--data-root", required=True, help="folder the recipes' data paths are relative to")
     p.add_argument("--out", required=True, help="output folder (a stage's checkpoint, or one folder per stage)")
     what = p.add_mutually_exclusive_group(required=True)
@@ -44,7 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_train)
 
-    a = sub.add_parser("ablate", help="a paper ablation in miniature: table3, table4 or table10")
+    a = add_command(sub, "ablate")
     a.add_argument("name", choices=("table3", "table4", "table10"))
     a.add_argument("--data-root", required=True, help="training world (or converted data)")
     a.add_argument("--eval-root", required=True, help="held-out world with the REC and POPE sets")

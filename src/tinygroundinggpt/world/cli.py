@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from tinygroundinggpt.cli import add_command
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("world", help="write a procedural grounding world (images, training data, REC/POPE files)")
+    p = add_command(sub, "world")
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--n-train", type=int, default=1000, help="training scenes")
     p.add_argument("--n-eval", type=int, default=200, help="evaluation scenes (and as many compositional ones)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from tinygroundinggpt.cli import add_command
+
 if TYPE_CHECKING:
     from tinygroundinggpt.data.converters.common import ReferEvalImages
 
@@ -32,7 +34,7 @@ def _exclude(args: argparse.Namespace) -> ReferEvalImages:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    conv = sub.add_parser("convert", help="convert a published dataset into the project's JSONL samples")
+    conv = add_command(sub, "convert")
     ds = conv.add_subparsers(dest="dataset", required=True)
 
     p = ds.add_parser("refcoco", aliases=["refcoco+", "refcocog"], help="refer API files: refs(*).p + instances.json")
