@@ -24,7 +24,7 @@ import torch
 
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
 from tinygroundinggpt.components.tokenizer import train_tokenizer
-from tinygroundinggpt.eval.runner import evaluate
+from tinygroundinggpt.eval.runner import checkpoint_id, evaluate
 from tinygroundinggpt.eval.task import get_task
 from tinygroundinggpt.images import load_image
 from tinygroundinggpt.model.presets import tiny_random
@@ -90,7 +90,14 @@ def main() -> None:
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             start = time.perf_counter()
             res = evaluate(
-                gen, [task], tmp / "world", tmp / f"out{bs}", batch_size=bs, limit=args.items, progress=False
+                gen,
+                [task],
+                tmp / "world",
+                tmp / f"out{bs}",
+                model_id=checkpoint_id(ckpt),
+                batch_size=bs,
+                limit=args.items,
+                progress=False,
             )
             rate = len(items) / (time.perf_counter() - start)
             acc = res["tasks"]["world_rec_val"]["metrics"]["acc@0.5"]

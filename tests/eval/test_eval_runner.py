@@ -55,7 +55,7 @@ def test_world_rec_and_pope_failures_listed_cache_reused(tmp_path, checkpoint, w
     pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
     tasks = [get_task("world_rec_val"), get_task("world_pope_adversarial")]
     out = tmp_path / "out"
-    res = evaluate(pipe, tasks, data, out, model_name="tiny", batch_size=4, progress=False)
+    res = evaluate(pipe, tasks, data, out, model_id="tiny", batch_size=4, progress=False)
 
     rec = res["tasks"]["world_rec_val"]
     assert rec["n_failed"] > 0 and rec["n_scored"] + rec["n_failed"] == rec["n_items"]
@@ -75,7 +75,7 @@ def test_world_rec_and_pope_failures_listed_cache_reused(tmp_path, checkpoint, w
 
     # Rerun: nothing cached is generated again; the repaired image's items are retried and filled in.
     (data / "images" / "eval_000001.png").write_bytes((world / "images" / "eval_000001.png").read_bytes())
-    again = evaluate(pipe, tasks[:1], data, out, model_name="tiny", batch_size=4, progress=False)
+    again = evaluate(pipe, tasks[:1], data, out, model_id="tiny", batch_size=4, progress=False)
     rec2 = again["tasks"]["world_rec_val"]
     assert rec2["timing"]["answered"] == rec["n_failed"] and rec2["n_failed"] == 0
     assert len(cache_rows(out, "world_rec_val")) == rec2["n_items"]
@@ -89,7 +89,9 @@ def test_a_world_rewritten_into_the_same_folder_is_answered_afresh(tmp_path, che
     runs = []
     for seed in (1, 2):
         write_world(tmp_path / "world", n_train=0, n_eval=4, n_compositional=0, seed=seed, progress=False)
-        runs.append(evaluate(pipe, tasks, tmp_path / "world", tmp_path / "out", batch_size=8, progress=False))
+        runs.append(
+            evaluate(pipe, tasks, tmp_path / "world", tmp_path / "out", model_id="tiny", batch_size=8, progress=False)
+        )
     for name in ("world_rec_val", "world_pope_adversarial"):
         first, second = runs[0]["tasks"][name], runs[1]["tasks"][name]
         assert second["n_failed"] == 0 and second["timing"]["answered"] == second["n_items"] > 0
@@ -99,7 +101,7 @@ def test_a_world_rewritten_into_the_same_folder_is_answered_afresh(tmp_path, che
     scored = [json.loads(x)["id"] for x in scores]
     assert sorted(scored) == sorted(it.id for it in rec_items)
     # the same world again: everything comes from the cache
-    again = evaluate(pipe, tasks, tmp_path / "world", tmp_path / "out", batch_size=8, progress=False)
+    again = evaluate(pipe, tasks, tmp_path / "world", tmp_path / "out", model_id="tiny", batch_size=8, progress=False)
     assert all(again["tasks"][t.name]["timing"]["answered"] == 0 for t in tasks)
 
 
@@ -108,7 +110,7 @@ def test_a_task_whose_every_item_failed_is_reported_not_raised(tmp_path, checkpo
     gqa = {"1": {"imageId": "n1", "question": "Is it red?", "answer": "no"}}
     (tmp_path / "gqa" / "testdev_balanced_questions.json").write_text(json.dumps(gqa))
     pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
-    res = evaluate(pipe, [get_task("gqa_testdev")], tmp_path, tmp_path / "out", progress=False)
+    res = evaluate(pipe, [get_task("gqa_testdev")], tmp_path, tmp_path / "out", model_id="tiny", progress=False)
     entry = res["tasks"]["gqa_testdev"]
     assert entry["n_failed"] == 1 and entry["metrics"] == {}
     md = (tmp_path / "out" / "results.md").read_text()
@@ -143,10 +145,10 @@ def test_rec_scores_model_frame_answers_in_the_original_image(tmp_path, write_re
     _refer_on_non_square_images(tmp_path, write_refcoco)
     task = get_task("refcoco_testA")
     items = task.load(tmp_path)
-    right = evaluate(Oracle(items, "model"), [task], tmp_path, tmp_path / "a", progress=False)
+    right = evaluate(Oracle(items, "model"), [task], tmp_path, tmp_path / "a", model_id="oracle", progress=False)
     assert right["tasks"]["refcoco_testA"]["metrics"]["acc@0.5"] == 100.0
     # The same boxes normalised to width/height (the frame mix-up) do not score as hits.
-    wrong = evaluate(Oracle(items, "norm"), [task], tmp_path, tmp_path / "b", progress=False)
+    wrong = evaluate(Oracle(items, "norm"), [task], tmp_path, tmp_path / "b", model_id="oracle", progress=False)
     assert wrong["tasks"]["refcoco_testA"]["metrics"]["miou"] < 90.0
 
 
@@ -238,6 +240,21 @@ def test_a_checkpoint_replaced_at_its_path_is_another_model(tmp_path):
     assert checkpoint_id("org/model-on-the-hub") == "org/model-on-the-hub"
 
 
+def test_a_new_config_or_chat_template_makes_another_model_and_a_log_beside_it_does_not(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text("{}")
+    first = checkpoint_id(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}")  # same weights, other prompts
+    second = checkpoint_id(tmp_path)
+    (tmp_path / "config.json").write_text('{"image_size": 128}')
+    third = checkpoint_id(tmp_path)
+    assert len({first, second, third}) == 3
+    (tmp_path / "checkpoint-10").mkdir()  # a training run's leftovers do not answer
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_bytes(b"older weights")
+    (tmp_path / "train.log").write_text("step 10")
+    assert checkpoint_id(tmp_path) == third
+
+
 def _tgg_eval(checkpoint, world, out, limit):
     cmd = [sys.executable, "-m", "tinygroundinggpt.cli", "eval", "--model", str(checkpoint), "--tasks", "world_rec_val"]
     return cmd + ["--data-root", str(world), "--out", str(out), "--batch-size", "1", "--limit", str(limit)]
@@ -273,7 +290,7 @@ def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoi
 
     # Rerun (in this process, the same code path as tgg eval after its argument parsing).
     pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
-    evaluate(pipe, [task], world, out, model_name=checkpoint.name, batch_size=1, limit=limit, progress=False)
+    evaluate(pipe, [task], world, out, model_id=checkpoint_id(checkpoint), batch_size=1, limit=limit, progress=False)
     rows = cache_rows(out, "world_rec_val")
     assert len(rows) == len({r["id"] for r in rows}) == n_items  # every item answered exactly once
     resumed = json.loads((out / "results.json").read_text())["tasks"]["world_rec_val"]
@@ -281,7 +298,7 @@ def test_tgg_eval_killed_midway_resumes_without_scoring_twice(tmp_path, checkpoi
 
     # An uninterrupted run from scratch gives the same answers and metrics.
     fresh_out = tmp_path / "fresh"
-    fresh = evaluate(pipe, [task], world, fresh_out, batch_size=1, limit=limit, progress=False)
+    fresh = evaluate(pipe, [task], world, fresh_out, model_id="tiny", batch_size=1, limit=limit, progress=False)
     assert fresh["tasks"]["world_rec_val"]["metrics"] == resumed["metrics"]
     by_id = {r["id"]: r["answer"] for r in cache_rows(fresh_out, "world_rec_val")}
     assert {r["id"]: r["answer"] for r in rows} == by_id

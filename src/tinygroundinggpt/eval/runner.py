@@ -192,15 +192,22 @@ class OutputConflict(RuntimeError):
     """The output folder already holds another model's answers."""
 
 
+# The files from_pretrained reads (weights; model, generation, processor and tokenizer configs; a chat template;
+# a tokenizer's vocabulary): a change to any of them can change the answers.
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt")
+
+
 def checkpoint_id(model: str | Path) -> str:
-    """Who answered: a local checkpoint's resolved path and a digest of its weight files (a checkpoint replaced at the
-    same path, as a re-shipped model is, must not reuse its predecessor's answers); a Hub id as given."""
+    """Who answered: a local checkpoint's resolved path and a digest of the files that make its answers (a checkpoint
+    replaced at the same path, as a re-shipped model is, or given another chat template, must not reuse its
+    predecessor's answers); a Hub id as given."""
     path = Path(model)
     if not path.exists():
         return str(model)
     digest = hashlib.sha256()
-    for weights in sorted(path.glob("*.safetensors")):
-        with weights.open("rb") as f:  # streamed: a multi-GB shard is never held in memory whole
+    for file in sorted(f for f in path.iterdir() if f.is_file() and f.suffix in CHECKPOINT_SUFFIXES):
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as f:  # streamed: a multi-GB shard is never held in memory whole
             digest.update(hashlib.file_digest(f, "sha256").digest())
     return f"{path.resolve()}@{digest.hexdigest()[:16]}"
 
@@ -233,8 +240,8 @@ def evaluate(
     data_root: str | Path,
     out_dir: str | Path,
     *,
+    model_id: str,
     model_name: str = "model",
-    model_id: str | None = None,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
     limit: int | None = None,
@@ -243,9 +250,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``generator`` on ``tasks``; returns the results (on the main process; ``{}`` elsewhere).
 
-    ``limit`` keeps the first N items of each task (quick checks; results say so). ``model_id`` (the
-    checkpoint path) is recorded in ``out_dir`` and a later run with another one is refused, so answers of
-    two models never mix in one cache.
+    ``model_id`` says who answers (for a checkpoint, :func:`checkpoint_id`): it is recorded in ``out_dir`` and a later
+    run with another one is refused, so answers of two models never mix in one cache (a cached answer is keyed by its
+    prompt, length and image, not by the model). ``limit`` keeps the first N items of each task (quick checks; results
+    say so).
     """
     from accelerate.utils import gather_object
 
@@ -253,8 +261,7 @@ def evaluate(
 
     state = state or _SingleProcess()
     out_dir = Path(out_dir)
-    if model_id is not None:
-        _claim(out_dir, model_id, state)
+    _claim(out_dir, model_id, state)
     results: dict[str, Any] = {"model": model_name, "limit": limit, "tasks": {}}
     for task in tasks:
         items = task.load(Path(data_root))[:limit]

@@ -82,7 +82,7 @@ def run_ablation(
     ``components`` replaces the preset's checkpoints (as in ``run_chain``); ``overrides`` apply to every stage.
     """
     from tinygroundinggpt.api import TinyGroundingGPTPipeline
-    from tinygroundinggpt.eval.runner import evaluate
+    from tinygroundinggpt.eval.runner import checkpoint_id, evaluate
     from tinygroundinggpt.eval.task import get_task
 
     if name not in ABLATIONS:
@@ -111,7 +111,8 @@ def run_ablation(
             **training_kwargs,
         )
         pipe = TinyGroundingGPTPipeline.from_pretrained(result["final"])
-        res = evaluate(pipe, [get_task(t) for t in REPORTED], eval_root, out / slug / "eval", progress=False)
+        res = evaluate(pipe, [get_task(t) for t in REPORTED], eval_root, out / slug / "eval", model_name=name_v,
+                       model_id=checkpoint_id(result["final"]), progress=False)  # fmt: skip
         rows[name_v] = {t: round(res["tasks"][t]["metrics"][res["tasks"][t]["headline"]], 2) for t in REPORTED}
     (out / "ablation.json").write_text(json.dumps({"ablation": name, "results": rows}, indent=2))
     header = "| variant | " + " | ".join(REPORTED) + " |"
