@@ -230,6 +230,52 @@ def test_llava_bench_with_llavas_rules_sends_llavas_wording(tmp_path):
     assert user["content"].endswith("[System]\nRate them, LLaVA's way.\n\n")
 
 
+def test_a_judge_outage_fails_the_item_marks_the_result_partial_and_a_rerun_scores_it(tmp_path):
+    from tinygroundinggpt.eval.runner import evaluate
+
+    root = tmp_path / "llava-bench-in-the-wild"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "001.png").write_bytes(_png())
+    questions = [{"question_id": i, "image": "001.png", "text": f"Question {i}?", "category": "conv"} for i in (0, 1)]
+    (root / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (root / "context.jsonl").write_text(json.dumps({"id": "001", "image": "001.png", "caption": "A bowl."}) + "\n")
+    (root / "answers_gpt4.jsonl").write_text(
+        "".join(json.dumps({"question_id": i, "text": "Ramen."}) + "\n" for i in (0, 1))
+    )
+
+    def judge(fail_on: str) -> Judge:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if fail_on in request.content.decode():
+                return httpx.Response(503, json={"error": {"message": "overloaded"}})
+            body = {
+                "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "8 2"}}],
+            }  # fmt: skip
+            return httpx.Response(200, json=body)
+
+        client = openai.OpenAI(
+            base_url="http://judge.local/v1", api_key="k", max_retries=0,
+            http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        )  # fmt: skip
+        return Judge("judge", client=client, retries=1, cache_path=tmp_path / "judge_cache.jsonl")
+
+    class Answers:
+        def generate_batch(self, images, prompts, max_new_tokens=64):
+            return ["Noodles." for _ in prompts]
+
+    out = tmp_path / "out"
+    task = get_task("llava_bench", EvalOptions(judge=judge(fail_on="Question 1?")))
+    res = evaluate(Answers(), [task], tmp_path, out, model_id="m", progress=False)["tasks"]["llava_bench"]
+    # the outage is a failure of the item, not a wrong answer: listed, and the score is over the judged items only
+    assert (res["n_scored"], res["n_failed"]) == (1, 1) and res["failed"][0]["id"] == "1"
+    assert res["failed"][0]["error"].startswith("not scored: judge judge failed")
+    assert res["metrics"]["relative_score"] == pytest.approx(25.0) and res["metrics"]["unparseable"] == 0
+    assert "25.0*" in (out / "results.md").read_text()  # the table says the figure is partial
+    task = get_task("llava_bench", EvalOptions(judge=judge(fail_on="no request has this")))
+    res = evaluate(Answers(), [task], tmp_path, out, model_id="m", progress=False)["tasks"]["llava_bench"]
+    assert (res["n_scored"], res["n_failed"]) == (2, 0) and res["timing"]["answered"] == 0  # answers came from cache
+
+
 def test_judged_tasks_refuse_to_run_without_a_judge():
     with pytest.raises(DataError, match="--judge-model"):
         get_task("desc_quality")

@@ -17,8 +17,10 @@ from typing import Any
 
 from PIL import Image
 
+from tinygroundinggpt.eval.task import ScoreUnavailable
 
-class JudgeError(RuntimeError):
+
+class JudgeError(ScoreUnavailable):
     """The judge endpoint failed for a request after all retries."""
 
 

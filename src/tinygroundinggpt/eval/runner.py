@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from PIL import Image
 from tqdm.auto import tqdm
 
-from tinygroundinggpt.eval.task import Item, Task
+from tinygroundinggpt.eval.task import Item, ScoreUnavailable, Task
 from tinygroundinggpt.images import ImageLoadError, load_image
 
 
@@ -174,7 +174,12 @@ def score(
             failed.append({"id": it.id, "error": reasons.get(it.id, "no answer was produced")})
             continue
         it.width, it.height = row["width"], row["height"]
-        per_item.append({"id": it.id, "answer": row["answer"], "score": task.score(row["answer"], it)})
+        try:
+            item_score = task.score(row["answer"], it)
+        except ScoreUnavailable as exc:  # a judge outage: not a wrong answer; marked partial, scored again next run
+            failed.append({"id": it.id, "error": f"not scored: {exc}"})
+            continue
+        per_item.append({"id": it.id, "answer": row["answer"], "score": item_score})
     return {
         "protocol": task.protocol,
         "headline": task.headline,

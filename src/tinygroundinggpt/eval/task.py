@@ -18,6 +18,11 @@ class DataError(FileNotFoundError):
     """A benchmark's files are missing or not in the published format; the message says which."""
 
 
+class ScoreUnavailable(RuntimeError):
+    """An answer could not be scored now (a judge endpoint failed): the item is listed as failed, not scored as wrong,
+    and is scored again on the next run."""
+
+
 @dataclass
 class Item:
     """One question to the model.

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from tinygroundinggpt.eval.benchmarks.rec import _read_refer
-from tinygroundinggpt.eval.judge import JudgeError
 from tinygroundinggpt.eval.task import DataError, EvalOptions, Item, Task, register, require
 
 REVIEW_SYSTEM = "You are a careful, impartial reviewer of answers to questions about images."
@@ -130,10 +129,7 @@ class LLaVABenchTask(Task):
             f"[{role} 1]\n{ref['answer']}\n\n[End of {role} 1]\n\n"
             f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n[System]\n{rule}\n\n"
         )
-        try:
-            pair = parse_review_scores(self.judge.ask(prompt, system=system))
-        except JudgeError:
-            pair = None
+        pair = parse_review_scores(self.judge.ask(prompt, system=system))  # a JudgeError fails the item, see Task
         out: dict[str, Any] = {"category": ref["category"], "unparseable": int(pair is None)}
         if pair:
             out["reference_score"], out["model_score"] = pair
@@ -174,10 +170,7 @@ class DescQualityTask(Task):
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
         prompt = f"{DESC_CRITERIA}\n\nDescription:\n{answer}\n\n{DESC_REPLY}"
-        try:
-            scores = parse_desc_scores(self.judge.ask(prompt, image=item.image))
-        except JudgeError:
-            scores = None
+        scores = parse_desc_scores(self.judge.ask(prompt, image=item.image))
         return {"unparseable": int(scores is None), **(scores or {})}
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
