@@ -173,6 +173,13 @@ class TestVQA:
         assert vqa_accuracy("t-shirt", ["t-shirt"] * 9 + ["shirt"]) == pytest.approx(1.0)
         assert vqa_accuracy("What's it? Yes.", ["what 's it yes"] * 10) == pytest.approx(1.0)
 
+    def test_disagreeing_human_answers_lose_only_their_punctuation(self):
+        # vqaEval.py applies processPunctuation, not processDigitArticle, to the human answers: a predicted "2"
+        # (any "two" becomes "2") matches only the humans who wrote "2", and "a dog" keeps its article.
+        assert vqa_accuracy("2", ["two"] * 8 + ["2", "3"]) == pytest.approx(0.3)
+        assert vqa_accuracy("dog", ["a dog"] * 8 + ["cat", "dog"]) == pytest.approx(0.3)
+        assert vqa_accuracy("red white", ["red, white"] * 8 + ["red", "white"]) == pytest.approx(1.0)
+
     def test_gqa_exact_match(self):
         assert gqa_match("Yes.", "yes") and gqa_match(" left ", "left")
         assert not gqa_match("left side", "left")

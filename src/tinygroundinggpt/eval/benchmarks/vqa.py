@@ -80,8 +80,8 @@ def _contractions() -> dict[str, str]:
 _CONTRACTIONS = _contractions()
 
 
-def normalize_vqa_answer(text: str) -> str:
-    """The official VQA normalisation: punctuation, periods, number words, articles, contractions."""
+def _strip_punctuation(text: str) -> str:
+    """The official scorer's ``processPunctuation`` (after its whitespace clean-up)."""
     text = text.replace("\n", " ").replace("\t", " ").strip()
     out = text
     for p in _PUNCTUATION:
@@ -89,9 +89,14 @@ def normalize_vqa_answer(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    out = _PERIOD.sub("", out)
+    return _PERIOD.sub("", out)
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """The official VQA normalisation of an answer: punctuation, periods, then lower case, number words, articles,
+    contractions (``processDigitArticle``)."""
     words = []
-    for w in out.lower().split():
+    for w in _strip_punctuation(text).lower().split():
         w = _NUMBERS.get(w, w)
         if w not in _ARTICLES:
             words.append(_CONTRACTIONS.get(w, w))
@@ -107,12 +112,13 @@ def normalize_vqa_prediction(text: str) -> str:
 
 def vqa_accuracy(answer: str, gt_answers: list[str]) -> float:
     """VQAv2 accuracy in [0, 1]: the mean over the leave-one-out subsets of the human answers of
-    min(1, matches / 3). As the official scorer does, the human answers are normalised only when they
-    disagree; the prediction always is."""
+    min(1, matches / 3). As the official scorer does, the prediction is normalised in full, the human answers only
+    stripped of punctuation and only when they disagree (so "two" never matches a predicted "2"; lmms-eval normalises
+    them in full and would)."""
     pred = normalize_vqa_prediction(answer)
     gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in gt_answers]
     if len(set(gts)) > 1:
-        gts = [normalize_vqa_answer(a) for a in gts]
+        gts = [_strip_punctuation(a) for a in gts]
     accs = []
     for i in range(len(gts)):
         matches = sum(1 for j, g in enumerate(gts) if j != i and g == pred)
