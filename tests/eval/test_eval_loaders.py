@@ -126,6 +126,8 @@ def test_mme_folder_layouts(tmp_path, layout):
     items = task.load(tmp_path)
     assert [it.id for it in items] == ["artwork/10002/0", "artwork/10002/1"]
     assert items[0].image == str(idir / "10002.jpg") and items[1].reference["answer"] == "no"
+    # asked as LLaVA-1.5 and lmms-eval ask it
+    assert items[0].prompt == "Is this by Monet?\nAnswer the question using a single word or phrase."
     agg = task.aggregate([task.score("Yes", items[0]), task.score("No", items[1])])
     assert agg["perception"] == 200.0 and agg["artwork/acc+"] == 100.0
 
@@ -151,6 +153,15 @@ def test_mmbench_generates_rotations_when_the_file_has_only_originals(tmp_path):
     assert task.aggregate(right)["circular_accuracy"] == 100.0
     one_wrong = right[:2] + [task.score("A", items[2])]
     assert task.aggregate(one_wrong)["circular_accuracy"] == 0.0
+
+
+def test_mmbench_rotations_follow_the_right_option_when_two_options_read_the_same(tmp_path):
+    (tmp_path / "mmbench").mkdir()
+    img = base64.b64encode(_png()).decode()
+    row = {"index": 5, "question": "How many?", "hint": "nan", "A": "2", "B": "2", "C": "5", "D": "nan"}
+    _mmbench_tsv(tmp_path / "mmbench" / "mmbench_dev_en.tsv", [dict(row, answer="B", category="count", image=img)])
+    items = get_task("mmbench_en_dev").load(tmp_path)
+    assert [it.reference["answer"] for it in items] == ["B", "A", "C"]
 
 
 def test_mmbench_uses_shipped_rotations(tmp_path):

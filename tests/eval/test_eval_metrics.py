@@ -214,7 +214,10 @@ class TestChoice:
             (" C ", "C"),
             ("C. bird", "C"),
             ("Looking at the picture. The answer is D.", "D"),
-            ("I think\nThe answer is B", "B"),  # a newline reads as ". "
+            ("I think\nThe answer is B.", "B"),
+            ("The answer is B", None),  # LLaVA's pattern wants a character after the letter
+            ("The answer is B. The answer is C.", None),  # two readings: a miss
+            ("B\nbecause it flies", None),
             ("B.", None),  # LLaVA needs "B. " with the space, or the letter alone
             ("(C) bird", None),
             ("the answer is D.", None),  # case as written

@@ -36,24 +36,25 @@ LETTER_INSTRUCTION = "Answer with the option's letter from the given choices dir
 CIRCULAR_STRIDE = 1_000_000
 _WRAPPED = re.compile(r"^[(\[]?([A-Z])(?:[)\].:,]|$)")
 _ANSWER_IS = re.compile(r"answer is:?\s*\(?([A-Z])\b")
-_LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-E])")
+_LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")  # "." is any character, as in LLaVA
 
 
 def llava_sqa_choice(answer: str, options: dict[str, str]) -> str | None:
-    """The option letter as LLaVA's ScienceQA scorer reads it, or ``None`` (a miss there).
+    """The option letter as LLaVA's ScienceQA scorer (``eval_science_qa.py``) reads it, or ``None`` (a miss there).
 
-    Newlines count as ". "; then the stripped answer must be a letter alone, or the answer must start with a
-    letter and ". ", or contain "The answer is X" (case as written). Only A-E, and only letters of ``options``.
+    The stripped answer (LLaVA strips what it generates) must be a letter alone, or start with a letter and ". ", or
+    hold "The answer is X" followed by any character exactly once (case as written; two such sentences are a miss).
+    Only letters of ``options`` count.
     """
     letters = tuple("ABCDE")
-    text = answer.replace("\n", ". ")
-    if text.strip() in letters:
-        letter: str | None = text.strip()
+    text = answer.strip()
+    if text in letters:
+        letter: str | None = text
     elif len(text) >= 3 and text[0] in letters and text[1:3] == ". ":
         letter = text[0]
     else:
-        m = _LLAVA_ANSWER_IS.search(text)
-        letter = m.group(1) if m else None
+        found = _LLAVA_ANSWER_IS.findall(text)
+        letter = found[0] if len(found) == 1 else None
     return letter if letter in options else None
 
 
@@ -158,12 +159,13 @@ def read_mmbench_rows(path: Path) -> list[dict[str, str]]:
     for r in rows:
         letters = [c for c in "ABCD" if _present(r.get(c))]
         texts = [r[c] for c in letters]
-        right = texts[letters.index(r["answer"])]
+        right = letters.index(r["answer"])
         for k in range(len(letters)):
             rotated = texts[k:] + texts[:k]
             variant = dict(r, index=str(int(r["index"]) + k * CIRCULAR_STRIDE))
             variant.update(dict(zip(letters, rotated, strict=True)))
-            variant["answer"] = letters[rotated.index(right)]
+            # followed by position, not text: two options may read the same
+            variant["answer"] = letters[(right - k) % len(letters)]
             expanded.append(variant)
     return expanded
 

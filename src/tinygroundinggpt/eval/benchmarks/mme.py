@@ -7,9 +7,10 @@ each image with a ``.txt`` of ``question<TAB>Yes|No`` lines, either side by side
     <root>/mme/existence/000000006040.jpg  <root>/mme/existence/000000006040.txt
     <root>/mme/artwork/images/10002.jpg    <root>/mme/artwork/questions_answer_YES_NO/10002.txt
 
-Scoring follows MME's ``calculation.py``: the answer is "yes"/"no" when it is exactly that or its
-first four characters contain it, else "other" (wrong); per subtask acc = right questions and acc+ =
-images with both questions right, each in %, score = acc + acc+; perception = the sum over its 10
+The prompt is the question without its " Please answer yes or no." and with LLaVA's short-answer instruction,
+as LLaVA-1.5 and lmms-eval ask it. Scoring follows MME's ``calculation.py``: the answer is "yes"/"no" when it is
+exactly that or its first four characters contain it, else "other" (wrong); per subtask acc = right questions and
+acc+ = images with both questions right, each in %, score = acc + acc+; perception = the sum over its 10
 subtasks (maximum 2000), cognition over its 4 (maximum 800).
 """
 
@@ -19,11 +20,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT
 from tinygroundinggpt.eval.task import DataError, Item, Task, register, require
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+YES_NO_SUFFIX = " Please answer yes or no."
+
+
+def mme_prompt(question: str) -> str:
+    """The question as LLaVA-1.5 / lmms-eval ask it."""
+    return question.replace(YES_NO_SUFFIX, "").strip() + SHORT_ANSWER_PROMPT
 
 
 def mme_parse(answer: str) -> str:
@@ -96,7 +104,7 @@ class MMETask(Task):
                         Item(
                             id=f"{subtask}/{txt.stem}/{i}",
                             image=str(image),
-                            prompt=question.strip(),
+                            prompt=mme_prompt(question),
                             reference={"answer": gt.strip().lower(), "subtask": subtask, "image": txt.stem},
                         )
                     )
