@@ -52,10 +52,13 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
     formats: Sequence[str] | None = None,
+    exif_orientation: bool = True,
 ) -> Image.Image:
     """Open an image from a path, bytes or PIL image and return it as 8-bit RGB, upright.
 
-    Handles grayscale, 16-bit, palette, RGBA/LA (composited on white), CMYK and EXIF orientation.
+    Handles grayscale, 16-bit, palette, RGBA/LA (composited on white), CMYK and EXIF orientation. A dataset's image is
+    loaded with ``exif_orientation=False``, as stored: its annotations (boxes, width and height) were made on the stored
+    pixels, which is also what LLaVA, the refer API and lmms-eval read (plain PIL); a user's photo is turned upright.
     A missing, empty, corrupt or oversized image raises :class:`ImageLoadError` naming it
     (:class:`ImageTooLargeError` when it, or the square it is padded to, has more than ``max_pixels`` pixels).
     ``formats`` limits the decoders Pillow may try (e.g. a server accepts only common raster formats).
@@ -96,7 +99,7 @@ def load_image(
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     try:
-        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1) if exif_orientation else 1
     except Exception:  # a corrupt EXIF block says nothing about the pixels, which decoded: show them as stored
         orientation = 1
     if orientation != 1:  # exif_transpose copies even upright images

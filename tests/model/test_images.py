@@ -54,6 +54,27 @@ def test_exif_orientation_is_applied(tmp_path):
     assert upright.resize((4, 2)).getpixel((0, 0)) == (0, 0, 255)  # usable after the caller's file closed
 
 
+def test_dataset_images_load_as_stored_so_their_annotations_still_fit(tmp_path):
+    from tinygroundinggpt.eval.runner import _load
+    from tinygroundinggpt.eval.task import Item
+
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # red on the stored left
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180° to display
+    path = tmp_path / "photo.png"
+    path.write_bytes(_png(img, "PNG", exif=exif.tobytes()))
+    assert load_image(path).getpixel((35, 10)) == (255, 0, 0)  # a user's photo: upright, red now on the right
+    stored = load_image(path, exif_orientation=False)
+    assert stored.getpixel((5, 10)) == (255, 0, 0)
+    # a benchmark item annotated on the stored pixels (as COCO's are, and as LLaVA / lmms-eval read them)
+    loaded = _load(Item(id="1", image=str(path), prompt="", reference={}, width=40, height=20))
+    assert loaded.getpixel((5, 10)) == (255, 0, 0)
+    exif[0x0112] = 6  # a quarter turn: upright, the image would not even fit its annotated size
+    path.write_bytes(_png(img, "PNG", exif=exif.tobytes()))
+    assert _load(Item(id="1", image=str(path), prompt="", reference={}, width=40, height=20)).size == (40, 20)
+
+
 def test_corrupt_exif_keeps_the_decoded_pixels():
     # Pillow raises SyntaxError reading an EXIF block that is not TIFF; the pixels decoded fine.
     out = load_image(_png(Image.new("RGB", (5, 4), (1, 2, 3)), "PNG", exif=b"garbage!"))

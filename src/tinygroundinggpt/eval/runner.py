@@ -106,7 +106,10 @@ def _load(item: Item) -> Image.Image | str:
     if item.image is None:
         return "item has no image"
     try:
-        img = load_image(item.image, name=item.image if isinstance(item.image, str) else f"item {item.id}")
+        # as stored: benchmark annotations are in the stored pixels' frame (see load_image)
+        img = load_image(
+            item.image, name=item.image if isinstance(item.image, str) else f"item {item.id}", exif_orientation=False
+        )
     except ImageLoadError as exc:
         return str(exc)
     if item.width is not None and (img.width, img.height) != (item.width, item.height):

@@ -300,7 +300,7 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
         image = None
         if sample.image is not None:
             path = Path(image_root) / sample.image if image_root else Path(sample.image)
-            image = load_image(path)
+            image = load_image(path, exif_orientation=False)  # the frame its boxes were written in
             # the stored size is the frame the boxes were written in: another image puts them elsewhere
             if sample.width is not None and (sample.width, sample.height) != image.size:
                 raise SampleError(
