@@ -180,9 +180,10 @@ def test_flickr30k_entities(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert second["messages"][1]["content"] == "Two friends <box:0> <box:1> enjoy time spent together ."
     main([*args, "--manifest", "--out", str(tmp_path / "m.jsonl")])
     (rec,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    # One object per entity: "two young guys" names its two boxes together, not either one (synthesis would ask
+    # "Describe the object located within the region <box:0>" of one guy and answer "two young guys").
     assert rec["objects"] == [
-        {"name": "two young guys", "box": [0.0, 0.0, 100.0, 200.0]},
-        {"name": "two young guys", "box": [200.0, 10.0, 300.0, 375.0]},
+        {"name": "two young guys", "box": [0.0, 0.0, 300.0, 375.0]},
         {"name": "shaggy hair", "box": [50.0, 10.0, 80.0, 40.0]},
         {"name": "their hands", "box": [50.0, 10.0, 80.0, 40.0]},
     ]
@@ -369,3 +370,103 @@ def test_refer_eval_root_without_refs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"no refs\(unc\)\.p or refs\(umd\)\.p"):
         main(["convert", "coco-manifest", str(tmp_path / "x.json"), "--exclude-refer-eval", str(tmp_path), "--out",
               str(tmp_path / "m.jsonl")])  # fmt: skip
+
+
+def test_llava_record_with_an_image_but_no_human_turn_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    turns = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A cat."}]
+    records = [
+        {"id": "a", "image": "a.jpg", "conversations": turns},
+        {"id": "gpt-only", "image": "b.jpg", "conversations": [{"from": "gpt", "value": "A dog."}]},
+        {"id": "c", "image": "c.jpg", "conversations": turns},
+    ]
+    (tmp_path / "chat.json").write_text(json.dumps(records))
+    main(["convert", "llava", str(tmp_path / "chat.json"), "--out", str(tmp_path / "l.jsonl"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "2 samples written; skipped: an image but no human turn to put it in 1" in out
+    assert "\n  an image but no human turn to put it in: chat.json[1]" in out  # where the record is
+    assert [s["id"] for s in read(tmp_path / "l.jsonl")] == ["llava-a", "llava-c"]
+
+
+def test_visual_genome_skips_incomplete_records_and_says_where(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _vg_files(tmp_path)
+    image_data = json.loads((tmp_path / "image_data.json").read_text())
+    image_data.append({"image_id": 3, "height": 300, "url": "https://cs.stanford.edu/people/rak248/VG_100K/3.jpg"})
+    (tmp_path / "image_data.json").write_text(json.dumps(image_data))
+    regions = json.loads((tmp_path / "region_descriptions.json").read_text())
+    regions[0]["regions"].append({"region_id": 13, "width": 10, "image_id": 1, "phrase": "no height", "y": 1, "x": 2})
+    # no image_id, and no entry id to fall back on
+    regions.append({"regions": [{"region_id": 31, "width": 5, "height": 5, "phrase": "cat", "x": 0, "y": 0}]})
+    regions.append({"id": 3, "regions": [{"region_id": 32, "width": 5, "height": 5, "phrase": "cat", "x": 0, "y": 0,
+                                          "image_id": 3}]})  # fmt: skip
+    (tmp_path / "region_descriptions.json").write_text(json.dumps(regions))
+    relationships = json.loads((tmp_path / "relationships.json").read_text())
+    rel = relationships[0]["relationships"][0]
+    relationships[0]["relationships"].insert(0, {**rel, "relationship_id": 4, "subject": {"name": "clock"}})
+    (tmp_path / "relationships.json").write_text(json.dumps(relationships))
+    common_args = ["--image-data", str(tmp_path / "image_data.json"), "--no-progress"]
+    main(["convert", "vg-regions", str(tmp_path / "region_descriptions.json"), "--out", str(tmp_path / "r.jsonl"),
+          *common_args])  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        "4 samples written; skipped: box zero_area 1, image not in image_data.json 1, "
+        "image_data entry without a number 'width' 1, region without a number 'height' 1, "
+        "region without an integer 'image_id' 1"
+    ) in out
+    assert "image_data entry without a number 'width': image_data.json[2]" in out
+    assert "region without a number 'height': region_descriptions.json[0].regions[2]" in out
+    assert "region without an integer 'image_id': region_descriptions.json[2].regions[0]" in out
+    assert "image not in image_data.json: region_descriptions.json[3].regions[0]" in out  # image 3 had no width
+    assert [s["id"] for s in read(tmp_path / "r.jsonl")][::2] == ["vg-region-11-0", "vg-region-21-0"]
+    main(["convert", "vg-relationships", str(tmp_path / "relationships.json"), "--out", str(tmp_path / "rel.jsonl"),
+          *common_args])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "subject without a number 'x': relationships.json[0].relationships[0]" in out
+    assert [s["id"] for s in read(tmp_path / "rel.jsonl")] == ["vg-relation-5"]
+
+
+def test_visual_genome_box_entirely_outside_the_image_counts_as_outside(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _vg_files(tmp_path)
+    regions = [
+        {
+            "id": 1,
+            "regions": [
+                {"region_id": 14, "width": 100, "height": 50, "image_id": 1, "phrase": "far right", "y": 10, "x": 5000}
+            ],
+        }
+    ]
+    (tmp_path / "region_descriptions.json").write_text(json.dumps(regions))
+    main(["convert", "vg-regions", str(tmp_path / "region_descriptions.json"), "--out", str(tmp_path / "r.jsonl"),
+          "--image-data", str(tmp_path / "image_data.json"), "--no-progress"])  # fmt: skip
+    assert "0 samples written; skipped: box outside 1" in capsys.readouterr().out  # on an 800 px wide image
+
+
+@pytest.mark.parametrize("dataset", ["refcoco", "coco-manifest", "vg-regions"])
+def test_malformed_json_file_is_an_error_naming_the_file(tmp_path: Path, dataset: str) -> None:
+    root = _refer_root(tmp_path)
+    _vg_files(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": 1, "regions": []},\n{"id": 2, "regions": [}\n]')
+    args = {
+        "refcoco": ["refcoco", "--refs", str(root / "refcoco/refs(unc).p"), "--instances", str(bad)],
+        "coco-manifest": ["coco-manifest", str(bad)],
+        "vg-regions": ["vg-regions", str(bad), "--image-data", str(tmp_path / "image_data.json")],
+    }[dataset]
+    with pytest.raises(SystemExit, match=r"bad\.json.* not valid JSON") as exc:
+        main(["convert", *args, "--out", str(tmp_path / "o.jsonl"), "--no-progress"])
+    assert str(bad) in str(exc.value)
+
+
+def test_refcoco_split_the_file_does_not_hold_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _refer_root(tmp_path)
+    args = ["convert", "refcoco", "--refs", str(root / "refcoco/refs(unc).p"), "--instances",
+            str(root / "refcoco/instances.json"), "--tasks", "rec", "--no-progress",
+            "--out", str(tmp_path / "o.jsonl")]  # fmt: skip
+    for split in ("test", "testa"):  # RefCOCO has testA and testB; split names are case-sensitive
+        with pytest.raises(SystemExit, match=rf"has no split '{split}'; its splits: testA, train, val"):
+            main([*args, "--split", split])
+    assert not (tmp_path / "o.jsonl").exists()
+    with pytest.warns(UserWarning, match="split 'all'"):
+        main([*args, "--split", "all"])
+    assert [s["meta"]["split"] for s in read(tmp_path / "o.jsonl")] == ["train", "val", "testA"]

@@ -42,7 +42,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instances", required=True, help="instances.json next to it")
     p.add_argument(
         "--split", default="train",
-        help="the split to convert (default train; val, testA, testB, test are evaluation data, with a warning)",
+        help="the split to convert (default train; val, testA, testB, test are evaluation data, with a warning; "
+        "'all': every split)",
     )  # fmt: skip
     p.add_argument("--tasks", default="rec,reg", help="rec (expression → box) and/or reg (box → expression)")
     _common(p)
@@ -95,8 +96,8 @@ def _refcoco(args: argparse.Namespace) -> int:
     if not set(tasks) <= set(TASKS):
         raise SystemExit(f"--tasks must be drawn from {TASKS}, got {args.tasks!r}")
     return _done(convert_refcoco(
-        args.refs, args.instances, args.out, dataset=args.dataset, split=args.split, tasks=tasks,
-        image_prefix=args.image_prefix, exclude=_exclude(args), progress=not args.no_progress,
+        args.refs, args.instances, args.out, dataset=args.dataset, split=None if args.split == "all" else args.split,
+        tasks=tasks, image_prefix=args.image_prefix, exclude=_exclude(args), progress=not args.no_progress,
     ))  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tinygroundinggpt.boxes import ANNOTATION_OVERSHOOT, BoxError, validate_pixel_box, xywh_to_xyxy
-from tinygroundinggpt.data.converters.common import NO_EXCLUSION, ConvertReport, ReferEvalImages
+from tinygroundinggpt.data.converters.common import NO_EXCLUSION, ConvertReport, ReferEvalImages, load_json
 
 
 def convert_coco_manifest(
@@ -29,7 +29,7 @@ def convert_coco_manifest(
     progress: bool = False,
 ) -> ConvertReport:
     report = ConvertReport()
-    instances = json.loads(Path(instances_path).read_text(encoding="utf-8"))
+    instances = load_json(instances_path)
     names = {c["id"]: c["name"] for c in instances["categories"]}
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in instances["annotations"]:
@@ -39,7 +39,7 @@ def convert_coco_manifest(
         by_image[ann["image_id"]].append(ann)
     captions: dict[int, list[str]] = defaultdict(list)
     if captions_path:
-        for cap in json.loads(Path(captions_path).read_text(encoding="utf-8"))["annotations"]:
+        for cap in load_json(captions_path)["annotations"]:
             captions[cap["image_id"]].append(" ".join(cap["caption"].split()))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""What every converter shares: streaming a JSON array, progress by bytes, a count of what was skipped, and
-keeping the RefCOCO/+/g evaluation images out of training data."""
+"""What every converter shares: reading JSON (a whole file, or a JSON array streamed), progress by bytes, a count
+of what was skipped and where, and keeping the RefCOCO/+/g evaluation images out of training data."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ REFER_EVAL_FILES = ("refs(unc).p", "refs(umd).p")
 # COCO file names: COCO_train2014_000000123456.jpg, or 000000123456.jpg under a COCO folder (train2017/...).
 _COCO_FILE_RE = re.compile(r"(?:^|/)COCO_[a-z]+\d{4}_(\d{12})\.\w+$")
 _COCO_BARE_RE = re.compile(r"(?:^|/)(?:[^/]*coco[^/]*|(?:train|val)20(?:14|17))/(?:[^/]+/)*(\d{12})\.\w+$", re.I)
+_EXAMPLES = 3  # where the first records skipped for each reason are, so that one can look them up
+
+
+class RecordError(ValueError):
+    """A record that lacks a field, or holds one of the wrong type: the record is skipped, not the file."""
 
 
 @dataclass
@@ -32,6 +37,16 @@ class ConvertReport:
     written: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     excluded_images: set[int] = field(default_factory=set)  # COCO ids
+    where: dict[str, list[str]] = field(default_factory=dict)  # reason → the first records skipped for it
+
+    def skip(self, reason: str, where: str, n: int = 1) -> None:
+        """Count ``n`` records skipped for ``reason``; ``where`` locates them (``file[3].regions[0]``, from 0)."""
+        if not n:
+            return
+        self.skipped[reason] += n
+        seen = self.where.setdefault(reason, [])
+        if len(seen) < _EXAMPLES:
+            seen.append(where)
 
     def summary(self) -> str:
         text = f"{self.written} sample{'' if self.written == 1 else 's'} written"
@@ -39,7 +54,26 @@ class ConvertReport:
             text += "; skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
         if self.excluded_images:
             text += f" ({len(self.excluded_images)} RefCOCO/+/g val/test images excluded)"
+        for reason, seen in sorted(self.where.items()):
+            more = self.skipped[reason] - len(seen)
+            text += f"\n  {reason}: {', '.join(seen)}" + (f" and {more} more" if more else "")
         return text
+
+
+def number(rec: Any, key: str, what: str) -> float:
+    """``rec[key]`` if it is a number, else :class:`RecordError` (``what`` names the kind of record)."""
+    value = rec.get(key) if isinstance(rec, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(f"{what} without a number {key!r}")
+    return value
+
+
+def load_json(path: str | Path) -> Any:
+    """A whole JSON file; a malformed one is a ValueError naming the file (json's own message names none)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -126,7 +160,7 @@ def iter_json_array(path: str | Path, *, progress: bool = False, desc: str | Non
         buf = buf.lstrip(_WS + "\ufeff")
         if not buf.startswith("["):
             raise ValueError(f"{path}: expected a JSON array")
-        pos, expect_value = 1, True
+        pos, expect_value, index = 1, True, 0
         while True:
             while pos < len(buf) and buf[pos] in _WS:
                 pos += 1
@@ -145,14 +179,15 @@ def iter_json_array(path: str | Path, *, progress: bool = False, desc: str | Non
                 continue
             try:
                 value, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as exc:
                 if eof:
-                    raise
+                    # exc's line and column count from the start of the buffer, not of the file
+                    raise ValueError(f"{path}[{index}] (from 0) is not valid JSON: {exc.msg}") from exc
                 buf, eof = _fill(fh, buf[pos:], bar)  # the element continues in the next chunk
                 pos = 0
                 continue
             yield value
-            pos, expect_value = end, False
+            pos, expect_value, index = end, False, index + 1
 
 
 def write_samples(out: str | Path, samples: Iterator[Sample], report: ConvertReport) -> ConvertReport:

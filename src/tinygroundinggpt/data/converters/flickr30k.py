@@ -6,7 +6,7 @@ VOC-like: ``size/width, height``; each ``object`` has one or more ``name`` (enti
 several boxes (one phrase, several people).
 
 Two outputs: grounded-caption samples (each boxed phrase followed by its ``<box:i>``), or a
-synthesis manifest (objects = phrase + box, captions = the five sentences) that feeds
+synthesis manifest (objects = phrase + the union of its entity's boxes, captions = the five sentences) that feeds
 ``tgg synth`` — the paper builds its stage-3 data from Flickr30K Entities this way.
 """
 
@@ -22,7 +22,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tinygroundinggpt.boxes import ANNOTATION_OVERSHOOT, Box, BoxError, inclusive_to_pixel, validate_pixel_box
+from tinygroundinggpt.boxes import (
+    ANNOTATION_OVERSHOOT,
+    Box,
+    BoxError,
+    inclusive_to_pixel,
+    union_box,
+    validate_pixel_box,
+)
 from tinygroundinggpt.data.converters.common import ConvertReport, write_samples
 from tinygroundinggpt.data.format import Sample
 
@@ -139,7 +146,7 @@ def iter_flickr30k_manifest(
     image_prefix: str = "",
     progress: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """One synthesis-manifest record per image: each boxed entity named by its first phrase."""
+    """One synthesis-manifest record per image: each boxed entity, named by its first phrase, is one object."""
     sentences_dir, annotations_dir = Path(sentences_dir), Path(annotations_dir)
     for image_id in tqdm(_ids(sentences_dir, ids), desc="flickr30k", unit="img", disable=not progress):
         loaded = _load(image_id, sentences_dir, annotations_dir, report)
@@ -151,9 +158,11 @@ def iter_flickr30k_manifest(
         for _, phrases in parsed:
             for entity, phrase, _, _ in phrases:
                 names.setdefault(entity, phrase.lower())
+        # One object per entity, its boxes' union: an entity's phrase names all its boxes together ("two young
+        # guys"), so on one of them it would teach the model a wrong description of that region.
         objects = [
-            {"name": names[e], "box": list(b)} for e in sorted(entity_boxes, key=int) if e in names
-            for b in entity_boxes[e]
+            {"name": names[e], "box": list(union_box(boxes))}
+            for e, boxes in sorted(entity_boxes.items(), key=lambda kv: int(kv[0])) if e in names
         ]  # fmt: skip
         yield {
             "id": f"flickr30k-{image_id}", "image": f"{image_prefix}{image_id}.jpg", "width": w, "height": h,

@@ -38,7 +38,7 @@ def llava_sample(
         return "no conversations"
     messages = []
     for t in turns:
-        role = ROLES.get(t.get("from")) if isinstance(t, dict) else None
+        role = ROLES.get(t.get("from")) if isinstance(t, dict) and isinstance(t.get("from"), str) else None
         if role is None or not isinstance(t.get("value"), str):
             return "turn with an unknown speaker or no text"
         messages.append({"role": role, "content": t["value"]})
@@ -61,7 +61,9 @@ def llava_sample(
             return "more than one <image>"
         if n_images == 0:
             # LLaVA's loader puts the image first when the text does not place it.
-            first = next(m for m in messages if m["role"] == "user")
+            first = next((m for m in messages if m["role"] == "user"), None)
+            if first is None:
+                return "an image but no human turn to put it in"
             first["content"] = IMAGE_TOKEN + "\n" + first["content"]
     rid = rec.get("id", index)
     return Sample(
@@ -82,6 +84,7 @@ def iter_llava(
     progress: bool = False,
     keep_box_text: bool = False,
 ) -> Iterator[Sample]:
+    name = Path(path).name
     for i, rec in enumerate(iter_json_array(path, progress=progress)):
         image = rec.get("image") if isinstance(rec, dict) else None
         # matched on the path the sample will carry: bare LLaVA-Instruct names are COCO names only with the prefix
@@ -93,7 +96,7 @@ def iter_llava(
             else "not an object"
         )
         if isinstance(out, str):
-            report.skipped[out] += 1
+            report.skip(out, f"{name}[{i}]")
             continue
         yield out
 

@@ -10,7 +10,6 @@ region-description sample (Fig. 10, post-process 1a).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from tinygroundinggpt.data.converters.common import (
     NO_EXCLUSION,
     ConvertReport,
     ReferEvalImages,
+    load_json,
     load_refs,
     write_samples,
 )
@@ -90,8 +90,12 @@ def iter_refcoco(
 
 def convert_refcoco(refs_path: str | Path, instances_path: str | Path, out: str | Path, **kwargs: Any) -> ConvertReport:
     """Write the samples of one split of a refs file (the train split by default) to ``out``; see
-    :func:`iter_refcoco`."""
+    :func:`iter_refcoco`. A split the file does not hold is an error, not an empty output."""
     split = kwargs.get("split", TRAIN_SPLIT)
+    refs = load_refs(refs_path)
+    splits = sorted({str(r.get("split")) for r in refs})
+    if split is not None and split not in splits:
+        raise ValueError(f"{refs_path} has no split {split!r}; its splits: {', '.join(splits) or 'none (no refs)'}")
     if split != TRAIN_SPLIT:
         # Every split but train is what the REC benchmarks score (Table 1): never train on it.
         warnings.warn(
@@ -99,6 +103,5 @@ def convert_refcoco(refs_path: str | Path, instances_path: str | Path, out: str 
             stacklevel=2,
         )
     report = ConvertReport()
-    refs = load_refs(refs_path)
-    instances = json.loads(Path(instances_path).read_text(encoding="utf-8"))
+    instances = load_json(instances_path)
     return write_samples(out, iter_refcoco(refs, instances, report, **kwargs), report)

@@ -22,8 +22,10 @@ from tinygroundinggpt.boxes import Box, BoxError, validate_pixel_box, xywh_to_xy
 from tinygroundinggpt.data.converters.common import (
     NO_EXCLUSION,
     ConvertReport,
+    RecordError,
     ReferEvalImages,
     iter_json_array,
+    number,
     write_samples,
 )
 from tinygroundinggpt.data.format import Sample
@@ -42,27 +44,51 @@ class VGImage(NamedTuple):
     coco_id: int | None
 
 
-def load_image_data(path: str | Path, *, image_prefix: str = "") -> dict[int, VGImage]:
-    """image id → :class:`VGImage`."""
+def _image_id(rec: dict[str, Any], fallback: Any, what: str) -> int:
+    value = rec.get("image_id", fallback)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(f"{what} without an integer 'image_id'")
+    return value
+
+
+def _field(rec: dict[str, Any], key: str, what: str) -> Any:
+    if rec.get(key) is None:
+        raise RecordError(f"{what} without {key!r}")
+    return rec[key]
+
+
+def load_image_data(path: str | Path, report: ConvertReport, *, image_prefix: str = "") -> dict[int, VGImage]:
+    """image id → :class:`VGImage`; an entry without an id or a size is skipped (its regions then count as
+    on an image not in image_data.json)."""
     out = {}
-    for rec in iter_json_array(path):
-        iid = int(rec.get("image_id", rec.get("id")))
+    name = Path(path).name
+    for i, rec in enumerate(iter_json_array(path)):
+        try:
+            if not isinstance(rec, dict):
+                raise RecordError("image_data entry not an object")
+            iid = _image_id(rec, rec.get("id"), "image_data entry")
+            w, h = (int(number(rec, k, "image_data entry")) for k in ("width", "height"))
+        except RecordError as exc:
+            report.skip(str(exc), f"{name}[{i}]")
+            continue
         coco_id = None if rec.get("coco_id") is None else int(rec["coco_id"])
         url = rec.get("url") or ""
         rel = "/".join(url.split("/")[-2:]) if url.count("/") >= 1 else f"{iid}.jpg"
-        out[iid] = VGImage(image_prefix + rel, int(rec["width"]), int(rec["height"]), coco_id)
+        out[iid] = VGImage(image_prefix + rel, w, h, coco_id)
     return out
 
 
-def _box(obj: dict[str, Any], w: int, h: int, wkey: str, hkey: str) -> Box:
+def _box(obj: Any, w: int, h: int, wkey: str, hkey: str, what: str) -> Box:
+    xywh = [number(obj, k, what) for k in ("x", "y", wkey, hkey)]
     # Visual Genome's boxes often reach well past the border (crowd-drawn); clamped, as its own tools do. A negative
     # width or height stays an error: swapped, it would be a box nobody drew.
-    return validate_pixel_box(xywh_to_xyxy([obj["x"], obj["y"], obj[wkey], obj[hkey]]), w, h, repair=True)
+    return validate_pixel_box(xywh_to_xyxy(xywh), w, h, repair=True)
 
 
 def _name(obj: dict[str, Any]) -> str:
-    names = obj.get("names") or [obj.get("name", "")]
-    return " ".join(str(names[0]).split())
+    names = obj.get("names")
+    name = names[0] if isinstance(names, list) and names else obj.get("name", "")
+    return " ".join(str(name).split())
 
 
 def iter_regions(
@@ -73,27 +99,39 @@ def iter_regions(
     exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> Iterator[Sample]:
-    for entry in iter_json_array(regions_path, progress=progress):
-        for reg in entry.get("regions", []):
-            iid = int(reg.get("image_id", entry.get("id")))
-            if iid not in images:
-                report.skipped["image not in image_data.json"] += 1
+    name = Path(regions_path).name
+    for i, entry in enumerate(iter_json_array(regions_path, progress=progress)):
+        regions = entry.get("regions") if isinstance(entry, dict) else None
+        if not isinstance(regions, list):
+            report.skip("entry without a 'regions' list", f"{name}[{i}]")
+            continue
+        for j, reg in enumerate(regions):
+            where = f"{name}[{i}].regions[{j}]"
+            try:
+                if not isinstance(reg, dict):
+                    raise RecordError("region not an object")
+                iid = _image_id(reg, entry.get("id"), "region")
+                if iid not in images:
+                    report.skip("image not in image_data.json", where)
+                    continue
+                image, w, h, coco_id = images[iid]
+                if exclude.drops(coco_id, report, len(REGION_PROMPTS)):
+                    continue
+                region_id = _field(reg, "region_id", "region")
+                box = _box(reg, w, h, "width", "height", "region")
+            except RecordError as exc:
+                report.skip(str(exc), where)
                 continue
-            image, w, h, coco_id = images[iid]
-            if exclude.drops(coco_id, report, len(REGION_PROMPTS)):
+            except BoxError as exc:
+                report.skip(f"box {exc.kind}", where)
                 continue
             phrase = " ".join(str(reg.get("phrase", "")).split())
-            try:
-                box = _box(reg, w, h, "width", "height")
-            except BoxError as exc:
-                report.skipped[f"box {exc.kind}"] += 1
-                continue
             if not phrase:
-                report.skipped["empty phrase"] += 1
+                report.skip("empty phrase", where)
                 continue
             for k, (q, a) in enumerate(REGION_PROMPTS):
                 yield Sample(
-                    id=f"vg-region-{reg['region_id']}-{k}",
+                    id=f"vg-region-{region_id}-{k}",
                     image=image, width=w, height=h, boxes=[box],
                     messages=[
                         {"role": "user", "content": "<image>\n" + q.format(phrase=phrase)},
@@ -111,27 +149,43 @@ def iter_relationships(
     exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> Iterator[Sample]:
-    for entry in iter_json_array(rel_path, progress=progress):
-        iid = int(entry.get("image_id", entry.get("id", -1)))
+    name = Path(rel_path).name
+    for i, entry in enumerate(iter_json_array(rel_path, progress=progress)):
+        rels = entry.get("relationships") if isinstance(entry, dict) else None
+        if not isinstance(rels, list):
+            report.skip("entry without a 'relationships' list", f"{name}[{i}]")
+            continue
+        try:
+            iid = _image_id(entry, entry.get("id"), "entry")
+        except RecordError as exc:
+            report.skip(str(exc), f"{name}[{i}]", len(rels))
+            continue
         if iid not in images:
-            report.skipped["image not in image_data.json"] += len(entry.get("relationships", []))
+            report.skip("image not in image_data.json", f"{name}[{i}]", len(rels))
             continue
         image, w, h, coco_id = images[iid]
-        if exclude.drops(coco_id, report, len(entry.get("relationships", []))):
+        if exclude.drops(coco_id, report, len(rels)):
             continue
-        for rel in entry.get("relationships", []):
-            subj, obj = rel["subject"], rel["object"]
-            predicate = " ".join(str(rel.get("predicate", "")).split()).lower()
+        for j, rel in enumerate(rels):
+            where = f"{name}[{i}].relationships[{j}]"
             try:
-                boxes = [_box(subj, w, h, "w", "h"), _box(obj, w, h, "w", "h")]
-            except BoxError as exc:
-                report.skipped[f"box {exc.kind}"] += 1
+                if not isinstance(rel, dict):
+                    raise RecordError("relationship not an object")
+                rel_id = _field(rel, "relationship_id", "relationship")
+                subj, obj = rel.get("subject"), rel.get("object")
+                boxes = [_box(subj, w, h, "w", "h", "subject"), _box(obj, w, h, "w", "h", "object")]
+            except RecordError as exc:
+                report.skip(str(exc), where)
                 continue
+            except BoxError as exc:
+                report.skip(f"box {exc.kind}", where)
+                continue
+            predicate = " ".join(str(rel.get("predicate", "")).split()).lower()
             if not predicate or not _name(subj) or not _name(obj):
-                report.skipped["empty predicate or name"] += 1
+                report.skip("empty predicate or name", where)
                 continue
             yield Sample(
-                id=f"vg-relation-{rel['relationship_id']}",
+                id=f"vg-relation-{rel_id}",
                 image=image, width=w, height=h, boxes=boxes,
                 messages=[
                     {"role": "user", "content": "<image>\n" + RELATION_PROMPT},
@@ -153,6 +207,6 @@ def convert_vg(
 ) -> ConvertReport:
     """``kind`` is ``"regions"`` (region_descriptions.json) or ``"relationships"`` (relationships.json)."""
     report = ConvertReport()
-    images = load_image_data(image_data, image_prefix=image_prefix)
+    images = load_image_data(image_data, report, image_prefix=image_prefix)
     it = {"regions": iter_regions, "relationships": iter_relationships}[kind]
     return write_samples(out, it(path, images, report, exclude=exclude, progress=progress), report)
