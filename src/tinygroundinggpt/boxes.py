@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 Box = tuple[float, float, float, float]
 
 DECIMALS = 3
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+# Two or more numbers in brackets or parentheses, however separated: what coordinates look like in any spelling.
+_NUMBER_GROUP_RE = re.compile(rf"[\[(]\s*{_NUM}(?:(?:\s*[,;]\s*|\s+){_NUM})+\s*[\])]")
 
 
 class BoxError(ValueError):
@@ -40,6 +42,10 @@ ANNOTATION_OVERSHOOT = 1.0
 
 
 def _as_box(box: Sequence[float], what: str = "box") -> Box:
+    # A manifest or a reply can hold anything where a box belongs: a number or a mapping is no box, nor is a
+    # string, whatever its length ("1234" would otherwise read as four digits).
+    if isinstance(box, str | bytes | Mapping) or not _has_len(box):
+        raise BoxError(f"{what} must be a list of 4 numbers [x1, y1, x2, y2], got {type(box).__name__}: {box!r}")
     if len(box) != 4:
         raise BoxError(f"{what} must have 4 numbers [x1, y1, x2, y2], got {len(box)}: {list(box)!r}")
     try:
@@ -49,6 +55,14 @@ def _as_box(box: Sequence[float], what: str = "box") -> Box:
     if not all(math.isfinite(v) for v in vals):
         raise BoxError(f"{what} has a non-finite coordinate: {list(box)!r}")
     return vals  # type: ignore[return-value]
+
+
+def _has_len(value: object) -> bool:
+    try:
+        len(value)  # type: ignore[arg-type]
+    except TypeError:  # a number, or a 0-d array
+        return False
+    return True
 
 
 def validate_pixel_box(
@@ -78,9 +92,20 @@ def validate_pixel_box(
                 f"(at most {max_overshoot:g} px is clamped)",
                 "outside",
             )
+        if x1 <= x2 and y1 <= y2 and (x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0):
+            # clamped, it would be an empty box on the border: no pixel of it is in the image
+            raise BoxError(f"{what} {[x1, y1, x2, y2]} lies entirely outside the {width}x{height} image", "outside")
         x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
         y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
     return _check_corners((x1, y1, x2, y2), width, height, what)
+
+
+def union_box(boxes: Sequence[Sequence[float]]) -> Box:
+    """The smallest box holding all of ``boxes`` (one frame, any): e.g. one object for a phrase that names several."""
+    if not boxes:
+        raise BoxError("the union of no boxes is not a box")
+    x1s, y1s, x2s, y2s = zip(*(_as_box(b) for b in boxes), strict=True)
+    return min(x1s), min(y1s), max(x2s), max(y2s)
 
 
 def validate_box_shape(box: Sequence[float], *, what: str = "box") -> Box:
@@ -181,6 +206,13 @@ def parse_boxes(text: str) -> list[Box]:
 def box_spans(text: str) -> list[tuple[int, int]]:
     """Character ``(start, end)`` of every box :func:`parse_boxes` finds in ``text``, in the same order."""
     return [m.span() for m, _ in _box_matches(text)]
+
+
+def number_groups(text: str) -> list[str]:
+    """Every bracketed or parenthesised run of two or more numbers in ``text``: the boxes :func:`parse_boxes`
+    reads and every other way of writing coordinates (``[a b c d]``, ``(a, b, c, d)``, five numbers, a point).
+    Text that must hold no coordinates (a data file's, which refers to boxes by placeholder) holds none of these."""
+    return _NUMBER_GROUP_RE.findall(text)
 
 
 def in_model_frame(box: Sequence[float]) -> bool:

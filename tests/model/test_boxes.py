@@ -57,8 +57,12 @@ def test_validation_names_the_problem_and_repair_is_explicit():
     with pytest.raises(bx.BoxError, match="inverted") as inverted:  # never swapped into a box nobody drew
         bx.validate_pixel_box((50, 120, -5, 10), 100, 100, repair=True)
     assert inverted.value.kind == "inverted"
-    with pytest.raises(bx.BoxError, match="zero area"):
+    with pytest.raises(bx.BoxError, match="entirely outside the 100x100 image") as away:  # not clamped to nothing
         bx.validate_pixel_box((150, 10, 170, 20), 100, 100, repair=True)
+    assert away.value.kind == "outside"
+    assert bx.union_box([(10, 20, 30, 40), (5, 25, 20, 60)]) == (5, 20, 30, 60)
+    with pytest.raises(bx.BoxError):
+        bx.union_box([])
     # A dataset's box may overshoot by rounding, not by a frame or size mix-up.
     assert bx.validate_pixel_box((99.4, 0, 100.6, 5), 100, 100, repair=True, max_overshoot=1) == (99.4, 0, 100, 5)
     with pytest.raises(bx.BoxError, match="lies 460 px outside the 640x480 image") as far:
@@ -127,3 +131,24 @@ def test_grid_cells_map_through_the_padded_square():
 def test_inclusive_corners_are_the_last_pixels_touched():
     assert bx.to_inclusive_corners((3, 4, 6, 8)) == (3, 4, 5, 7)
     assert bx.to_inclusive_corners((3.5, 4.2, 5.1, 7.9)) == (3, 4, 5, 7)
+
+
+@pytest.mark.parametrize(("box", "shown"), [(5, "int: 5"), ({"x": 1}, "dict: {'x': 1}"), ("1234", "str: '1234'")])
+def test_a_value_that_is_no_list_of_numbers_is_a_box_error_naming_it(box, shown):
+    # A manifest can hold anything where a box belongs; "1234" must not read as four digits.
+    with pytest.raises(bx.BoxError, match=f"must be a list of 4 numbers .*got {shown}$") as err:
+        bx.validate_pixel_box(box, 100, 100, what="objects[0].box")
+    assert err.value.kind == "malformed" and str(err.value).startswith("objects[0].box ")
+
+
+def test_number_groups_find_coordinates_in_any_spelling():
+    text = "a [0.1, 0.2, 0.3, 0.4], [0.1 0.2 0.3 0.4], (0.1, 0.2, 0.3, 0.4), [1, 2, 3, 4, 5] and (0.5; 0.6)"
+    assert bx.number_groups(text) == [
+        "[0.1, 0.2, 0.3, 0.4]",
+        "[0.1 0.2 0.3 0.4]",
+        "(0.1, 0.2, 0.3, 0.4)",
+        "[1, 2, 3, 4, 5]",
+        "(0.5; 0.6)",
+    ]
+    # One number in brackets, words or a range are ordinary text: an instance label, a footnote, years.
+    assert bx.number_groups("person (2) [1] [red box, blue box] (1990-2000) <box:0>") == []

@@ -15,7 +15,7 @@ from tinygroundinggpt.cli import main
 from tinygroundinggpt.data.format import LoadReport, iter_jsonl
 from tinygroundinggpt.synthesis.backends import CachedModels, OpenAIChatBackend, RetryCounter
 from tinygroundinggpt.synthesis.cache import DiskCache
-from tinygroundinggpt.synthesis.pipeline import Pipeline, read_manifest
+from tinygroundinggpt.synthesis.pipeline import Pipeline, merge_shards, read_manifest
 from tinygroundinggpt.synthesis.stages import SynthConfig
 
 # Without faults the corpus gives: 3 images, 7 objects; per object 2 text–coordinate and 1-2
@@ -265,6 +265,41 @@ def test_shards_partition_the_corpus_and_merge_to_the_unsharded_output(tmp_path:
         assert merged[key] == whole[key], key
 
 
+def test_merge_refuses_shards_that_do_not_make_one_dataset(tmp_path: Path) -> None:
+    # Shard 0/2 holds img0, shard 1/2 img1 and img2.
+    write_corpus(tmp_path)
+    records = read_manifest(tmp_path / "manifest.jsonl")
+    with FakeOpenAI() as srv:
+        for out, shard, config in [("s0", 0, None), ("s1", 1, None), ("s0-again", 0, None),
+                                   ("s1-nojudge", 1, SynthConfig(judge=False))]:  # fmt: skip
+            assert run(tmp_path, srv.url, out=out, shard=(shard, 2), config=config)["complete"]
+        # img2's relation call fails past every retry: shard 1/2 ends with one of its two images unfinished.
+        srv.faults = {"Given a list of instances: [blue box, green box, red box]": [429] * 4}
+        assert not run(tmp_path, srv.url, out="s1-outage", cache="cache-outage", shard=(1, 2))["complete"]
+
+    def merge(*shards: str, manifest: list = records) -> dict:
+        return merge_shards(manifest, [tmp_path / s for s in shards], tmp_path / "merged")
+
+    with pytest.raises(ValueError, match=r"shard 0/2 is in both .*s0 and .*s0-again: give each shard once"):
+        merge("s0", "s1", "s0-again")
+    with pytest.raises(ValueError, match=r"shard 1/2 \(.*s1-nojudge\) ran with other options than shard 0/2 \(judge\)"):
+        merge("s0", "s1-nojudge")
+    with pytest.raises(ValueError, match="image 'img0' of shard 0/2 .* is not in the manifest"):
+        merge("s0", "s1", manifest=records[1:])
+    extra = [*records, {"id": "img9", "image": "images/0.png"}]
+    with pytest.raises(ValueError, match=r"manifest image 'img9' is in shard ./2's share, but .* lacks it"):
+        merge("s0", "s1", manifest=extra)
+    with pytest.raises(ValueError, match=r"shard 1/2 \(.*s1-outage\) is incomplete: 1 of its 2 images .*'img2'"):
+        merge("s0", "s1-outage")
+    assert not (tmp_path / "merged").exists()  # nothing is written before every check has passed
+    # Asked to, the merge keeps the finished images and says how many are missing where.
+    assert main(["synth-merge", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "merged"),
+                 "--allow-incomplete", "--shards", str(tmp_path / "s0"), str(tmp_path / "s1-outage")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert not report["complete"] and report["missing_images"] == {"1/2": 1}
+    assert {s["meta"]["image_id"] for s in read(tmp_path / "merged" / "stage2_tc.jsonl")} == {"img0", "img1"}
+
+
 def test_a_rerun_with_other_options_is_refused(tmp_path: Path) -> None:
     write_corpus(tmp_path)
     with FakeOpenAI() as srv:
@@ -309,6 +344,29 @@ def test_malformed_annotation_objects_are_reported_and_the_others_used(tmp_path:
         "objects[3] needs a non-empty string 'name', got None",
         "objects[4].score must be a number, got 'high'",
     ]
+
+
+def test_a_box_that_is_no_list_fails_its_object_and_the_run_goes_on(tmp_path: Path) -> None:
+    manifest = write_corpus(tmp_path)
+    records = read(manifest)
+    records[1]["objects"][0]["box"] = 5
+    records[2]["objects"][0]["box"] = {"x": 1}
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with FakeOpenAI() as srv:
+        rep = run(tmp_path, srv.url)
+    assert rep["complete"] and rep["unusable_images"] == 0
+    errors = sorted((f["image_id"], f["kind"], f["error"]) for f in read(tmp_path / "out" / "failures.jsonl")
+                    if f["stage"] == "load")  # fmt: skip
+    assert errors == [
+        ("img1", "bad_annotation_box", "objects[0].box must be a list of 4 numbers [x1, y1, x2, y2], got int: 5"),
+        (
+            "img2",
+            "bad_annotation_box",
+            "objects[0].box must be a list of 4 numbers [x1, y1, x2, y2], got dict: {'x': 1}",
+        ),
+    ]
+    # Each image goes on with its other objects.
+    assert {s["meta"]["image_id"] for s in read(tmp_path / "out" / "stage2_tc.jsonl")} == {"img0", "img1", "img2"}
 
 
 def test_an_unforeseen_error_in_a_stage_marks_only_that_image_unusable(tmp_path: Path, monkeypatch) -> None:

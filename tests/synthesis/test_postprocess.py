@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tinygroundinggpt.boxes import norm_to_pixel
 from tinygroundinggpt.synthesis.filters import FilterConfig, apply_filters
 from tinygroundinggpt.synthesis.postprocess import (
@@ -10,7 +12,7 @@ from tinygroundinggpt.synthesis.postprocess import (
     template_samples,
     text_image_samples,
 )
-from tinygroundinggpt.synthesis.replies import parse_qa_reply
+from tinygroundinggpt.synthesis.replies import MalformedReply, parse_qa_reply
 
 W, H = 1000, 500
 GIRL = list(norm_to_pixel([0.019, 0.302, 0.285, 0.678], W, H))
@@ -103,3 +105,29 @@ def test_two_objects_grounded_to_one_box_are_filtered_as_ambiguous() -> None:
     assert [len(s["boxes"]) for s in samples] == [2, 2]
     kept, removed, _ = apply_filters(samples, 100, 100, FilterConfig())
     assert kept == [] and {r["reason"] for r in removed} == {"object_iou_too_high"}
+
+
+def test_coordinates_spelled_otherwise_drop_their_qa_and_never_reach_the_text() -> None:
+    # Text never holds coordinates: numbers left in brackets once the [a, b, c, d] boxes are <box:i> are
+    # coordinates in the prompts' frame, and the QA or description holding them goes, counted as bad_box.
+    where = "Where is <the girl> [0.019, 0.302, 0.285, 0.678]?"
+    for answer in (
+        "It is at [0.019 0.302 0.285 0.678].",
+        "It is at (0.019, 0.302, 0.285, 0.678).",
+        "It is at [0.019, 0.302, 0.285, 0.678, 0.9].",
+        "Its centre is at (0.15, 0.49).",
+    ):
+        sample, problems = conversation_sample("img", [{"question": where, "answer": answer}], GROUNDING, W, H)
+        assert sample is None and [p.kind for p in problems] == ["bad_box"], answer
+    qas = [
+        {"question": "What is <playhouse> next to?", "answer": "A tree at [0.5 0.2 0.7 0.6]."},
+        {"question": "Is <the girl> at (0.019, 0.302, 0.285, 0.678)?", "answer": "Yes."},
+        {"question": "Is <the girl> in step (1) or [2]?", "answer": "In step (1)."},  # no coordinates: kept
+    ]
+    samples, problems = text_image_samples("img", "object_in_question", qas, GROUNDING, W, H)
+    assert [p.kind for p in problems] == ["bad_box", "bad_box"]
+    assert [s["messages"][1]["content"] for s in samples] == ["In step (1)."]
+    with pytest.raises(MalformedReply) as exc:
+        description_sample("img", "A girl [0.019, 0.302, 0.285, 0.678] by a house at [0.069 0.014 0.997 0.774].",
+                           GROUNDING, W, H)  # fmt: skip
+    assert exc.value.kind == "bad_box" and "[0.069 0.014 0.997 0.774]" in str(exc.value)

@@ -39,15 +39,29 @@ def test_object_list_accepts_the_papers_format_and_rejects_others() -> None:
 
 
 def test_triples() -> None:
-    assert parse_triples("[(man, holding, cup), (cup, on top of, table)]") == [
-        ("man", "holding", "cup"),
-        ("cup", "on top of", "table"),
-    ]
-    assert parse_triples("[(a, next to, close to, b)]") == [("a", "next to, close to", "b")]
-    assert parse_triples("[]") == []
-    for bad in ("(a, b, c)", "[(a, b)]", "[a, b, c]"):
+    assert parse_triples("[(man, holding, cup), (cup, on top of, table)]") == (
+        [("man", "holding", "cup"), ("cup", "on top of", "table")],
+        [],
+    )
+    assert parse_triples("[(a, next to, close to, b)]") == ([("a", "next to, close to", "b")], [])
+    assert parse_triples("[]") == ([], [])
+    for bad in ("(a, b, c)", "[(a, b)]", "[a, b, c]", '["a", "b", "c"]'):
         with pytest.raises(MalformedReply):
             parse_triples(bad)
+
+
+def test_one_bad_triple_drops_only_itself_and_quoted_lists_parse() -> None:
+    triples, dropped = parse_triples("[(man, holding, umbrella), (dog, grass), (cat, on, mat)]")
+    assert triples == [("man", "holding", "umbrella"), ("cat", "on", "mat")]
+    assert [p.kind for p in dropped] == ["wrong_arity"] and "'grass'" in str(dropped[0])
+    # JSON lists of lists and Python-quoted tuples, whose names may hold commas.
+    assert parse_triples('[["man", "on", "dog"]]') == ([("man", "on", "dog")], [])
+    assert parse_triples("[('man in red, white', 'next to', 'dog')]") == ([("man in red, white", "next to", "dog")], [])
+    assert parse_triples("[[man, on, dog], [a, b]]")[0] == [("man", "on", "dog")]
+
+
+def test_a_python_quoted_object_list_keeps_commas_inside_names() -> None:
+    assert parse_object_list("['man in a red, white shirt', 'dog']") == ["man in a red, white shirt", "dog"]
 
 
 def test_qa_list() -> None:
@@ -66,12 +80,12 @@ def test_qa_list() -> None:
 
 
 def test_triples_with_instance_labels_and_cut_off() -> None:
-    assert parse_triples("[(person (2), holding, umbrella), ('person (1)', next to, person (2))]") == [
+    assert parse_triples("[(person (2), holding, umbrella), ('person (1)', next to, person (2))]")[0] == [
         ("person (2)", "holding", "umbrella"),
         ("person (1)", "next to", "person (2)"),
     ]
-    assert parse_triples("The triples: [(a, on, b)]. Done (I think).") == [("a", "on", "b")]
-    assert parse_triples("[(a, on, b), (b, und", partial=True) == [("a", "on", "b")]
+    assert parse_triples("The triples: [(a, on, b)]. Done (I think).") == ([("a", "on", "b")], [])
+    assert parse_triples("[(a, on, b), (b, und", partial=True) == ([("a", "on", "b")], [])
     assert parse_object_list("[cat, dog, hor", partial=True) == ["cat", "dog"]
     with pytest.raises(MalformedReply):
         parse_triples("[(a, on, b), (b, und")  # a complete reply must close its list

@@ -59,6 +59,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("manifest", help="the manifest the shards ran on (gives the order)")
     m.add_argument("--shards", nargs="+", required=True, help="the shards' --out folders")
     m.add_argument("--out", required=True)
+    m.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="merge a shard whose run left images unfinished (they are left out and counted); refused by default",
+    )
     m.set_defaults(func=_synth_merge)
 
     w = add_command(sub, "synth-world")
@@ -74,9 +79,9 @@ def _synth_merge(args: argparse.Namespace) -> int:
 
     from tinygroundinggpt.synthesis.pipeline import merge_shards, read_manifest
 
-    report = merge_shards(read_manifest(args.manifest), args.shards, args.out)
+    report = merge_shards(read_manifest(args.manifest), args.shards, args.out, allow_incomplete=args.allow_incomplete)
     print(json.dumps(report, indent=2))
-    return 0 if report.get("complete") else 1
+    return 0 if report["complete"] or args.allow_incomplete else 1
 
 
 def _synth_world(args: argparse.Namespace) -> int:

@@ -73,6 +73,16 @@ def in_shard(image_id: str, shard: int, num_shards: int) -> bool:
     return int(hash_inputs(image_id)[:12], 16) % num_shards == shard
 
 
+def shard_file(out: Path, stem: str, ext: str, shard: int, num_shards: int) -> Path:
+    """Where shard ``shard/num_shards`` of a run into ``out`` keeps ``stem`` (an unsharded run: no tail)."""
+    tail = "" if num_shards == 1 else f".{shard}-of-{num_shards}"
+    return out / f"{stem}{tail}.{ext}"
+
+
+def _changed_options(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 class StateFile:
     """Append-only JSONL of per-image states for one stage; survives a kill mid-line."""
 
@@ -80,7 +90,9 @@ class StateFile:
         self.path = path
         self._lock = threading.Lock()
 
-    def load(self) -> dict[str, dict[str, Any]]:
+    def load(self, *, truncate: bool = True) -> dict[str, dict[str, Any]]:
+        """The complete states, last one per id; a half-written last line is cut off the file, unless
+        ``truncate`` is false (a reader that must not touch a file another process may still append to)."""
         if not self.path.exists():
             return {}
         states, good_end = {}, 0
@@ -91,7 +103,7 @@ class StateFile:
                 state = json.loads(line)
                 states[state["id"]] = state
                 good_end += len(line)
-        if good_end != self.path.stat().st_size:
+        if truncate and good_end != self.path.stat().st_size:
             with self.path.open("r+b") as fh:
                 fh.truncate(good_end)
         return states
@@ -140,8 +152,7 @@ class Pipeline:
             raise ValueError("MLLM recognition gives names without boxes: a grounder is needed")
 
     def _name(self, stem: str, ext: str) -> Path:
-        tail = "" if self.num_shards == 1 else f".{self.shard}-of-{self.num_shards}"
-        return self.out / f"{stem}{tail}.{ext}"
+        return shard_file(self.out, stem, ext, self.shard, self.num_shards)
 
     def _initial_state(self, rec: dict[str, Any]) -> dict[str, Any]:
         path = (self.image_root / rec["image"]).resolve()
@@ -223,9 +234,9 @@ class Pipeline:
         state = copy.deepcopy(prev)
         image = self._load(state)
         if image is not None:
-            if stage == "recognise":
-                self._check_annotation(state)
             try:
+                if stage == "recognise":  # inside the try: an annotation no check foresaw fails its image alone
+                    self._check_annotation(state)
                 STAGES[stage](state, image, self.ctx)
             except RequestRejected as exc:
                 state = copy.deepcopy(prev)  # nothing of the refused stage is kept
@@ -279,7 +290,7 @@ class Pipeline:
         if path.exists():
             before = json.loads(path.read_text(encoding="utf-8"))
             if before != options:
-                changed = sorted(k for k in options.keys() | before.keys() if options.get(k) != before.get(k))
+                changed = _changed_options(options, before)
                 raise ValueError(
                     f"{self.out} holds a run with other options ({', '.join(changed)}); use a new --out "
                     "(the model-call cache can be shared)"
@@ -307,11 +318,8 @@ class Pipeline:
         final = [current[i] for i in order if i in current]
         report = self._report(len(order), stage_report, final, complete)
         if complete:
-            for task, stem in OUTPUT_FILES.items():
-                rows = [s for st in final for s in st["samples"] if s["meta"]["task"] == task]
+            for stem, rows in _output_rows(final).items():
                 _write_jsonl_atomic(self._name(stem, "jsonl"), rows)
-            _write_jsonl_atomic(self._name("removed", "jsonl"), [r for st in final for r in st.get("removed", [])])
-            _write_jsonl_atomic(self._name("failures", "jsonl"), [f for st in final for f in st.get("failures", [])])
         tmp = self._name("report", "json.tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         tmp.replace(self._name("report", "json"))
@@ -356,31 +364,96 @@ def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def merge_shards(records: list[dict[str, Any]], shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
-    """Join the outputs of ``--shard i/N`` runs (one folder each, or one shared folder) into ``out_dir``,
-    in manifest order with image paths made relative to ``out_dir``: the files an unsharded run writes.
-    Returns the summed report (``calls``, ``cache_hits`` and ``retries`` are the shards' totals)."""
+def _output_rows(final: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each output file's rows (by stem) from the images' final states, in the states' order."""
+    rows = {
+        stem: [s for st in final for s in st["samples"] if s["meta"]["task"] == task]
+        for task, stem in OUTPUT_FILES.items()
+    }
+    rows["removed"] = [r for st in final for r in st.get("removed", [])]
+    rows["failures"] = [f for st in final for f in st.get("failures", [])]
+    return rows
+
+
+def merge_shards(
+    records: list[dict[str, Any]],
+    shard_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    allow_incomplete: bool = False,
+) -> dict[str, Any]:
+    """Join the ``--shard i/N`` runs of ``records`` (one folder each, or one shared folder) into ``out_dir``, in
+    manifest order with image paths made relative to ``out_dir``: the files an unsharded run writes.
+    Returns the summed report (``calls``, ``cache_hits`` and ``retries`` are the shards' totals).
+
+    Refuses, before writing anything, a shard found in two folders, a missing shard, shards run with other
+    options, shards that do not match the manifest, and a shard whose images have not all passed every stage
+    unless ``allow_incomplete``: then its finished images are merged and ``missing_images`` counts the others.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rank = {r["id"]: k for k, r in enumerate(records)}
-    folders = list(dict.fromkeys(Path(d).resolve() for d in shard_dirs))
-    reports = [json.loads(p.read_text()) for d in folders for p in sorted(d.glob("report.*-of-*.json"))]
-    shards_seen = {r["shard"] for r in reports}
-    num_shards = {int(s.split("/")[1]) for s in shards_seen}
-    if len(num_shards) != 1 or len(shards_seen) != next(iter(num_shards)):
-        raise ValueError(f"need the reports of every shard i/N of one N, found {sorted(shards_seen)}")
-    for stem in [*OUTPUT_FILES.values(), "removed", "failures"]:
-        rows = []
-        for d in folders:
-            for path in sorted(d.glob(f"{stem}.*-of-*.jsonl")):
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    row = json.loads(line)
-                    if "image" in row:
-                        row["image"] = os.path.relpath(d / row["image"], out.resolve())
-                    rows.append(row)
-        # A stable sort by image keeps each image's samples in the order its shard wrote them.
-        rows.sort(key=lambda r: rank[r.get("image_id") or r["meta"]["image_id"]])
+    found: dict[tuple[int, int], tuple[Path, dict[str, Any]]] = {}
+    for folder in dict.fromkeys(Path(d).resolve() for d in shard_dirs):
+        for path in sorted(folder.glob("report.*-of-*.json")):
+            report = json.loads(path.read_text(encoding="utf-8"))
+            i, n = (int(v) for v in report["shard"].split("/"))
+            if (i, n) in found:  # its rows would be merged twice
+                raise ValueError(f"shard {i}/{n} is in both {found[i, n][0]} and {folder}: give each shard once")
+            found[i, n] = (folder, report)
+    num_shards = {n for _, n in found}
+    if len(num_shards) != 1 or len(found) != next(iter(num_shards)):
+        raise ValueError(
+            f"need the reports of every shard i/N of one N, found {[f'{i}/{n}' for i, n in sorted(found)]}"
+        )
+    options = {
+        key: json.loads(shard_file(folder, "state/options", "json", *key).read_text(encoding="utf-8"))
+        for key, (folder, _) in found.items()
+    }
+    first = min(found)
+    for key in sorted(found):
+        changed = _changed_options(options[key], options[first])
+        if changed:
+            raise ValueError(
+                f"shard {key[0]}/{key[1]} ({found[key][0]}) ran with other options than shard {first[0]}/{first[1]} "
+                f"({', '.join(changed)}): their samples do not make one dataset; rerun it with the same options"
+            )
+    final, missing = [], {}
+    for (i, n), (folder, report) in sorted(found.items()):
+        states = StateFile(shard_file(folder, f"state/{list(STAGES)[-1]}", "jsonl", i, n)).load(truncate=False)
+        unknown = [iid for iid in states if iid not in rank]
+        share = [iid for iid in rank if in_shard(iid, i, n)]
+        lacking = [iid for iid in share if iid not in states]
+        hint = "merge with the manifest the shards ran on"
+        if unknown:
+            raise ValueError(f"image {unknown[0]!r} of shard {i}/{n} ({folder}) is not in the manifest: {hint}")
+        if lacking and report["complete"]:
+            raise ValueError(
+                f"manifest image {lacking[0]!r} is in shard {i}/{n}'s share, but {folder} lacks it: {hint}"
+            )
+        if len(share) != report["images"]:
+            raise ValueError(
+                f"shard {i}/{n} ({folder}) ran on {report['images']} images, the manifest gives it {len(share)}: {hint}"
+            )
+        if lacking:
+            if not allow_incomplete:
+                raise ValueError(
+                    f"shard {i}/{n} ({folder}) is incomplete: {len(lacking)} of its {len(share)} images have not "
+                    f"passed every stage (first {lacking[0]!r}); rerun it to finish them, or merge with "
+                    "--allow-incomplete to leave them out"
+                )
+            log.warning("shard %d/%d: %d unfinished images left out of the merge", i, n, len(lacking))
+            missing[f"{i}/{n}"] = len(lacking)
+        for state in states.values():
+            for s in state["samples"]:
+                s["image"] = os.path.relpath(folder / s["image"], out.resolve())
+            final.append(state)
+    final.sort(key=lambda st: rank[st["id"]])
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, rows in _output_rows(final).items():
         _write_jsonl_atomic(out / f"{stem}.jsonl", rows)
-    report = {**_sum_reports(reports), "shard": f"merged {len(reports)}"}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return report
+    reports = [report for _, report in found.values()]
+    merged = {**_sum_reports(reports), "complete": not missing, "shard": f"merged {len(reports)}"}
+    if missing:
+        merged["missing_images"] = missing
+    (out / "report.json").write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return merged

@@ -3,7 +3,10 @@
 Replies speak of objects as ``<name>`` and of boxes as ``[x1, y1, x2, y2]`` normalised to the
 original width and height (the frame the prompts give them). Here every such box becomes a pixel
 box in ``sample["boxes"]`` referenced as ``<box:i>``, and a highlighted object in a question becomes
-``<object:i>``: the object image cut from its box at training time.
+``<object:i>``: the object image cut from its box at training time. Numbers still in brackets after that are
+coordinates spelled otherwise (``[a b c d]``, ``(a, b, c, d)``, five numbers): text never holds coordinates, so
+the QA or description holding them is dropped (``bad_box``). They are not read as boxes: boxes.py has one box
+syntax, ``[a, b, c, d]``, the one the prompts show and the evaluators parse.
 
 Several objects may share a name (three persons). Each grounded object then has a ``label`` that tells
 them apart (``person (2)``, see :func:`instance_labels`): the models are shown labels, training text only
@@ -26,6 +29,7 @@ from tinygroundinggpt.boxes import (
     BoxError,
     iou,
     norm_to_pixel,
+    number_groups,
     parse_first_box,
     round_box,
     validate_unit_box,
@@ -200,7 +204,8 @@ def text_image_samples(
     A bare ``[x1, y1, x2, y2]`` (prompt frame) becomes a ``<box:i>`` like every other box.
 
     A QA whose question highlights nothing, names an object that was not grounded or that several objects
-    share, or holds a malformed box, is dropped and returned as a :class:`MalformedReply` for the log.
+    share, or holds a malformed box (coordinates in any other spelling included), is dropped and returned as a
+    :class:`MalformedReply` for the log.
     """
     samples, problems = [], []
     shared = shared_names(grounding)
@@ -222,7 +227,7 @@ def text_image_samples(
                 refs[name] = slots[g]
             question = _HIGHLIGHT_RE.sub(lambda m, refs=refs: f"<object:{refs[m.group(1)]}>", qa["question"])
             answer = _HIGHLIGHT_RE.sub(lambda m: m.group(1), qa["answer"])
-            question, answer = (_bare_boxes(t, b, width, height) for t in (question, answer))
+            question, answer = (_no_coordinates(_bare_boxes(t, b, width, height)) for t in (question, answer))
         except MalformedReply as exc:
             problems.append(exc)
             continue
@@ -231,7 +236,8 @@ def text_image_samples(
 
 
 def _bare_boxes(text: str, b: _Builder, width: int, height: int) -> str:
-    """Every ``[x1, y1, x2, y2]`` in ``text`` (prompt frame) as a ``<box:i>`` of ``b``; other brackets kept."""
+    """Every ``[x1, y1, x2, y2]`` in ``text`` (prompt frame) as a ``<box:i>`` of ``b``; other brackets kept
+    (see :func:`_no_coordinates` for those that hold numbers)."""
 
     def repl(m: re.Match[str]) -> str:
         if parse_first_box(m.group(0)) is None:
@@ -239,6 +245,15 @@ def _bare_boxes(text: str, b: _Builder, width: int, height: int) -> str:
         return f"<box:{b.add(_reply_box(m.group(0), width, height))}>"
 
     return _BARE_BOX_RE.sub(repl, text)
+
+
+def _no_coordinates(text: str) -> str:
+    """``text`` once its boxes are ``<box:i>``; numbers still in brackets are coordinates written some other way
+    (``[a b c d]``, ``(a, b, c, d)``, five numbers), which would teach the prompt's frame as text: the QA goes."""
+    left = number_groups(text)
+    if left:
+        raise MalformedReply("bad_box", f"{left[0]!r} is not [x1, y1, x2, y2] and cannot stay in the text")
+    return text
 
 
 def _reply_box(text: str, width: int, height: int) -> list[float]:
@@ -275,7 +290,7 @@ def _ground_text(
             return f"<object:{k}>"
         return f"{name} <box:{k}>"
 
-    return _SPAN_RE.sub(repl, text)
+    return _no_coordinates(_SPAN_RE.sub(repl, text))
 
 
 def conversation_sample(

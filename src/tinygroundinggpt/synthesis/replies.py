@@ -108,8 +108,8 @@ def parse_object_list(text: str, *, partial: bool = False) -> list[str]:
     body = _bracketed(text, partial)
     cut = not body.endswith("]")
     try:
-        items = json.loads(body)
-    except json.JSONDecodeError:
+        items = _literal(body)  # JSON or Python quoting: a quoted name may hold a comma
+    except ValueError:
         inner = body[1:] if cut else body[1:-1]
         items = inner.split(",")[:-1] if cut else inner.split(",")
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -125,16 +125,16 @@ def parse_object_list(text: str, *, partial: bool = False) -> list[str]:
 
 
 def _top_level_groups(body: str) -> tuple[list[str], bool]:
-    """The contents of each parenthesised group directly inside ``body`` (nested brackets kept inside
-    their group), and whether the last group was left unclosed."""
+    """The contents of each ``(...)`` or ``[...]`` group directly inside ``body`` (nested brackets kept
+    inside their group), and whether the last group was left unclosed."""
     groups, depth, start = [], 0, -1
     for i, c in enumerate(body):
         if c in "([{":
             depth += 1
-            if c == "(" and depth == 2:  # depth 1 is the enclosing list
+            if c in "([" and depth == 2:  # depth 1 is the enclosing list
                 start = i + 1
         elif c in ")]}":
-            if c == ")" and depth == 2 and start >= 0:
+            if c in ")]" and depth == 2 and start >= 0:
                 groups.append(body[start:i])
                 start = -1
             depth -= 1
@@ -156,23 +156,34 @@ def _split_top_level(group: str) -> list[str]:
     return [p.strip().strip("\"'`").strip() for p in parts]
 
 
-def parse_triples(text: str, *, partial: bool = False) -> list[tuple[str, str, str]]:
-    """Fig. 7 relation reply ``[(a, rel, b), ...]`` → triples (instances not yet checked against the list).
+def parse_triples(text: str, *, partial: bool = False) -> tuple[list[tuple[str, str, str]], list[MalformedReply]]:
+    """Fig. 7 relation reply ``[(a, rel, b), ...]`` → its valid triples (instances not yet checked against the
+    list) and one problem per dropped item, as :func:`parse_qa_reply`.
 
-    Instances may hold brackets themselves (``(person (2), holding, umbrella)``). ``partial``: the reply
-    was cut off by the token limit; its complete triples are kept."""
+    Triples may be quoted (JSON lists of lists, Python tuples) or not; unquoted instances may hold brackets
+    themselves (``(person (2), holding, umbrella)``). ``partial``: the reply was cut off by the token limit;
+    its complete triples are kept. Raises :class:`MalformedReply` when the reply holds no usable triple but
+    holds something else."""
     body = _bracketed(text, partial)
-    groups, cut = _top_level_groups(body)
-    triples = []
-    for group in groups:
-        parts = _split_top_level(group)
+    try:
+        items, cut = _literal(body), False
+    except ValueError:  # unquoted names: read the groups one by one
+        groups, cut = _top_level_groups(body)
+        items = [_split_top_level(g) for g in groups]
+    triples, problems = [], []
+    for i, item in enumerate(items):
+        ok = isinstance(item, list | tuple) and all(isinstance(p, str) for p in item)
+        parts = [p.strip() for p in item] if ok else []
         if len(parts) < 3 or not all(parts):
-            raise MalformedReply("wrong_arity", f"triple ({group}) does not have 3 parts")
+            problems.append(MalformedReply("wrong_arity", f"relation item {i} is not an (a, relation, b): {item!r}"))
+            continue
         # A relation phrase may itself hold a comma; the instances are the first and last parts.
         triples.append((parts[0], ", ".join(parts[1:-1]), parts[-1]))
+    if not triples and problems:
+        raise problems[0]
     if not triples and not cut and body.strip("[] \n\t"):
         raise MalformedReply("not_list", "relation reply holds no (a, relation, b) triple")
-    return triples
+    return triples, problems
 
 
 def _items_of(data: Any) -> list[Any]:

@@ -170,10 +170,12 @@ def relate(state: dict[str, Any], image: Image.Image, ctx: StageContext) -> None
     reply = ctx.models.chat(prompt, [image])
     _note_truncated(state, "relate", prompt, reply)
     try:
-        triples = parse_triples(reply.text, partial=reply.truncated)
+        triples, dropped = parse_triples(reply.text, partial=reply.truncated)
     except MalformedReply as exc:
         _fail(state, "relate", exc, prompt, reply.text)
         return
+    for p in dropped:  # the reply's other triples are kept
+        _fail(state, "relate", p, prompt, reply.text)
     by_key = {normalise_name(n): n for n in names}
     for a, r, b in triples:
         if normalise_name(a) not in by_key or normalise_name(b) not in by_key:
