@@ -173,7 +173,8 @@ class Pipeline:
         if state.get("unusable"):
             return None
         try:
-            image = load_image(self.out / state["image"])
+            # as stored, the frame of the manifest's boxes and of the samples' images when training reads them
+            image = load_image(self.out / state["image"], exif_orientation=False)
         except ImageLoadError as exc:
             problem = MalformedReply("image_unreadable", str(exc))
         else:
