@@ -22,6 +22,7 @@ from PIL import Image
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.images import load_image
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
+from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 
 ImageLike = str | Path | bytes | Image.Image
 
@@ -43,6 +44,17 @@ class AnswerStream(Iterator):
             self._pieces.close()  # type: ignore[attr-defined]
         except ValueError:  # being iterated in another thread right now: it ends on its own once generation stops
             pass
+
+
+def _check_stop(stop: Sequence[str] | None) -> None:
+    if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop)):
+        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+
+
+def _first_stop(text: str, stop: Sequence[str] | None) -> int | None:
+    """Where the first of the ``stop`` strings begins in ``text`` (None when none is in it)."""
+    found = [i for i in (text.find(s) for s in stop or ()) if i >= 0]
+    return min(found) if found else None
 
 
 @dataclass
@@ -123,12 +135,21 @@ class TinyGroundingGPTPipeline:
         prompts: Sequence[str],
         max_new_tokens: int = 64,
         boxes: list[Sequence[Sequence[float]]] | None = None,
+        *,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
         **generate_kwargs: Any,
     ) -> list[Prediction]:
         """:meth:`generate_batch` as :class:`Prediction` s: boxes in each image's frames, token counts, and
-        whether each answer ended on its own."""
-        loaded, batch = self._prepare(images, prompts, boxes)
-        return self._predictions(self._generate(batch, max_new_tokens, **generate_kwargs), batch, loaded)
+        whether each answer ended on its own.
+
+        ``stop``: strings that end an answer where one first appears, left out of it (OpenAI's ``stop``); ``seed``
+        makes sampling repeatable. A prompt that leaves fewer than ``max_new_tokens`` of the LLM's context raises
+        :class:`TruncationError`, as one over the processor's ``max_length`` does."""
+        _check_stop(stop)
+        loaded, batch = self._prepare(images, prompts, boxes, max_new_tokens)
+        out = self._generate(batch, max_new_tokens, stop=stop, seed=seed, **generate_kwargs)
+        return self._predictions(out, batch, loaded, stop)
 
     def stream(
         self,
@@ -136,14 +157,20 @@ class TinyGroundingGPTPipeline:
         prompt: str,
         max_new_tokens: int = 64,
         boxes: Sequence[Sequence[float]] | None = None,
+        *,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
         **generate_kwargs: Any,
     ) -> AnswerStream:
         """One answer as it is generated: its text in pieces, then its :class:`Prediction`. The image and prompt are
         read and checked before this returns, so a bad input raises here, not midway through the stream; closing
-        the stream early stops the generation."""
+        the stream early stops the generation. ``stop`` and ``seed`` as in :meth:`generate_batch_detailed`; text that
+        could begin a stop string is held back until it cannot."""
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        loaded, batch = self._prepare([image], [prompt], None if boxes is None else [boxes])
+        _check_stop(stop)
+        loaded, batch = self._prepare([image], [prompt], None if boxes is None else [boxes], max_new_tokens)
+        hold = max((len(s) for s in stop), default=1) - 1 if stop else 0
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         closed = threading.Event()
 
@@ -156,8 +183,8 @@ class TinyGroundingGPTPipeline:
         def run() -> None:
             try:
                 outcome["out"] = self._generate(
-                    batch, max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Closed()]),
-                    **generate_kwargs,
+                    batch, max_new_tokens, stop=stop, seed=seed, streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Closed()]), **generate_kwargs,
                 )  # fmt: skip
             except BaseException as exc:  # handed to the reader, which would otherwise wait forever
                 outcome["error"] = exc
@@ -166,16 +193,25 @@ class TinyGroundingGPTPipeline:
         def pieces() -> Iterator[str | Prediction]:
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
+            held = ""
             try:
                 for text in streamer:
-                    if text:
-                        yield text
+                    held += text
+                    cut = _first_stop(held, stop)
+                    if cut is not None:
+                        held = held[:cut]
+                        break
+                    if len(held) > hold:
+                        yield held[: len(held) - hold]
+                        held = held[len(held) - hold :]
+                if held:
+                    yield held
             finally:
-                closed.set()  # a reader that stopped early stops the generation
+                closed.set()  # a reader that stopped early, or a stop string, stops the generation
                 worker.join()
             if "error" in outcome:
                 raise outcome["error"]
-            yield self._predictions(outcome["out"], batch, loaded)[0]
+            yield self._predictions(outcome["out"], batch, loaded, stop)[0]
 
         return AnswerStream(pieces(), closed)
 
@@ -184,9 +220,18 @@ class TinyGroundingGPTPipeline:
         images: Sequence[ImageLike | None],
         prompts: Sequence[str],
         boxes: list[Sequence[Sequence[float]]] | None,
+        max_new_tokens: int,
     ) -> tuple[list[Image.Image | None], dict[str, torch.Tensor]]:
         loaded = [None if img is None else load_image(img) for img in images]  # the processor keeps these as they are
         batch = self.processor(list(prompts), loaded, boxes=boxes)
+        context = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        n_prompt = batch["input_ids"].shape[1]
+        if context is not None and n_prompt + max_new_tokens > context:
+            # past its trained positions the LLM writes noise; OpenAI-style servers refuse such a request
+            raise TruncationError(
+                f"the prompt has {n_prompt} tokens and up to {max_new_tokens} new ones were asked for: more than the "
+                f"model's context of {context} tokens"
+            )
         return loaded, {k: v.to(self.device) for k, v in batch.items()}
 
     def _stops(self) -> list[int]:
@@ -194,9 +239,21 @@ class TinyGroundingGPTPipeline:
         return [eot] if eot == tok.eos_token_id else [eot, tok.eos_token_id]  # a base model may still write its eos
 
     @torch.no_grad()  # grad mode is per thread: stream() generates in a thread of its own
-    def _generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int, **generate_kwargs: Any) -> torch.Tensor:
+    def _generate(
+        self,
+        batch: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        *,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
         generate_kwargs.setdefault("do_sample", False)
+        if stop:  # transformers stops a row once its text holds one; _predictions cuts the text there
+            generate_kwargs.update(stop_strings=list(stop), tokenizer=self.processor.tokenizer)
         with self._lock:  # one generation at a time
+            if seed is not None:  # under the lock: no other generation draws from the generator in between
+                torch.manual_seed(seed)
             return self.model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -206,9 +263,14 @@ class TinyGroundingGPTPipeline:
             )
 
     def _predictions(
-        self, out: torch.Tensor, batch: dict[str, torch.Tensor], loaded: list[Image.Image | None]
+        self,
+        out: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        loaded: list[Image.Image | None],
+        stop: Sequence[str] | None = None,
     ) -> list[Prediction]:
         stops = self._stops()
+        pad = self.processor.tokenizer.pad_token_id
         new = out[:, batch["input_ids"].shape[1] :]
         texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
         result = []
@@ -218,6 +280,12 @@ class TinyGroundingGPTPipeline:
             ends = [i for i, t in enumerate(row) if t in stops]
             finished = bool(ends)
             n_new = ends[0] + 1 if finished else len(row)
+            cut = _first_stop(text, stop)
+            if cut is not None:  # a stop string ended it
+                text, finished = text[:cut], True
+                if not ends:  # padded after the token that completed the stop string
+                    while n_new and row[n_new - 1] == pad:
+                        n_new -= 1
             text = text.strip()
             width, height = (0, 0) if img is None else img.size
             pixel, norm = answer_boxes(text, width, height) if img is not None else ([], [])

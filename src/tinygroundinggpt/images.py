@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from tinygroundinggpt.boxes import (
     Box,
@@ -96,6 +96,9 @@ def load_image(
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageTooLargeError(f"{label}: image too large ({exc})") from exc
+        except UnidentifiedImageError as exc:  # its message names an in-memory buffer by address
+            allowed = f" (one of {', '.join(formats)} is expected)" if formats else ""
+            raise ImageLoadError(f"{label}: cannot decode image: not in a format that can be read{allowed}") from exc
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     try:

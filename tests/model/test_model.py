@@ -96,6 +96,48 @@ def test_cached_and_uncached_greedy_generation_agree_batched(tiny_model):
     assert s.shape[0] == 2
 
 
+def test_generate_takes_transformers_own_options(tiny_model):
+    model, proc = tiny_model
+    batch = proc(["Is there a star?"], [Image.new("RGB", (30, 64), (255, 255, 0))])
+    n = batch["input_ids"].shape[1]
+    greedy = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    beams = model.generate(**batch, max_new_tokens=4, num_beams=2, num_return_sequences=2)
+    assert beams.shape[0] == 2 and torch.equal(beams[:, :n], batch["input_ids"].repeat(2, 1))
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, greedy) and len(out.scores) == greedy.shape[1] - n
+    # the prompt's tokens count for a repetition penalty, as in transformers' VLMs: the first step's scores change
+    plain = model.generate(**batch, max_new_tokens=1, output_scores=True, return_dict_in_generate=True).scores[0]
+    penal = model.generate(
+        **batch, max_new_tokens=1, output_scores=True, return_dict_in_generate=True, repetition_penalty=10.0
+    ).scores[0]
+    assert not torch.equal(plain[0, batch["input_ids"][0]], penal[0, batch["input_ids"][0]])
+
+
+def test_token_embeddings_resize_on_the_whole_model(tiny_model):
+    model = copy.deepcopy(tiny_model[0])
+    model.config.text_config.tie_word_embeddings = False
+    model.language_model.lm_head.weight = torch.nn.Parameter(model.language_model.lm_head.weight.detach().clone())
+    old = model.config.text_config.vocab_size
+    model.resize_token_embeddings(old + 8)
+    assert model.get_input_embeddings().weight.shape[0] == model.get_output_embeddings().weight.shape[0] == old + 8
+
+
+def test_weights_missing_from_a_checkpoint_are_initialised_not_left_as_memory(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model[0]
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("projector.")}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    projector = TinyGroundingGPTForConditionalGeneration.from_pretrained(tmp_path).projector
+    std = model.config.text_config.initializer_range
+    for linear in (projector.linear_1, projector.linear_2):  # transformers' init: normal(initializer_range), bias 0
+        assert abs(linear.weight.std().item() - std) < 0.2 * std and not linear.bias.any()
+    if isinstance(projector.norm, torch.nn.LayerNorm):
+        assert (projector.norm.weight == 1).all() and not projector.norm.bias.any()
+
+
 def test_save_load_round_trip_identical_logits_via_auto_classes(tiny_model, tmp_path):
     model, proc = tiny_model
     model.save_pretrained(tmp_path)

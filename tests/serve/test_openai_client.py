@@ -128,3 +128,68 @@ def test_concurrent_requests_each_get_their_own_answer(client, pipe, scene):
         answers = list(pool.map(ask, prompts))
     assert answers == [pipe.predict(image, p).text for p in prompts]
     assert len(set(answers)) > 1  # the prompts really ask for different objects
+
+
+def test_stop_seed_and_logprobs_are_honoured_or_refused(client, pipe, scene):
+    image, prompt = scene
+    expected = pipe.predict(image, prompt).text  # "[x1, y1, x2, y2]"
+    url = data_url(png_bytes(image))
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}]
+    messages = [{"role": "user", "content": content}]
+    resp = client.chat.completions.create(model=MODEL, messages=messages, stop=[", "])
+    # OpenAI's stop: the answer ends where the stop string first appears, without it
+    assert resp.choices[0].message.content == expected[: expected.index(", ")]
+    assert resp.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model=MODEL, messages=messages, stop=", ", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected[: expected.index(", ")]
+    hot = {"model": MODEL, "messages": messages, "temperature": 2.0, "max_tokens": 20}
+    runs = [client.chat.completions.create(**hot, seed=seed).choices[0].message.content for seed in (5, 5, 6, 6)]
+    assert runs[0] == runs[1] and runs[2] == runs[3] and runs[0] != runs[2]  # sampling repeats under one seed
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.chat.completions.create(model=MODEL, messages=messages, logprobs=True)
+
+
+class SlowPipeline:
+    """The real pipeline, generating one token per 20 ms and never ending its answer before max_tokens."""
+
+    def __init__(self, pipe):
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        self.pipe, self.steps = pipe, 0
+        stops = pipe._stops()
+        outer = self
+
+        class Slow(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                outer.steps += 1
+                time.sleep(0.02)
+                scores[:, stops] = -float("inf")
+                return scores
+
+        self.processors = LogitsProcessorList([Slow()])
+
+    def stream(self, *args, **kwargs):
+        return self.pipe.stream(*args, logits_processor=self.processors, **kwargs)
+
+
+def test_a_client_gone_before_its_answer_stops_the_generation_and_frees_the_slot(pipe):
+    slow = SlowPipeline(pipe)
+    with serving(create_app(slow, model_name=MODEL, max_pending=1)) as port:
+        body = b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 250}' % MODEL.encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            deadline = time.monotonic() + 30
+            while slow.steps < 5:
+                assert time.monotonic() < deadline, "generation did not start"
+                time.sleep(0.01)
+        # the client is gone (no stream: it was waiting for the whole answer)
+        time.sleep(1.5)
+        stopped_at = slow.steps
+        time.sleep(0.5)
+        assert slow.steps == stopped_at < 150  # 250 steps would take 5 s; it stopped within ~0.3 s of the close
+        with httpx.Client(trust_env=False, timeout=60) as http:  # and its slot is free again
+            short = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+            assert http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=short).status_code == 200

@@ -257,10 +257,10 @@ class GatedPipeline:
     def __init__(self, pipe):
         self.pipe, self.entered, self.gate = pipe, threading.Event(), threading.Event()
 
-    def generate_batch_detailed(self, *args, **kwargs):
+    def stream(self, *args, **kwargs):
         self.entered.set()
         assert self.gate.wait(30)
-        return self.pipe.generate_batch_detailed(*args, **kwargs)
+        return self.pipe.stream(*args, **kwargs)
 
 
 def test_requests_beyond_max_pending_get_503_and_the_others_their_answer(pipe, scene, expected):
@@ -384,3 +384,15 @@ def test_apps_sharing_a_pipeline_never_generate_at_once(pipe, scene, expected, m
         replies = list(pool.map(lambda k: clients[k % 2].post("/v1/chat/completions", json=body), range(4)))
     assert [r.json()["choices"][0]["message"]["content"] for r in replies] == [expected.text] * 4
     assert state["most"] == 1
+
+
+def test_prompts_beyond_the_context_or_far_too_long_are_refused(client, scene):
+    image, _ = scene
+    url = data_url(png_bytes(image))
+    # the tiny LLM's context is 1024 tokens: a prompt of ~900 leaves less than the 256 new tokens asked for
+    over = error(client.post("/v1/chat/completions", json=request(url, "red " * 900, max_tokens=256)), 400)
+    assert over["code"] == "context_length_exceeded" and "context of 1024 tokens" in over["message"]
+    # megabytes of text are refused by their length, before the tokenizer spends seconds and gigabytes on them
+    huge = error(client.post("/v1/chat/completions", json=request(url, "a," * 500_000)), 400)
+    assert huge["code"] == "context_length_exceeded" and "1000000 characters" in huge["message"]
+    assert error(client.post("/v1/chat/completions", json=request(url, "Hi", stop=["a"] * 5)), 400)["param"] == "stop"

@@ -100,13 +100,6 @@ class TinyGroundingGPTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
 
-    def _init_weights(self, module: nn.Module) -> None:
-        std = getattr(self.config.text_config, "initializer_range", 0.02)
-        if isinstance(module, MultiModalProjector):
-            for lin in (module.linear_1, module.linear_2):
-                nn.init.normal_(lin.weight, mean=0.0, std=std)
-                nn.init.zeros_(lin.bias)
-
 
 class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
     """The full model: ``forward`` gives the LM loss, ``generate`` answers with text (and boxes as text)."""
@@ -153,6 +146,9 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.language_model.set_output_embeddings(new_embeddings)
 
     # --- vision -------------------------------------------------------------------------------------
     @property
@@ -245,16 +241,17 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
     ) -> torch.LongTensor:
         """Generate with the LLM's own ``generate`` (KV cache, batching, sampling) from merged embeddings.
 
-        Returns ``input_ids`` followed by the new tokens, as transformers' VLMs do; inputs must be
-        left-padded for batched generation (the processor does this with ``padding_side="left"``).
+        Returns ``input_ids`` followed by the new tokens (or transformers' output object, with
+        ``return_dict_in_generate``), as transformers' VLMs do; inputs must be left-padded for batched generation
+        (the processor does this with ``padding_side="left"``). The LLM gets the ids beside the merged embeddings, as
+        transformers' VLMs give them: repetition penalties see the prompt, and several sequences per input work.
         """
         embeds = self.embed_inputs(input_ids, pixel_values, object_pixel_values)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        new_tokens = self.language_model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
+        return self.language_model.generate(
+            input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
         )
-        return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)
 
     # --- assembly -----------------------------------------------------------------------------------
     @classmethod
@@ -272,7 +269,9 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
         model.vision_tower.dino = dino
         model.language_model = language_model
         model.projector = MultiModalProjector(config).to(dtype=language_model.dtype)
-        model._init_weights(model.projector)
+        # transformers' own init, module by module as it initialises missing weights on loading: linear layers
+        # normal(text_config.initializer_range) with zero biases, LayerNorms one and zero
+        model.projector.apply(model._init_weights)
         model.projector.match_output_norm(language_model.get_input_embeddings().weight)
         if config.freeze_vision_tower:
             model.vision_tower.requires_grad_(False)

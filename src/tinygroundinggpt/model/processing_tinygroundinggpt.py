@@ -46,6 +46,12 @@ class TruncationError(ValueError):
     """A conversation that cannot be cut to ``max_length`` without losing everything it is for."""
 
 
+# A prompt longer than this many characters per token of ``max_length`` is refused before it is tokenised (a token
+# spans a few characters; the longest, runs of spaces or of one letter, a few dozen): tokenising megabytes of text
+# costs seconds and gigabytes only to be refused after.
+MAX_CHARS_PER_TOKEN = 32
+
+
 @dataclass
 class Encoded:
     """One processed conversation, before batching."""
@@ -357,6 +363,11 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             raise ValueError(f"{len(texts)} prompts but {len(imgs)} images")
         items = []
         for i, (t, img) in enumerate(zip(texts, imgs, strict=True)):
+            if len(t) > self.max_length * MAX_CHARS_PER_TOKEN:
+                raise TruncationError(
+                    f"prompt {i} has {len(t)} characters, more than max_length {self.max_length} tokens can hold "
+                    f"(at most {self.max_length * MAX_CHARS_PER_TOKEN} are read)"
+                )
             problem = reference_problem(t, len(boxes[i]) if boxes else 0, img is not None)
             if problem:  # found here, not as an IndexError deep in rendering
                 raise ValueError(f"prompt {i} ({t[:80]!r}): {problem}")

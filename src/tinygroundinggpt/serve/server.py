@@ -16,9 +16,11 @@ keeps working). System and assistant messages are not shown to the model. An ima
 ``data:image/...;base64,`` URL or a local file path / ``file://`` URL that resolves (symlinks and
 ``..`` followed) inside one of ``image_roots``; nothing else is read, and no URL is ever fetched.
 ``max_tokens`` / ``max_completion_tokens`` (capped at ``max_new_tokens_cap``, which is also the
-default), ``temperature`` (0, below ``MIN_TEMPERATURE`` or absent: greedy), ``top_p`` (with sampling), ``n`` (1 only),
-``stream`` (the text as it is generated, then a delta with the boxes) and ``stream_options.include_usage`` are
-honoured; other parameters are accepted and ignored.
+default), ``temperature`` (0, below ``MIN_TEMPERATURE`` or absent: greedy), ``top_p`` (with sampling), ``stop`` (up to
+``MAX_STOP`` strings, left out of the answer), ``seed`` (repeatable sampling), ``n`` (1 only), ``stream`` (the text as
+it is generated, then a delta with the boxes) and ``stream_options.include_usage`` are honoured; ``logprobs`` is
+refused (400); other parameters are accepted and ignored. A prompt that leaves less than ``max_tokens`` of the model's
+context is refused (400 ``context_length_exceeded``), and a client that goes away stops its generation.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request or image (or one with more than ``MAX_JSON_CONTAINERS`` objects and arrays), 404 for another model
@@ -39,7 +41,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tinygroundinggpt.api import Prediction, TinyGroundingGPTPipeline
+from tinygroundinggpt.api import AnswerStream, Prediction, TinyGroundingGPTPipeline
 from tinygroundinggpt.data.format import BOX_REF_RE, CONTROL_TOKEN_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
 from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
@@ -85,6 +87,10 @@ MAX_JSON_CONTAINERS = 10_000
 MIN_TEMPERATURE = 1e-5
 # Raster formats a request's image may be in; Pillow would otherwise also try e.g. EPS (through Ghostscript).
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+# OpenAI's own limit on stop sequences.
+MAX_STOP = 4
+# How often a request without a stream checks that its client is still there.
+DISCONNECT_POLL_SECONDS = 0.25
 
 
 def text_problem(text: str) -> str | None:
@@ -96,6 +102,14 @@ def text_problem(text: str) -> str | None:
         return f"the text is not valid Unicode ({exc.reason} at character {exc.start})"
     found = _PLACEHOLDER_RE.search(text)
     return f"the text may not contain the model's placeholder {found.group(0)!r}" if found else None
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str] | None:
+    """OpenAI's ``stop``: one string or up to ``MAX_STOP``, none empty; :class:`APIError` otherwise."""
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is not None and (len(stops) > MAX_STOP or not all(stops)):
+        raise APIError(400, f"stop must be up to {MAX_STOP} non-empty strings, got {stop!r}", param="stop")
+    return stops or None
 
 
 class APIError(Exception):
@@ -131,6 +145,10 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     n: int | None = None
     stream: bool | None = False  # the openai client may send null
     stream_options: StreamOptions | None = None
@@ -467,11 +485,10 @@ def create_app(
         check_model(model_id)
         return model_card
 
-    def answer(
-        chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any], stream: bool
-    ) -> Prediction | Iterator[str | Prediction]:
-        """Runs in a worker thread: reading and decoding the image block too. A stream has read and checked its
-        inputs when this returns, so their errors still get a status code; its tokens follow as generated."""
+    def answer(chat: ChatInput, max_new_tokens: int, sampling: dict[str, Any]) -> AnswerStream:
+        """Runs in a worker thread: reading and decoding the image block too. The answer has read and checked its
+        inputs when this returns, so their errors still get a status code; its tokens follow as generated (a request
+        without a stream gathers them, so that it too can stop generating when its client goes away)."""
         image = None
         if chat.image_url is not None:
             try:
@@ -480,16 +497,14 @@ def create_app(
                 exc.param = chat.image_param  # the loader knows the URL, not where the request put it
                 raise
         try:  # the pipeline runs one generation at a time
-            if stream:
-                return pipeline.stream(image, chat.text, max_new_tokens=max_new_tokens, **sampling)
-            return pipeline.generate_batch_detailed([image], [chat.text], max_new_tokens=max_new_tokens, **sampling)[0]
+            return pipeline.stream(image, chat.text, max_new_tokens=max_new_tokens, **sampling)
         except TruncationError as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
 
-    async def admitted(request: Request) -> tuple[ChatCompletionRequest, Prediction | Iterator[str | Prediction]]:
-        """The request parsed and answered (a stream: started). A slot is taken before the body is read: each body
-        may hold up to ``max_request_bytes`` (and its decoded image) in memory, so bodies being received count too;
-        a stream gives its slot back when it ends."""
+    async def admitted(request: Request) -> tuple[ChatCompletionRequest, AnswerStream]:
+        """The request parsed and its answer started. A slot is taken before the body is read: each body may hold up
+        to ``max_request_bytes`` (and its decoded image) in memory, so bodies being received count too; the caller
+        gives it back when the answer ends."""
         nonlocal pending
         if pending >= max_pending:
             raise APIError(
@@ -518,34 +533,55 @@ def create_app(
             check_model(req.model)
             if req.n not in (None, 1):
                 raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", param="n")
+            if req.logprobs or req.top_logprobs:
+                raise APIError(400, "logprobs are not returned by this server", param="logprobs")
             chat = conversation_input(req.messages)
             cap = max_new_tokens_cap
             max_new_tokens = min(req.max_completion_tokens or req.max_tokens or cap, cap)
-            sampling: dict[str, Any] = {}
+            sampling: dict[str, Any] = {"stop": stop_strings(req.stop), "seed": req.seed}
             if req.temperature and req.temperature >= MIN_TEMPERATURE:
-                sampling = {"do_sample": True, "temperature": req.temperature}
+                sampling.update(do_sample=True, temperature=req.temperature)
                 if req.top_p is not None:
                     sampling["top_p"] = req.top_p
-            result = await run_in_threadpool(answer, chat, max_new_tokens, sampling, bool(req.stream))
+            result = await run_in_threadpool(answer, chat, max_new_tokens, sampling)
         except BaseException:
             pending -= 1
             raise
-        if not req.stream:
-            pending -= 1
         return req, result
 
     def release() -> None:
         nonlocal pending
         pending -= 1
 
+    async def gathered(request: Request, result: AnswerStream) -> Prediction | None:
+        """The whole answer, or None when the client went away first (its generation then stops)."""
+
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+            await run_in_threadpool(result.close)  # waits for the generation to stop: not on the loop
+
+        watcher = asyncio.create_task(watch())
+        try:
+            pieces = [piece async for piece in iterate_in_threadpool(result)]
+        finally:
+            watcher.cancel()
+            await run_in_threadpool(result.close)
+            release()
+        gone = watcher.done() and not watcher.cancelled()
+        return None if gone or not pieces or not isinstance(pieces[-1], Prediction) else pieces[-1]
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         req, result = await admitted(request)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         if not req.stream:
-            message = {"role": "assistant", "content": result.text, **_grounding(result)}
-            choice = {"index": 0, "message": message, "finish_reason": _finish(result), "logprobs": None}
-            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": _usage(result)})
+            answer = await gathered(request, result)
+            if answer is None:  # no one to send it to; the status is for the log
+                return JSONResponse(_error_body(499, "the client closed the request"), status_code=499)
+            message = {"role": "assistant", "content": answer.text, **_grounding(answer)}
+            choice = {"index": 0, "message": message, "finish_reason": _finish(answer), "logprobs": None}
+            return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": _usage(answer)})
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
