@@ -91,6 +91,18 @@ def _name(obj: dict[str, Any]) -> str:
     return " ".join(str(name).split())
 
 
+def _entries(path: str | Path, key: str, report: ConvertReport, progress: bool) -> Iterator[tuple[str, Any, list]]:
+    """Each entry of a per-image VG file with its ``key`` list, and where it is (``file[i]``); an entry without such a
+    list is skipped."""
+    name = Path(path).name
+    for i, entry in enumerate(iter_json_array(path, progress=progress)):
+        items = entry.get(key) if isinstance(entry, dict) else None
+        if not isinstance(items, list):
+            report.skip(f"entry without a {key!r} list", f"{name}[{i}]")
+            continue
+        yield f"{name}[{i}]", entry, items
+
+
 def iter_regions(
     regions_path: str | Path,
     images: dict[int, VGImage],
@@ -99,14 +111,9 @@ def iter_regions(
     exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> Iterator[Sample]:
-    name = Path(regions_path).name
-    for i, entry in enumerate(iter_json_array(regions_path, progress=progress)):
-        regions = entry.get("regions") if isinstance(entry, dict) else None
-        if not isinstance(regions, list):
-            report.skip("entry without a 'regions' list", f"{name}[{i}]")
-            continue
+    for at, entry, regions in _entries(regions_path, "regions", report, progress):
         for j, reg in enumerate(regions):
-            where = f"{name}[{i}].regions[{j}]"
+            where = f"{at}.regions[{j}]"
             try:
                 if not isinstance(reg, dict):
                     raise RecordError("region not an object")
@@ -149,25 +156,20 @@ def iter_relationships(
     exclude: ReferEvalImages = NO_EXCLUSION,
     progress: bool = False,
 ) -> Iterator[Sample]:
-    name = Path(rel_path).name
-    for i, entry in enumerate(iter_json_array(rel_path, progress=progress)):
-        rels = entry.get("relationships") if isinstance(entry, dict) else None
-        if not isinstance(rels, list):
-            report.skip("entry without a 'relationships' list", f"{name}[{i}]")
-            continue
+    for at, entry, rels in _entries(rel_path, "relationships", report, progress):
         try:
             iid = _image_id(entry, entry.get("id"), "entry")
         except RecordError as exc:
-            report.skip(str(exc), f"{name}[{i}]", len(rels))
+            report.skip(str(exc), at, len(rels))
             continue
         if iid not in images:
-            report.skip("image not in image_data.json", f"{name}[{i}]", len(rels))
+            report.skip("image not in image_data.json", at, len(rels))
             continue
         image, w, h, coco_id = images[iid]
         if exclude.drops(coco_id, report, len(rels)):
             continue
         for j, rel in enumerate(rels):
-            where = f"{name}[{i}].relationships[{j}]"
+            where = f"{at}.relationships[{j}]"
             try:
                 if not isinstance(rel, dict):
                     raise RecordError("relationship not an object")
