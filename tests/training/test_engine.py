@@ -1,5 +1,7 @@
 """What a stage leaves in its folder (markers, checkpoints' processors), its optimiser groups and its weights' dtype."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -111,3 +113,54 @@ def test_a_bf16_model_trains_float32_master_weights(world, tiny_ckpt, tmp_path):
     assert set(trained.values()) == {torch.float32}
     assert {p.dtype for p in model.vision_tower.parameters()} == {torch.bfloat16}  # frozen: left as it was
     assert {p.dtype for group in capture.optimizer.param_groups for p in group["params"]} == {torch.float32}
+
+
+def _final_weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+def test_a_resume_restores_a_trained_vision_tower_saved_under_dinov2s_published_names(world, tiny_ckpt, tmp_path):
+    # transformers 5 saves DINOv2's attention as attention.attention.query (its published names) and its Trainer
+    # resumed by loading them raw: the trained tower went back to where the stage began
+    sets = ["max_steps=4", "save_steps=2", "logging_steps=1", "modules.vision_tower=full", "learning_rate=1e-3"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _stage("stage1b", world, tiny_ckpt, full, sets)
+    _stage("stage1b", world, tiny_ckpt, resumed, sets)
+    for leftover in ("checkpoint-4", "model.safetensors", COMPLETE):  # as if killed after checkpoint-2
+        path = resumed / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    report = _stage("stage1b", world, tiny_ckpt, resumed, sets)
+    assert report["resumed_from"] == "checkpoint-2"
+    a, b = _final_weights(full), _final_weights(resumed)
+    assert any("attention.attention.query" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_rerunning_a_finished_stage_trains_no_further_and_reports_the_whole_stage(world, tiny_ckpt, tmp_path):
+    sets = ["max_steps=3", "save_steps=3", "logging_steps=1", "schedule=constant"]
+    out = tmp_path / "stage"
+    first = _stage("stage1a", world, tiny_ckpt, out, sets)
+    weights = _final_weights(out)
+    again = _stage("stage1a", world, tiny_ckpt, out, sets)  # a rerun, or a kill during the stage's final save
+    assert again["global_step"] == 3 and not (out / "checkpoint-4").exists()
+    assert again["train_loss"] == pytest.approx(first["train_loss"])
+    steps = [e["loss"] for e in first["log_history"] if "loss" in e]
+    assert first["train_loss"] == pytest.approx(sum(steps) / len(steps))
+    for k, v in _final_weights(out).items():
+        assert torch.equal(v, weights[k]), k
+
+
+def test_module_gradient_norms_are_the_steps_whatever_the_accumulation(world, tiny_ckpt, tmp_path):
+    sets = ["max_steps=1", "logging_steps=1", "batch_size=4", "modules.vision_tower=full"]
+    norms = []
+    for accumulation in (1, 2, 4):
+        report = _stage("stage1b", world, tiny_ckpt, tmp_path / f"ga{accumulation}",
+                        [*sets, f"gradient_accumulation={accumulation}"])  # fmt: skip
+        (logged,) = [e for e in report["log_history"] if "loss" in e]
+        norms.append((logged["grad_norm_projector"], logged["grad_norm_vision_tower"], logged["grad_norm"]))
+    for got in norms[1:]:  # one optimiser step over the same 4 samples: the same gradients
+        for a, b in zip(norms[0], got, strict=True):
+            assert a == pytest.approx(b, rel=1e-3)

@@ -3,8 +3,9 @@
 * per-module modes from the recipe (frozen / full / LoRA through peft) and per-module learning rates;
 * length-grouped batches from lengths known before decoding images (little compute spent on padding);
 * logged health signals: tokens/s, padding fraction, the norms of projected visual features against
-  text embeddings, and the gradient norms of the projector and of any trainable vision module
-  (a from-scratch prototype failed silently when visual norms exploded and vision gradients vanished);
+  text embeddings, and the gradient norms of the projector and of any trainable vision module once per
+  optimiser step (not under DeepSpeed, whose gradients accelerate consumes inside backward; a from-scratch prototype
+  failed silently when visual norms exploded and vision gradients vanished);
 * checkpoints that count only once complete (a marker written by atomic rename after the Trainer has
   saved everything), so a run killed during a save resumes from the previous good one;
 * the same entry point under one CPU process, ``torchrun``, ``accelerate launch`` or ``deepspeed``.
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
 from tinygroundinggpt.model import TinyGroundingGPTForConditionalGeneration, TinyGroundingGPTProcessor
 from tinygroundinggpt.model.expansion import expand_language_model
@@ -127,6 +128,36 @@ class GroundingTrainer(Trainer):
         self.replaced: dict[tuple[str, str, str], None] = {}  # (file:line, sample id, problem), in order
         base = self.model.module if hasattr(self.model, "module") else self.model
         base.projector.register_forward_hook(self._record_visual_norm)
+        if self.is_deepspeed_enabled:
+            # accelerate steps DeepSpeed's optimiser inside backward; its gradients are gone before any callback
+            logger.warning("under DeepSpeed only the whole model's grad_norm is logged, not the projector's own")
+        else:
+            self.add_callback(_ModuleGradNorms(self))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        if self.is_fsdp_enabled or not weights.is_file():  # FSDP's sharded state keeps the names in memory
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # transformers 5 saves a checkpoint under the published checkpoints' key names (DINOv2's
+        # attention.attention.query for attention.q_proj) and its Trainer resumes by loading them raw and non-strict:
+        # renamed weights silently kept the values the stage started from (transformers #43701). Renamed back here;
+        # a weight still unmatched stops the resume.
+        from safetensors.torch import load_file
+        from transformers.core_model_loading import revert_weight_conversion
+
+        model = model or self.model
+        state = model.state_dict()
+        name_of = {id(v): k for k, v in state.items()}
+        reverted = revert_weight_conversion(model, dict(state))  # saved name: the same tensor
+        saved_as = {saved: name_of.get(id(v), saved) for saved, v in reverted.items()}
+        loaded = {saved_as.get(k, k): v for k, v in load_file(weights).items()}
+        result = model.load_state_dict(loaded, strict=False)
+        given = {state[k].data_ptr() for k in loaded if k in state}
+        missing = [k for k in result.missing_keys if state[k].data_ptr() not in given]  # tied weights came along
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"{weights} does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
 
     def _record_visual_norm(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if module.training:
@@ -186,14 +217,17 @@ class GroundingTrainer(Trainer):
         if info:
             self.trained_indices += info["indices"]
             self.replaced.update(dict.fromkeys(tuple(r) for r in info["replaced"]))  # once each, whatever the epochs
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        base = model.module if hasattr(model, "module") else model
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def record_module_grad_norms(self) -> None:
+        """The projector's and any trained vision module's gradient norm, once per optimiser step: the accumulated
+        gradients, after clipping (``grad_norm``, the Trainer's, is the whole model's before it)."""
+        base = self.model.module if hasattr(self.model, "module") else self.model
         for name in ("projector", "vision_tower"):
             grads = [p.grad for p in getattr(base, name).parameters() if p.requires_grad and p.grad is not None]
             if grads:
                 norm = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
                 self.health.grad_norms.setdefault(name, []).append(norm)
-        return loss
 
     def _log_learning_rates(self, logs: dict[str, float]) -> None:
         """The Trainer logs the first optimizer group's rate, which may be a module's own (the projector's): log the
@@ -226,6 +260,17 @@ class GroundingTrainer(Trainer):
         if "learning_rate" in logs and self.optimizer is not None:
             self._log_learning_rates(logs)
         super().log(logs, *args, **kwargs)
+
+
+class _ModuleGradNorms(TrainerCallback):
+    """Calls :meth:`GroundingTrainer.record_module_grad_norms` when a step's gradients are whole: before the optimiser
+    steps (after every micro-batch they would be partial sums under gradient accumulation)."""
+
+    def __init__(self, trainer: GroundingTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.record_module_grad_norms()
 
 
 class _CompleteMarker(TrainerCallback):
@@ -348,6 +393,23 @@ def _check_fsdp_applies(trainer: Trainer) -> None:
         )
 
 
+def _reached_its_end(checkpoint: str | Path) -> bool:
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return bool(state.get("max_steps")) and state["global_step"] >= state["max_steps"]
+
+
+def stage_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """A resumed stage's mean training loss, from the losses logged before and after the resume (each weighted by the
+    steps it averages, so up to the last logged step); None when none was logged."""
+    total = steps = last = 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else None
+
+
 def train_stage(
     recipe: Recipe,
     model: TinyGroundingGPTForConditionalGeneration,
@@ -405,16 +467,26 @@ def train_stage(
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
-    if checkpoint:
-        logger.info("resuming %s from %s", recipe.name, checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint and _reached_its_end(checkpoint):
+        # Trainer would take one more step from a checkpoint of the stage's last step (a rerun of a finished stage,
+        # or a kill during its final save): load it and save the stage instead
+        logger.info("%s: %s is the stage's last step; saving it", recipe.name, checkpoint)
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        train_loss = stage_loss(trainer.state.log_history)
+    else:
+        if checkpoint:
+            logger.info("resuming %s from %s", recipe.name, checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        # Trainer's own figure counts only the steps since a resume
+        train_loss = stage_loss(trainer.state.log_history) if checkpoint else result.training_loss
     merge_lora(model)
     # inference defaults: no augmentation, the recipe's length limit kept
     processor.object_margin = processor.object_jitter = 0.0
     report = {
         "stage": recipe.name,
         "recipe": recipe.to_dict(),
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "global_step": trainer.state.global_step,
         "expanded_layers": expanded,
         "log_history": trainer.state.log_history,
@@ -433,10 +505,10 @@ def train_stage(
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     # every rank: ZeRO-3/FSDP gather the weights collectively; rank 0 writes the processor with them
     trainer.save_model(str(output_dir))
-    if _any_rank(not math.isfinite(result.training_loss), trainer.args.device):
+    if _any_rank(train_loss is not None and not math.isfinite(train_loss), trainer.args.device):
         # never marked complete, so a chain rerun does not start the next stage from it
         raise FloatingPointError(
-            f"stage {recipe.name} ended with a non-finite loss ({result.training_loss} on this rank); its checkpoints "
+            f"stage {recipe.name} ended with a non-finite loss ({train_loss} on this rank); its checkpoints "
             f"in {output_dir} hold the diverged run: delete them to train the stage again"
         )
     if trainer.is_world_process_zero():
