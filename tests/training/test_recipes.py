@@ -126,6 +126,26 @@ def test_overrides_and_errors():
         load_recipe("stage9")
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.0.weight=0.5", "override data.0.weight: data is not a mapping"),
+        ("learning_rate.projector=1e-3", "learning_rate is not a mapping"),
+        ("modules=frozen", "modules must be a mapping, got 'frozen'"),
+        ("module_learning_rates=3", "module_learning_rates must be a mapping"),
+        ("data=5", "data must be a list of"),
+        ("data=[{file: a.jsonl}]", r"data\[0\] must be \{path: FILE, weight: W\}"),
+        ("data=[{path: a.jsonl, weight: -0.5}]", r"data\[0\].weight must be 0 or more, got -0.5"),
+        ("max_steps=abc", "max_steps must be a number, got 'abc'"),
+        ("module_learning_rates={projector: fast}", "module_learning_rates.projector must be a number"),
+    ],
+)
+def test_a_bad_override_is_a_recipe_error_naming_it(override, message):
+    # these crashed with AttributeError / TypeError tracebacks, or named no key
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("stage2", [override])
+
+
 def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -62,16 +62,22 @@ class Recipe:
     def __post_init__(self) -> None:
         # YAML 1.1 reads "1e-3" as a string; numbers in recipes and overrides are coerced here.
         for name in ("learning_rate", "epochs", "warmup", "weight_decay"):
-            setattr(self, name, float(getattr(self, name)))
+            setattr(self, name, self._number(name, getattr(self, name), float))
         for name in (
             "batch_size", "gradient_accumulation", "max_steps", "max_length", "seed", "logging_steps",
-            "language_model_layers",
+            "language_model_layers", "save_steps",
         ):  # fmt: skip
-            setattr(self, name, int(getattr(self, name)))
-        self.save_steps = int(self.save_steps)
+            setattr(self, name, self._number(name, getattr(self, name), int))
+        for name in ("modules", "module_learning_rates", "lora", "object_augment"):
+            if not isinstance(getattr(self, name), dict):
+                raise RecipeError(f"recipe {self.name}: {name} must be a mapping, got {getattr(self, name)!r}")
+        if not isinstance(self.data, list):
+            raise RecipeError(f"recipe {self.name}: data must be a list of {{path, weight}}, got {self.data!r}")
         self.lora = {**LORA_DEFAULTS, **self.lora}
-        self.module_learning_rates = {k: float(v) for k, v in self.module_learning_rates.items()}
-        self.data = [d if isinstance(d, DataSource) else DataSource(**d) for d in self.data]
+        self.module_learning_rates = {
+            k: self._number(f"module_learning_rates.{k}", v, float) for k, v in self.module_learning_rates.items()
+        }
+        self.data = [self._source(i, d) for i, d in enumerate(self.data)]
         for mod, mode in self.modules.items():
             if mod not in MODULES:
                 raise RecipeError(f"recipe {self.name}: unknown module {mod!r} (modules are {MODULES})")
@@ -82,6 +88,22 @@ class Recipe:
                 raise RecipeError(f"recipe {self.name}: learning rate for unknown module {mod!r}")
         if not self.data:
             raise RecipeError(f"recipe {self.name}: no data files")
+
+    def _number(self, name: str, value: Any, kind: type) -> Any:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"recipe {self.name}: {name} must be a number, got {value!r}") from None
+
+    def _source(self, i: int, given: Any) -> DataSource:
+        if isinstance(given, DataSource):
+            return given
+        if not isinstance(given, dict) or not isinstance(given.get("path"), str) or set(given) - {"path", "weight"}:
+            raise RecipeError(f"recipe {self.name}: data[{i}] must be {{path: FILE, weight: W}}, got {given!r}")
+        weight = self._number(f"data[{i}].weight", given.get("weight", 1.0), float)
+        if not weight >= 0:
+            raise RecipeError(f"recipe {self.name}: data[{i}].weight must be 0 or more, got {weight}")
+        return DataSource(given["path"], weight)
 
     def mode(self, module: str) -> str:
         return self.modules.get(module, "frozen")
@@ -108,8 +130,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
         if parts[0] not in valid:
             raise RecipeError(f"unknown recipe key {parts[0]!r}; keys are {sorted(valid)}")
         node = raw
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # e.g. data.0.weight: data is a list, replaced whole
+                where = ".".join(parts[: i + 1])
+                raise RecipeError(f"override {key}: {where} is not a mapping ({node!r}); set {where}=... whole")
         node[parts[-1]] = value
     return raw
 
