@@ -317,3 +317,17 @@ def test_data_parallel_over_two_processes_shards_without_overlap(tmp_path, check
     assert not set(ids[0]) & set(ids[1])
     res = json.loads((out / "results.json").read_text())["tasks"]["world_pope_random"]
     assert res["n_scored"] == 8 and res["n_failed"] == 0
+
+
+def test_a_prompt_too_long_for_the_model_fails_alone(tmp_path, checkpoint, larger_world, monkeypatch):
+    task = get_task("world_rec_val")
+    items = task.load(larger_world)[:4]
+    context = TinyGroundingGPTPipeline.from_pretrained(checkpoint).model.config.text_config.max_position_embeddings
+    items[1].prompt = "Where is the red " + "very " * context + "square?"
+    monkeypatch.setattr(task, "load", lambda root: items)
+    pipe = TinyGroundingGPTPipeline.from_pretrained(checkpoint)
+    res = evaluate(pipe, [task], larger_world, tmp_path / "out", model_id="tiny", batch_size=4, progress=False)
+    rec = res["tasks"]["world_rec_val"]
+    # the other three in its batch are answered; it is listed with the reason, not the end of the whole run
+    assert (rec["n_scored"], rec["n_failed"]) == (3, 1) and rec["timing"]["answered"] == 3
+    assert rec["failed"][0]["id"] == items[1].id and "tokens, more than" in rec["failed"][0]["error"]

@@ -118,6 +118,22 @@ def _load(item: Item) -> Image.Image | str:
     return img
 
 
+def _answer(
+    generator: Generator, ok: list[tuple[Item, Image.Image]], n_tokens: int, failures: list[dict[str, str]]
+) -> list[str | None]:
+    """The batch's answers. A prompt the model cannot take (longer than its context with ``n_tokens`` to write) fails
+    alone: the batch is then answered item by item, and that item is listed with the reason (None here)."""
+    from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
+
+    try:
+        return generator.generate_batch([img for _, img in ok], [it.prompt for it, _ in ok], n_tokens)
+    except TruncationError as exc:
+        if len(ok) == 1:
+            failures.append({"id": ok[0][0].id, "error": str(exc)})
+            return [None]
+        return [answer for pair in ok for answer in _answer(generator, [pair], n_tokens, failures)]
+
+
 def generate(
     generator: Generator,
     task: Task,
@@ -151,10 +167,12 @@ def generate(
             ]
             if ok:
                 start = time.perf_counter()
-                answers = generator.generate_batch([img for _, img in ok], [it.prompt for it, _ in ok], n_tokens)
+                answers = _answer(generator, ok, n_tokens, failures)
                 seconds += time.perf_counter() - start
-                answered += len(ok)
+                answered += sum(answer is not None for answer in answers)
                 for (it, img), answer in zip(ok, answers, strict=True):
+                    if answer is None:  # failed, with its reason
+                        continue
                     key = answer_key(it, n_tokens)
                     row = {"id": it.id, "key": key, "answer": answer, "width": img.width, "height": img.height}
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
