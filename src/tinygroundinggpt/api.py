@@ -46,9 +46,15 @@ class AnswerStream(Iterator):
             pass
 
 
-def _check_stop(stop: Sequence[str] | None) -> None:
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+
+
+def _check_options(stop: Sequence[str] | None, seed: int | None) -> None:
+    """Checked before generating: a stream must raise before its first piece."""
     if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop)):
         raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {seed}")
 
 
 def _first_stop(text: str, stop: Sequence[str] | None) -> int | None:
@@ -138,6 +144,7 @@ class TinyGroundingGPTPipeline:
         *,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        fit_context: bool = False,
         **generate_kwargs: Any,
     ) -> list[Prediction]:
         """:meth:`generate_batch` as :class:`Prediction` s: boxes in each image's frames, token counts, and
@@ -145,9 +152,10 @@ class TinyGroundingGPTPipeline:
 
         ``stop``: strings that end an answer where one first appears, left out of it (OpenAI's ``stop``); ``seed``
         makes sampling repeatable. A prompt that leaves fewer than ``max_new_tokens`` of the LLM's context raises
-        :class:`TruncationError`, as one over the processor's ``max_length`` does."""
-        _check_stop(stop)
-        loaded, batch = self._prepare(images, prompts, boxes, max_new_tokens)
+        :class:`TruncationError`, as one over the processor's ``max_length`` does, unless ``fit_context``: then the
+        answer may take what the context leaves (a limit the caller did not choose, as a server's default)."""
+        _check_options(stop, seed)
+        loaded, batch, max_new_tokens = self._prepare(images, prompts, boxes, max_new_tokens, fit_context)
         out = self._generate(batch, max_new_tokens, stop=stop, seed=seed, **generate_kwargs)
         return self._predictions(out, batch, loaded, stop)
 
@@ -160,16 +168,19 @@ class TinyGroundingGPTPipeline:
         *,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        fit_context: bool = False,
         **generate_kwargs: Any,
     ) -> AnswerStream:
         """One answer as it is generated: its text in pieces, then its :class:`Prediction`. The image and prompt are
         read and checked before this returns, so a bad input raises here, not midway through the stream; closing
-        the stream early stops the generation. ``stop`` and ``seed`` as in :meth:`generate_batch_detailed`; text that
-        could begin a stop string is held back until it cannot."""
+        the stream early stops the generation. ``stop``, ``seed`` and ``fit_context`` as in
+        :meth:`generate_batch_detailed`; text that could begin a stop string is held back until it cannot."""
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        _check_stop(stop)
-        loaded, batch = self._prepare([image], [prompt], None if boxes is None else [boxes], max_new_tokens)
+        _check_options(stop, seed)
+        loaded, batch, max_new_tokens = self._prepare(
+            [image], [prompt], None if boxes is None else [boxes], max_new_tokens, fit_context
+        )
         hold = max((len(s) for s in stop), default=1) - 1 if stop else 0
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         closed = threading.Event()
@@ -221,18 +232,22 @@ class TinyGroundingGPTPipeline:
         prompts: Sequence[str],
         boxes: list[Sequence[Sequence[float]]] | None,
         max_new_tokens: int,
-    ) -> tuple[list[Image.Image | None], dict[str, torch.Tensor]]:
+        fit_context: bool = False,
+    ) -> tuple[list[Image.Image | None], dict[str, torch.Tensor], int]:
+        """The images loaded, the batch, and how many new tokens it may have."""
         loaded = [None if img is None else load_image(img) for img in images]  # the processor keeps these as they are
         batch = self.processor(list(prompts), loaded, boxes=boxes)
         context = getattr(self.model.config.text_config, "max_position_embeddings", None)
         n_prompt = batch["input_ids"].shape[1]
+        if fit_context and context is not None:
+            max_new_tokens = min(max_new_tokens, max(context - n_prompt, 1))
         if context is not None and n_prompt + max_new_tokens > context:
             # past its trained positions the LLM writes noise; OpenAI-style servers refuse such a request
             raise TruncationError(
                 f"the prompt has {n_prompt} tokens and up to {max_new_tokens} new ones were asked for: more than the "
                 f"model's context of {context} tokens"
             )
-        return loaded, {k: v.to(self.device) for k, v in batch.items()}
+        return loaded, {k: v.to(self.device) for k, v in batch.items()}, max_new_tokens
 
     def _stops(self) -> list[int]:
         tok, eot = self.processor.tokenizer, self.processor.end_of_turn_id

@@ -92,7 +92,7 @@ def validate_pixel_box(
                 f"(at most {max_overshoot:g} px is clamped)",
                 "outside",
             )
-        if x1 <= x2 and y1 <= y2 and (x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0):
+        if x1 < x2 and y1 < y2 and (x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0):
             # clamped, it would be an empty box on the border: no pixel of it is in the image
             raise BoxError(f"{what} {[x1, y1, x2, y2]} lies entirely outside the {width}x{height} image", "outside")
         x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)

@@ -102,11 +102,17 @@ def load_image(
         except Exception as exc:  # PIL raises many types for corrupt data
             raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     try:
-        orientation = img.getexif().get(EXIF_ORIENTATION, 1) if exif_orientation else 1
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a corrupt EXIF block says nothing about the pixels, which decoded: show them as stored
         orientation = 1
-    if orientation != 1:  # exif_transpose copies even upright images
+    if orientation != 1 and exif_orientation:  # exif_transpose copies even upright images
         img = ImageOps.exif_transpose(img)
+    elif orientation != 1:
+        # the stored pixels are the image now: without the tag, loading it again (as the pipeline does) keeps them
+        img = img.copy()
+        exif = img.getexif()
+        del exif[EXIF_ORIENTATION]
+        img.info["exif"] = exif.tobytes()
     return to_rgb(img)
 
 

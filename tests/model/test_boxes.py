@@ -60,6 +60,9 @@ def test_validation_names_the_problem_and_repair_is_explicit():
     with pytest.raises(bx.BoxError, match="entirely outside the 100x100 image") as away:  # not clamped to nothing
         bx.validate_pixel_box((150, 10, 170, 20), 100, 100, repair=True)
     assert away.value.kind == "outside"
+    for flat in ((0, 0, 0, 10), (5, 10, 8, 10)):  # on the border, no area: that is what is wrong with them
+        with pytest.raises(bx.BoxError, match="zero area"):
+            bx.validate_pixel_box(flat, 20, 10, repair=True)
     assert bx.union_box([(10, 20, 30, 40), (5, 25, 20, 60)]) == (5, 20, 30, 60)
     with pytest.raises(bx.BoxError):
         bx.union_box([])

@@ -72,7 +72,9 @@ def test_dataset_images_load_as_stored_so_their_annotations_still_fit(tmp_path):
     assert loaded.getpixel((5, 10)) == (255, 0, 0)
     exif[0x0112] = 6  # a quarter turn: upright, the image would not even fit its annotated size
     path.write_bytes(_png(img, "PNG", exif=exif.tobytes()))
-    assert _load(Item(id="1", image=str(path), prompt="", reference={}, width=40, height=20)).size == (40, 20)
+    loaded = _load(Item(id="1", image=str(path), prompt="", reference={}, width=40, height=20))
+    assert loaded.size == (40, 20)
+    assert load_image(loaded).size == (40, 20)  # loaded again (the pipeline does), it stays as stored
 
 
 def test_corrupt_exif_keeps_the_decoded_pixels():

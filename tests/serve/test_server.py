@@ -392,7 +392,13 @@ def test_prompts_beyond_the_context_or_far_too_long_are_refused(client, scene):
     # the tiny LLM's context is 1024 tokens: a prompt of ~900 leaves less than the 256 new tokens asked for
     over = error(client.post("/v1/chat/completions", json=request(url, "red " * 900, max_tokens=256)), 400)
     assert over["code"] == "context_length_exceeded" and "context of 1024 tokens" in over["message"]
+    # the server's own default limit is no request for 256 tokens: it gets what the context leaves
+    fits = client.post("/v1/chat/completions", json=request(url, "red " * 900))
+    assert fits.status_code == 200, fits.text
+    usage = fits.json()["usage"]
+    assert usage["prompt_tokens"] + 256 > 1024 >= usage["total_tokens"]
     # megabytes of text are refused by their length, before the tokenizer spends seconds and gigabytes on them
     huge = error(client.post("/v1/chat/completions", json=request(url, "a," * 500_000)), 400)
     assert huge["code"] == "context_length_exceeded" and "1000000 characters" in huge["message"]
     assert error(client.post("/v1/chat/completions", json=request(url, "Hi", stop=["a"] * 5)), 400)["param"] == "stop"
+    assert error(client.post("/v1/chat/completions", json=request(url, "Hi", seed=2**70)), 400)["param"] == "seed"

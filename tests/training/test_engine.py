@@ -151,6 +151,8 @@ def test_rerunning_a_finished_stage_trains_no_further_and_reports_the_whole_stag
     assert first["train_loss"] == pytest.approx(sum(steps) / len(steps))
     for k, v in _final_weights(out).items():
         assert torch.equal(v, weights[k]), k
+    longer = _stage("stage1a", world, tiny_ckpt, out, ["max_steps=5", *sets[1:]])  # asked for more: it goes on
+    assert longer["global_step"] == 5 and longer["resumed_from"] == "checkpoint-3"
 
 
 def test_module_gradient_norms_are_the_steps_whatever_the_accumulation(world, tiny_ckpt, tmp_path):

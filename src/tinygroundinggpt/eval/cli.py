@@ -123,5 +123,5 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"results: {out / 'results.json'}")
         failed = sum(t["n_failed"] for t in results["tasks"].values())
         if failed:
-            print(f"{failed} items failed (listed in results.md / results.json); rerun to retry them")
+            print(f"{failed} items failed (listed in results.md / results.json, with the reasons); rerun to retry them")
     return 0

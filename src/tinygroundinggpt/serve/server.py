@@ -20,7 +20,8 @@ default), ``temperature`` (0, below ``MIN_TEMPERATURE`` or absent: greedy), ``to
 ``MAX_STOP`` strings, left out of the answer), ``seed`` (repeatable sampling), ``n`` (1 only), ``stream`` (the text as
 it is generated, then a delta with the boxes) and ``stream_options.include_usage`` are honoured; ``logprobs`` is
 refused (400); other parameters are accepted and ignored. A prompt that leaves less than ``max_tokens`` of the model's
-context is refused (400 ``context_length_exceeded``), and a client that goes away stops its generation.
+context is refused (400 ``context_length_exceeded``; without ``max_tokens`` the answer gets what the context leaves, up
+to the cap), and a client that goes away stops its generation.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request or image (or one with more than ``MAX_JSON_CONTAINERS`` objects and arrays), 404 for another model
@@ -54,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tinygroundinggpt.api import AnswerStream, Prediction, TinyGroundingGPTPipeline
+from tinygroundinggpt.api import SEED_RANGE, AnswerStream, Prediction, TinyGroundingGPTPipeline
 from tinygroundinggpt.data.format import BOX_REF_RE, CONTROL_TOKEN_RE, IMAGE_TOKEN, OBJECT_REF_RE, OBJECT_TOKEN
 from tinygroundinggpt.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
 from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
@@ -146,7 +147,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     logprobs: bool | None = None
     top_logprobs: int | None = None
     n: int | None = None
@@ -536,9 +537,10 @@ def create_app(
             if req.logprobs or req.top_logprobs:
                 raise APIError(400, "logprobs are not returned by this server", param="logprobs")
             chat = conversation_input(req.messages)
-            cap = max_new_tokens_cap
-            max_new_tokens = min(req.max_completion_tokens or req.max_tokens or cap, cap)
-            sampling: dict[str, Any] = {"stop": stop_strings(req.stop), "seed": req.seed}
+            asked = req.max_completion_tokens or req.max_tokens
+            max_new_tokens = min(asked or max_new_tokens_cap, max_new_tokens_cap)
+            # the cap as a default is not the client's choice: it shrinks to what the prompt leaves of the context
+            sampling: dict[str, Any] = {"stop": stop_strings(req.stop), "seed": req.seed, "fit_context": not asked}
             if req.temperature and req.temperature >= MIN_TEMPERATURE:
                 sampling.update(do_sample=True, temperature=req.temperature)
                 if req.top_p is not None:

@@ -393,9 +393,11 @@ def _check_fsdp_applies(trainer: Trainer) -> None:
         )
 
 
-def _reached_its_end(checkpoint: str | Path) -> bool:
+def _reached_its_end(checkpoint: str | Path, args: TrainingArguments) -> bool:
+    """Whether ``checkpoint`` holds this run's last step. Only a ``max_steps`` run can end mid-epoch, where Trainer's
+    resume would take one step more; an epoch-based one ends with an epoch and resumes to no step."""
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return bool(state.get("max_steps")) and state["global_step"] >= state["max_steps"]
+    return args.max_steps > 0 and state["global_step"] >= args.max_steps
 
 
 def stage_loss(log_history: list[dict[str, Any]]) -> float | None:
@@ -467,7 +469,7 @@ def train_stage(
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
-    if checkpoint and _reached_its_end(checkpoint):
+    if checkpoint and _reached_its_end(checkpoint, args):
         # Trainer would take one more step from a checkpoint of the stage's last step (a rerun of a finished stage,
         # or a kill during its final save): load it and save the stage instead
         logger.info("%s: %s is the stage's last step; saving it", recipe.name, checkpoint)
