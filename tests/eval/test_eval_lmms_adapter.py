@@ -6,6 +6,7 @@ own work on the shipped checkpoint: the answer frame per task."""
 from __future__ import annotations
 
 import importlib
+import io
 import random
 import sys
 import types
@@ -16,6 +17,12 @@ from PIL import Image
 from tinygroundinggpt.boxes import model_frame_boxes, model_text_to_norm
 from tinygroundinggpt.demo import SHIPPED
 from tinygroundinggpt.world import generate_scene
+
+
+def _png(image, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG", **kw)
+    return buf.getvalue()
 
 
 def test_without_lmms_eval_the_import_error_says_what_to_install(monkeypatch):
@@ -108,3 +115,30 @@ def test_boxes_are_rewritten_into_lmms_evals_frame_only_in_box_answer_tasks(stan
     assert model_frame_boxes(direct), f"the shipped model wrote no box: {direct!r}"
     assert other == direct
     assert rec == model_text_to_norm(direct, 64, 48) and rec != direct
+
+
+def test_rotated_images_are_read_as_stored_and_long_requests_fit_the_context(stand_in_lmms_eval):
+    from PIL import Image as PILImage
+
+    adapter = importlib.import_module("tinygroundinggpt.eval.lmms_adapter")
+    lm = adapter.TinyGroundingGPTLMMs(pretrained=str(SHIPPED), batch_size=2, device="cpu")
+    image, graph = generate_scene(random.Random(3), 64)
+    target = graph.objects[0]
+    prompt = f"Output the coordinate of the {target.colour} {target.shape}."
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees to display": lmms-eval scores boxes in the stored pixels all the same
+    tagged = PILImage.open(io.BytesIO(_png(image, exif=exif.tobytes())))
+    lm.task_dict = {"refcoco_bbox_rec_val": {"val": [{"image": image}, {"image": tagged}]}}
+    context = lm.pipe.model.config.text_config.max_position_embeddings
+
+    def request(doc, max_new_tokens, text=prompt):
+        gen = {"max_new_tokens": max_new_tokens, "until": ["\n\n"], "temperature": 0}
+        args = (f"<image>\n{text}", gen, lambda d: [d["image"]], doc, "refcoco_bbox_rec_val", "val")
+        return types.SimpleNamespace(args=args)
+
+    plain, rotated, long_task, too_long = lm.generate_until(
+        [request(0, 32), request(1, 32), request(0, context), request(0, 32, "very " * context + prompt)]
+    )
+    assert rotated == plain  # the model saw the stored pixels, the frame the answer is scored in
+    assert long_task == plain  # a task limit past the context: the answer gets what the context leaves
+    assert too_long == ""  # a prompt the model cannot take: an empty answer, not the end of the run

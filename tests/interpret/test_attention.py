@@ -106,6 +106,8 @@ def test_span_without_tokens_is_an_error(shipped, scene):
         attention_map(model, proc, image, prompt, "I cannot see it.", span="boxes")
     with pytest.raises(ValueError, match="span must be one of"):
         attention_map(model, proc, image, prompt, "x", span="coordinates")
+    with pytest.raises(ValueError, match="layer 99 does not exist: the LLM has"):  # was an IndexError
+        attention_map(model, proc, image, prompt, "x", layer=99)
 
 
 def _one_hot(row: int, col: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ Data parallelism is lmms-eval's own (``accelerate launch -m lmms_eval``): each p
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 try:
@@ -30,6 +31,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tinygroundinggpt.boxes import model_text_to_norm
+from tinygroundinggpt.images import load_image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = "<image>"  # some lmms-eval prompts carry it; our pipeline inserts the image itself
 BOX_ANSWER_TASKS = "bbox_rec"  # in the name of every lmms-eval task scored on a box the model writes
@@ -65,7 +69,21 @@ class TinyGroundingGPTLMMs(lmms):
         _, _, doc_to_visual, doc_id, task, split = request.args
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
         images = [v for v in visuals or [] if isinstance(v, Image.Image)]
-        return images[0].convert("RGB") if images else None
+        # as stored, as lmms-eval scores it: the pipeline would otherwise turn an image with an EXIF orientation
+        return load_image(images[0], exif_orientation=False) if images else None
+
+    def _answers(self, images: list[Image.Image | None], prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Task lengths are limits, not needs: an answer gets at most what the model's context leaves. A prompt the
+        model cannot take at all answers "" (scored as wrong, with a warning) rather than ending the run."""
+        from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
+
+        try:
+            return self.pipe.generate_batch(images, prompts, max_new_tokens=max_new_tokens, fit_context=True)
+        except TruncationError as exc:
+            if len(prompts) == 1:
+                logger.warning("answered with nothing: %s", exc)
+                return [""]
+            return [a for i, p in zip(images, prompts, strict=True) for a in self._answers([i], [p], max_new_tokens)]
 
     def generate_until(self, requests: list[Any]) -> list[str]:
         answers: list[str | None] = [None] * len(requests)
@@ -80,7 +98,7 @@ class TinyGroundingGPTLMMs(lmms):
                 chunk = indices[start : start + self.batch_size]
                 prompts = [requests[i].args[0].replace(IMAGE_PLACEHOLDER, "").strip() for i in chunk]
                 images = [self._first_image(requests[i]) for i in chunk]
-                outs = self.pipe.generate_batch(images, prompts, max_new_tokens=max_new_tokens)
+                outs = self._answers(images, prompts, max_new_tokens)
                 for i, image, out in zip(chunk, images, outs, strict=True):
                     if image is not None and BOX_ANSWER_TASKS in requests[i].args[4]:
                         out = model_text_to_norm(out, image.width, image.height)

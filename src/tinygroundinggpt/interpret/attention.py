@@ -148,6 +148,10 @@ def attention_maps(
     """:func:`attention_map` at each of ``layers`` (default: every layer, first to last) from one forward pass."""
     if span not in SPANS:
         raise ValueError(f"span must be one of {SPANS}, got {span!r}")
+    n_layers = model.config.text_config.num_hidden_layers
+    wrong = [layer for layer in layers or () if not -n_layers <= layer < n_layers]
+    if wrong:  # refused before the generation and the forward pass are paid for
+        raise ValueError(f"layer {wrong[0]} does not exist: the LLM has {n_layers} layers (0 to {n_layers - 1}, or -1)")
     img = load_image(image)
     device = next(model.parameters()).device
     if span == "object":  # refuse before paying for a generation

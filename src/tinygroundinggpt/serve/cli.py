@@ -112,5 +112,8 @@ def _web(args: argparse.Namespace) -> int:
     from tinygroundinggpt.serve.web import WEB_MAX_FILE_SIZE, build_demo
 
     demo = build_demo(TinyGroundingGPTPipeline.from_pretrained(_checkpoint(args.model)))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=WEB_MAX_FILE_SIZE)
+    # show_error: an upload that is no image fails in Gradio's own decoding, before the demo's messages can say so
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=WEB_MAX_FILE_SIZE, show_error=True
+    )
     return 0

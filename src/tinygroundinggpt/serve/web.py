@@ -55,7 +55,7 @@ def answer_stream(
     problem = text_problem(question)
     if problem:
         raise ValueError(problem)
-    img = load_image(image, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS)
+    img = load_image(image, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS, name="the image")
     text = ""
     with closing(pipeline.stream(img, question, max_new_tokens=max_new_tokens)) as pieces:  # a closed page stops it
         for piece in pieces:
