@@ -6,6 +6,7 @@ from PIL import Image
 
 from tinygroundinggpt import boxes as bx
 from tinygroundinggpt.images import ImageLoadError, ImageTooLargeError
+from tinygroundinggpt.serve import DEFAULT_MAX_PENDING
 from tinygroundinggpt.serve.web import DISPLAY_SIDE, answer, answer_stream, build_demo, random_scene
 
 
@@ -14,6 +15,7 @@ def test_the_running_demo_answers_over_http_like_the_pipeline(pipe, scene, tmp_p
     image, prompt = scene
     image.save(tmp_path / "scene.png")
     demo = build_demo(pipe)
+    assert demo._queue.max_size == DEFAULT_MAX_PENDING  # waiting requests capped as the server caps them
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
         client = Client(url, verbose=False)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tinygroundinggpt.api import TinyGroundingGPTPipeline
 from tinygroundinggpt.images import draw_boxes, load_image
-from tinygroundinggpt.serve import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from tinygroundinggpt.serve import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PENDING
 from tinygroundinggpt.serve.server import IMAGE_FORMATS, text_problem
 
 if TYPE_CHECKING:
@@ -89,7 +89,8 @@ def random_scene(size: int) -> Image.Image:
 
 
 def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundingGPT") -> gr.Blocks:
-    """The web demo around ``pipeline``. Gradio's queue runs one prediction at a time by default. Launch it with
+    """The web demo around ``pipeline``. Gradio's queue runs one prediction at a time by default, and holds at most
+    ``DEFAULT_MAX_PENDING`` waiting requests (more are told the queue is full). Launch it with
     ``max_file_size=WEB_MAX_FILE_SIZE`` (``tgg web`` does) to cap uploads as the server caps image files."""
     import gradio as gr
 
@@ -121,4 +122,6 @@ def build_demo(pipeline: TinyGroundingGPTPipeline, *, title: str = "TinyGroundin
                 boxes = gr.JSON(label="Boxes")
         scene.click(lambda: random_scene(pipeline.model.config.image_size), outputs=image, api_name="scene")
         gr.on([ask.click, question.submit], run, inputs=[image, question], outputs=[drawn, text, boxes], api_name="ask")
+    # as the server caps requests waiting: each holds an upload; Gradio's queue is unbounded otherwise
+    demo.queue(max_size=DEFAULT_MAX_PENDING)
     return demo
