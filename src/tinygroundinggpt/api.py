@@ -181,7 +181,7 @@ class TinyGroundingGPTPipeline:
         loaded, batch, max_new_tokens = self._prepare(
             [image], [prompt], None if boxes is None else [boxes], max_new_tokens, fit_context
         )
-        hold = max((len(s) for s in stop), default=1) - 1 if stop else 0
+        hold = max(map(len, stop)) - 1 if stop else 0
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         closed = threading.Event()
 

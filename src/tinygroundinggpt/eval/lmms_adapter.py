@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tinygroundinggpt.boxes import model_text_to_norm
+from tinygroundinggpt.eval.runner import answers_or_refusals
 from tinygroundinggpt.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -75,15 +76,16 @@ class TinyGroundingGPTLMMs(lmms):
     def _answers(self, images: list[Image.Image | None], prompts: list[str], max_new_tokens: int) -> list[str]:
         """Task lengths are limits, not needs: an answer gets at most what the model's context leaves. A prompt the
         model cannot take at all answers "" (scored as wrong, with a warning) rather than ending the run."""
-        from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 
-        try:
-            return self.pipe.generate_batch(images, prompts, max_new_tokens=max_new_tokens, fit_context=True)
-        except TruncationError as exc:
-            if len(prompts) == 1:
-                logger.warning("answered with nothing: %s", exc)
-                return [""]
-            return [a for i, p in zip(images, prompts, strict=True) for a in self._answers([i], [p], max_new_tokens)]
+        def generate(imgs: list[Image.Image | None], texts: list[str]) -> list[str]:
+            return self.pipe.generate_batch(imgs, texts, max_new_tokens=max_new_tokens, fit_context=True)
+
+        answers = []
+        for answer in answers_or_refusals(generate, images, prompts):
+            if not isinstance(answer, str):
+                logger.warning("answered with nothing: %s", answer)
+            answers.append(answer if isinstance(answer, str) else "")
+        return answers
 
     def generate_until(self, requests: list[Any]) -> list[str]:
         answers: list[str | None] = [None] * len(requests)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,20 +118,20 @@ def _load(item: Item) -> Image.Image | str:
     return img
 
 
-def _answer(
-    generator: Generator, ok: list[tuple[Item, Image.Image]], n_tokens: int, failures: list[dict[str, str]]
-) -> list[str | None]:
-    """The batch's answers. A prompt the model cannot take (longer than its context with ``n_tokens`` to write) fails
-    alone: the batch is then answered item by item, and that item is listed with the reason (None here)."""
+def answers_or_refusals(
+    generate: Callable[[list[Any], list[str]], list[str]], images: list[Any], prompts: list[str]
+) -> list[str | ValueError]:
+    """``generate(images, prompts)`` for a batch. A prompt the model cannot take (over its ``max_length``, or its
+    context with the answer length asked) must not cost the others their answers: the batch is then answered item by
+    item, and that item's error (a ``TruncationError``) stands in its answer's place."""
     from tinygroundinggpt.model.processing_tinygroundinggpt import TruncationError
 
     try:
-        return generator.generate_batch([img for _, img in ok], [it.prompt for it, _ in ok], n_tokens)
+        return list(generate(images, prompts))
     except TruncationError as exc:
-        if len(ok) == 1:
-            failures.append({"id": ok[0][0].id, "error": str(exc)})
-            return [None]
-        return [answer for pair in ok for answer in _answer(generator, [pair], n_tokens, failures)]
+        if len(prompts) == 1:
+            return [exc]
+        return [a for i, p in zip(images, prompts, strict=True) for a in answers_or_refusals(generate, [i], [p])]
 
 
 def generate(
@@ -167,12 +167,16 @@ def generate(
             ]
             if ok:
                 start = time.perf_counter()
-                answers = _answer(generator, ok, n_tokens, failures)
+                answers = answers_or_refusals(
+                    lambda imgs, prompts: generator.generate_batch(imgs, prompts, n_tokens),
+                    [img for _, img in ok], [it.prompt for it, _ in ok],
+                )  # fmt: skip
                 seconds += time.perf_counter() - start
-                answered += sum(answer is not None for answer in answers)
                 for (it, img), answer in zip(ok, answers, strict=True):
-                    if answer is None:  # failed, with its reason
+                    if not isinstance(answer, str):  # fails with the reason, and again on a rerun
+                        failures.append({"id": it.id, "error": str(answer)})
                         continue
+                    answered += 1
                     key = answer_key(it, n_tokens)
                     row = {"id": it.id, "key": key, "answer": answer, "width": img.width, "height": img.height}
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
