@@ -125,5 +125,8 @@ def train_component(
     if name == "dinov2":
         images = corpus.square_images(samples, dinov2.IMAGENET_MEAN)
         mirrored = corpus.square_images(samples, dinov2.IMAGENET_MEAN, mirrored=True)
-        return dinov2.train_dinov2(images, seed=seed, recipe=recipe, mirrored=mirrored)
+        views = None
+        if recipe.view_weight:
+            views = corpus.background_views(samples, dinov2.IMAGENET_MEAN, dinov2.VIEWS_PER_SCENE, seed + 2)
+        return dinov2.train_dinov2(images, seed=seed, recipe=recipe, mirrored=mirrored, views=views)
     return qwen2.train_qwen2(corpus.lm_documents(samples, seed + 1), seed=seed, recipe=recipe)

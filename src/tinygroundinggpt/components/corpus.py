@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -20,6 +20,8 @@ from tinygroundinggpt.data.format import IMAGE_TOKEN
 from tinygroundinggpt.images import mean_fill, pad_to_square
 from tinygroundinggpt.world import language
 from tinygroundinggpt.world.scene import (
+    BACKGROUND_KINDS,
+    BACKGROUNDS,
     COLOURS,
     DEFAULT_HELDOUT,
     PATTERNS,
@@ -28,6 +30,7 @@ from tinygroundinggpt.world.scene import (
     Scene,
     generate_scene,
     render_mirrored,
+    render_scene,
 )
 
 IMAGE_SIZE = 64  # the encoders' input side and the scenes' long side, unless a recipe says otherwise
@@ -73,6 +76,26 @@ def square_images(samples: Sequence[WorldSample], mean: Sequence[float], mirrore
     ``mirrored``, each scene mirrored left to right and drawn by the world (``render_mirrored``)."""
     fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
     return [pad_to_square(render_mirrored(s.scene) if mirrored else s.image, fill) for s in samples]
+
+
+def background_views(
+    samples: Sequence[WorldSample], mean: Sequence[float], count: int, seed: int
+) -> list[list[Image.Image]]:
+    """``count`` lists: each scene drawn again, the same objects on another background (another colour or kind, and
+    new noise), square-padded as :func:`square_images` pads; deterministic by ``seed``."""
+    rng = random.Random(seed)
+    fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
+    views = []
+    for _ in range(count):
+        drawn = []
+        for s in samples:
+            current = (s.scene.background, s.scene.background_kind)
+            others = [(b, k) for b in BACKGROUNDS for k in BACKGROUND_KINDS if (b, k) != current]
+            background, kind = rng.choice(others)
+            scene = replace(s.scene, background=background, background_kind=kind, noise_seed=rng.getrandbits(32))
+            drawn.append(pad_to_square(render_scene(scene)[0], fill))
+        views.append(drawn)
+    return views
 
 
 def captions(samples: Sequence[WorldSample], seed: int) -> list[list[str]]:

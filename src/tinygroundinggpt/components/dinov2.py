@@ -21,6 +21,14 @@ goes from the mean box's 2 % to 82 % Acc@0.5 (benchmarks/results/position.txt).
 Alone it made the grounding chain learn one-object scenes faster but not multi-object REC; with the CLIP's
 region-phrase term it did both (docs/components.md).
 
+``view_weight`` (0 for the shipped checkpoint; 1 is measured in docs/components.md): dense view contrast. The world
+draws each scene again on other backgrounds (``corpus.background_views``); an EMA teacher reads such a view, and each
+patch token of the (masked) student must pick the teacher's token at its own grid cell among all the batch's tokens
+(InfoNCE through a small projection head, as dense contrastive methods like DenseCL/iBOT pair patches across views).
+Only what the two views share — the objects — can make a patch its own positive, so object patches become distinct
+from background ones and alike within an object. No names, boxes or masks enter the loss; the views are an
+augmentation the renderer can draw, as the mirrored scenes are.
+
 Measured alternatives (docs/components.md): scattered instead of block masks gave far less
 object-local features (Fig. 6's same-object similarity 67 vs 82); adding iBOT's EMA-teacher prototype
 distillation, or a background-swap invariance term, did not improve the patch probes at this budget.
@@ -28,6 +36,7 @@ distillation, or a background-swap invariance term, did not improve the patch pr
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +51,7 @@ from tinygroundinggpt.components.training import save_model_16bit, seed_everythi
 from tinygroundinggpt.model.configuration_tinygroundinggpt import IMAGENET_MEAN, IMAGENET_STD
 
 VISIBLE_WEIGHT = 0.25
+VIEWS_PER_SCENE = 3  # background views drawn per scene for the view-contrast term
 
 
 @dataclass
@@ -56,6 +66,9 @@ class Dinov2Recipe:
     mask_min: float = 0.5
     mask_max: float = 0.8
     position_weight: float = 1.0  # grid-position term; see the module docstring
+    view_weight: float = 0.0  # dense view-contrast term (module docstring); needs ``views``
+    view_temperature: float = 0.05
+    view_momentum: float = 0.99  # of the EMA teacher
     image_size: int = IMAGE_SIZE  # as ClipRecipe's
     patch_size: int = PATCH_SIZE
 
@@ -123,20 +136,65 @@ def patch_positions(grid: int) -> torch.Tensor:
     return torch.stack([rows.flatten(), cols.flatten()], -1)
 
 
+class ViewContrast(torch.nn.Module):
+    """The view-contrast term: a projection head on the student's patch tokens, and an EMA teacher (encoder and head)
+    that reads the other view. ``loss`` pairs each student token with the teacher's token at the same grid cell."""
+
+    def __init__(self, student: Dinov2Model, temperature: float, momentum: float, dim: int = 64) -> None:
+        super().__init__()
+        hidden = student.config.hidden_size
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(hidden, 2 * hidden), torch.nn.GELU(), torch.nn.Linear(2 * hidden, dim)
+        )
+        self.teacher = copy.deepcopy(student).eval()
+        self.teacher_head = copy.deepcopy(self.head)
+        for p in [*self.teacher.parameters(), *self.teacher_head.parameters()]:
+            p.requires_grad_(False)
+        self.temperature, self.momentum = temperature, momentum
+
+    @torch.no_grad()
+    def update_teacher(self, student: Dinov2Model) -> None:
+        online = [*student.parameters(), *self.head.parameters()]
+        for s, t in zip(online, [*self.teacher.parameters(), *self.teacher_head.parameters()], strict=True):
+            t.mul_(self.momentum).add_(s.detach(), alpha=1 - self.momentum)
+
+    def loss(self, student_tokens: torch.Tensor, view: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        """``student_tokens`` (B, N, hidden) of images of which ``mirrored`` (B,) were drawn mirrored; ``view``: the
+        same scenes, unmirrored, on other backgrounds (B, C, H, W)."""
+        b, n, _ = student_tokens.shape
+        grid = math.isqrt(n)
+        with torch.no_grad():
+            target = self.teacher_head(self.teacher(pixel_values=view).last_hidden_state[:, 1:])
+            target = target.view(b, grid, grid, -1)
+            # a mirrored student token at column j sees what the teacher sees at column grid-1-j
+            target = torch.where(mirrored[:, None, None, None], target.flip(2), target).reshape(b * n, -1)
+            target = torch.nn.functional.normalize(target, dim=-1)
+        query = torch.nn.functional.normalize(self.head(student_tokens).reshape(b * n, -1), dim=-1)
+        logits = query @ target.T / self.temperature
+        return torch.nn.functional.cross_entropy(logits, torch.arange(b * n))
+
+
 def train_dinov2(
     images: Sequence[Image.Image],
     *,
     seed: int,
     recipe: Dinov2Recipe | None = None,
     mirrored: Sequence[Image.Image] | None = None,
+    views: Sequence[Sequence[Image.Image]] | None = None,
 ) -> TrainedDinov2:
     """Pretrain on ``images`` (no labels). ``mirrored[i]``, image ``i``'s scene drawn mirrored, stands in for it half
-    of the time (the augmentation; without it there is none)."""
+    of the time (the augmentation; without it there is none). ``views[k][i]``: image ``i``'s scene drawn on another
+    background (the ``k``-th draw), for the view-contrast term; needed when ``recipe.view_weight`` is set."""
     recipe = recipe or Dinov2Recipe()
     if not images:
         raise ValueError("need at least one image")
     if mirrored is not None and len(mirrored) != len(images):
         raise ValueError(f"need one mirrored image per image, got {len(mirrored)} for {len(images)}")
+    if recipe.view_weight and not views:
+        raise ValueError("view_weight needs views: each scene drawn on other backgrounds (corpus.background_views)")
+    if recipe.view_weight and any(len(v) != len(images) for v in views or ()):
+        sizes = [len(v) for v in views or ()]
+        raise ValueError(f"each set of views needs one image per image ({len(images)}), got {sizes}")
     grid = patch_grid(images, recipe.image_size, recipe.patch_size)
     gen = seed_everything(seed)
     image_processor = dinov2_image_processor(recipe.image_size)
@@ -147,12 +205,18 @@ def train_dinov2(
     # Built only when used, so that runs without the term draw the same random numbers as before it existed.
     where_head = torch.nn.Linear(recipe.hidden, 2) if recipe.position_weight else None
     where = patch_positions(grid)
+    # Built only when used, as the position head.
+    contrast = ViewContrast(model, recipe.view_temperature, recipe.view_momentum) if recipe.view_weight else None
+    view_pixels = None
+    if contrast is not None:
+        view_pixels = torch.stack([image_processor(list(v), return_tensors="pt").pixel_values for v in views or ()])
     model.train()
     n = len(images)
 
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.randperm(n, generator=gen)[: recipe.batch_size]
         x = pixels[idx]
+        flip = torch.zeros(len(idx), dtype=torch.bool)
         if mirror_pixels is not None:
             # Mirrored scenes come drawn by the world: a mirrored image would run the stripes along the other diagonal.
             flip = torch.rand(len(idx), generator=gen) < 0.5
@@ -165,9 +229,15 @@ def train_dinov2(
         loss = (err * weight).sum() / weight.sum()
         if where_head is not None:
             loss = loss + recipe.position_weight * (where_head(feats) - where).pow(2).mean()
+        if contrast is not None:
+            if step:
+                contrast.update_teacher(model)  # with the weights the last optimiser step left
+            view = view_pixels[torch.randint(len(view_pixels), (len(idx),), generator=gen), idx]
+            loss = loss + recipe.view_weight * contrast.loss(feats, view, flip)
         return loss
 
     params = [*model.parameters(), *head.parameters(), *(where_head.parameters() if where_head else ())]
+    params += [*contrast.head.parameters()] if contrast else []
     losses = train_steps(params, loss_at, steps=recipe.steps, lr=recipe.lr, desc="tiny DINOv2")
     model.eval()
     return TrainedDinov2(model, image_processor, losses)
