@@ -10,7 +10,8 @@ Loads each checkpoint from disk with transformers' own classes (as the grounding
 * patch features (the paper's Fig. 6 / A.5 argument in miniature): linear probes on the patch grid, for
   whether a patch holds an object and that object's colour, pattern and shape, from the tiny DINOv2's
   ``last_hidden_state`` against the tiny CLIP's ``hidden_states[-2]`` (the layers the grounding model
-  reads) and a randomly initialised DINOv2 of the same shape (what pretraining adds);
+  reads) and a randomly initialised DINOv2 of the same shape (what pretraining adds); and where the object?
+  probe errs, by how much of a patch objects cover (its target's line is at a quarter);
 * tiny Qwen2: held-out perplexity, and how many greedy answers to "Output the coordinate of ..." are
   one well-formed box ``[0.xxx, 0.xxx, 0.xxx, 0.xxx]``, with sample answers.
 
@@ -86,23 +87,37 @@ def _as_tensor(out: torch.Tensor | object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def patch_labels(sample: corpus.WorldSample, patch: int) -> np.ndarray:
-    """Per ``patch``-px patch of the padded square image: the object covering most of its pixels, when that object
-    covers at least a quarter of the patch (objects span 17-38 % of the scene's short side, so few
-    patches are mostly object); else -1."""
+def _square_labels(sample: corpus.WorldSample) -> np.ndarray:
+    """The scene's label map (object index, -1 for background) on its square-padded image."""
     scene = sample.scene
     _, labels = render_scene(scene)
     side = square_side(scene.width, scene.height)
     dx, dy = pad_offsets(scene.width, scene.height)
     square = np.full((side, side), -1, dtype=np.int64)
     square[dy : dy + scene.height, dx : dx + scene.width] = labels
-    grid = side // patch
-    blocks = square.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    return square
+
+
+def _patch_blocks(square: np.ndarray, patch: int) -> np.ndarray:
+    """``(patches, patch*patch)``: the label map cut into patches in the tokens' row-major order."""
+    grid = square.shape[0] // patch
+    return square.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+
+
+def patch_labels(sample: corpus.WorldSample, patch: int) -> np.ndarray:
+    """Per ``patch``-px patch of the padded square image: the object covering most of its pixels, when that object
+    covers at least a quarter of the patch (objects span 17-38 % of the scene's short side, so few
+    patches are mostly object); else -1."""
     out = []
-    for b in blocks:
+    for b in _patch_blocks(_square_labels(sample), patch):
         counts = np.bincount(b[b >= 0], minlength=1)
         out.append(int(counts.argmax()) if counts.max() * 4 >= patch * patch else -1)
     return np.array(out)
+
+
+def patch_coverage(sample: corpus.WorldSample, patch: int) -> np.ndarray:
+    """Per patch, the share of its pixels that objects cover (any object)."""
+    return (_patch_blocks(_square_labels(sample), patch) >= 0).mean(1)
 
 
 def probe_targets(samples: list[corpus.WorldSample], patch: int) -> dict[str, np.ndarray]:
@@ -159,17 +174,19 @@ def same_object_auc(features: torch.Tensor, labels: np.ndarray) -> float:
     return 100 * float(np.mean(aucs))
 
 
-def linear_probe(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, y_test: np.ndarray) -> float:
-    """Balanced test accuracy (%, mean recall over classes) of a multinomial logistic regression on
-    standardised features (L-BFGS); balanced, because most patches are background."""
+def probe_predictions(
+    x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, y_test: np.ndarray
+) -> np.ndarray:
+    """A multinomial logistic regression on standardised features (L-BFGS), fitted where ``y_train >= 0``; its
+    predictions for the test rows where ``y_test >= 0``."""
     keep_tr, keep_te = y_train >= 0, y_test >= 0
     # float64: L-BFGS's line search is fragile in float32 on badly conditioned (e.g. random) features.
     xtr, xte = x_train[torch.from_numpy(keep_tr)].double(), x_test[torch.from_numpy(keep_te)].double()
-    ytr, yte = torch.from_numpy(y_train[keep_tr]), torch.from_numpy(y_test[keep_te])
+    ytr = torch.from_numpy(y_train[keep_tr])
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     torch.manual_seed(0)
-    clf = torch.nn.Linear(xtr.shape[1], int(max(ytr.max(), yte.max())) + 1).double()
+    clf = torch.nn.Linear(xtr.shape[1], int(max(ytr.max(), y_test.max())) + 1).double()
     opt = torch.optim.LBFGS(clf.parameters(), lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -180,8 +197,24 @@ def linear_probe(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tenso
 
     opt.step(closure)
     with torch.no_grad():
-        pred = clf(xte).argmax(1)
-    return 100 * float(np.mean([(pred[yte == c] == c).float().mean().item() for c in yte.unique()]))
+        return clf(xte).argmax(1).numpy()
+
+
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean recall over the classes of ``y`` (%); balanced, because most patches are background."""
+    return 100 * float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+# Bands of the share of a patch that objects cover; the objectness target's line is at 1/4.
+COVER_EDGES = (0.25, 0.5, 0.9)
+COVER_BAND_NAMES = ("none", "0-25 %", "25-50 %", "50-90 %", "90-100 %")
+
+
+def cover_bands(cover: np.ndarray) -> list[np.ndarray]:
+    """One mask per band of :data:`COVER_BAND_NAMES`: no object pixel, then [0, 25 %) ... [90 %, 100 %]."""
+    band = np.digitize(cover, COVER_EDGES) + 1
+    band[cover == 0] = 0
+    return [band == i for i in range(len(COVER_BAND_NAMES))]
 
 
 @torch.no_grad()
@@ -269,6 +302,8 @@ def main() -> None:
         "tiny DINOv2 last_hidden_state": ("dinov2", args.assets / "dinov2"),
         "random-init DINOv2 (control)": ("random", args.assets / "dinov2"),
     }
+    by_cover: dict[str, list[float]] = {}
+    band_sizes: list[int] = []
     print(f"{'features':32s} {'object?':>8s} {'colour':>8s} {'pattern':>8s} {'shape':>8s} {'same-obj':>8s}")
     for i, (name, (kind, path)) in enumerate(encoders.items()):
         heldout, probe_fit = scenes(path)
@@ -280,11 +315,23 @@ def main() -> None:
             chance = [100 / len(np.unique(y_test[t][y_test[t] >= 0])) for t in y_fit] + [50.0]
             print(f"{'chance':32s} " + " ".join(f"{c:8.1f}" for c in chance))
         f_fit, f_test = patch_features(kind, path, probe_fit), patch_features(kind, path, heldout)
-        accs = [linear_probe(f_fit, y_fit[t], f_test, y_test[t]) for t in y_fit]
+        accs = []
+        for t in y_fit:
+            pred, y = probe_predictions(f_fit, y_fit[t], f_test, y_test[t]), y_test[t][y_test[t] >= 0]
+            accs.append(balanced_accuracy(pred, y))
+            if t == "object":  # every patch has an objectness target, so pred lines up with all of them
+                bands = cover_bands(np.concatenate([patch_coverage(s, patch) for s in heldout]))
+                by_cover[name] = [100 * float((pred == y)[band].mean()) for band in bands]
+                band_sizes = [int(band.sum()) for band in bands]
         accs.append(same_object_auc(f_test, test_labels))
         print(f"{name:32s} " + " ".join(f"{a:8.1f}" for a in accs))
     print("(balanced accuracy; a patch holds an object when one covers >= 1/4 of it; colour / pattern / shape")
     print(" are probed on those patches only; same-obj: Fig. 6's cosine-similarity map as an AUC, see same_object_auc)")
+    print("\n## the object? probe by how much of a patch objects cover: accuracy (%), held-out patches")
+    print(f"{'features':32s} " + " ".join(f"{b:>9s}" for b in COVER_BAND_NAMES))
+    for name, accs_by_band in by_cover.items():
+        print(f"{name:32s} " + " ".join(f"{a:9.1f}" for a in accs_by_band))
+    print(f"{'patches in the band':32s} " + " ".join(f"{n:9d}" for n in band_sizes))
 
     # the size tgg components draws the Qwen2's scenes at (it reads their text only)
     q = qwen2_quality(args.assets / "qwen2", scenes_at(corpus.IMAGE_SIZE)[0], base, args.answers)
