@@ -40,11 +40,11 @@ from transformers import (
     Dinov2Model,
 )
 
-from tinygroundinggpt.boxes import BoxError, pad_offsets, parse_first_box, square_side, validate_unit_box
+from tinygroundinggpt.boxes import BoxError, parse_first_box, validate_unit_box
 from tinygroundinggpt.components import clip, corpus
 from tinygroundinggpt.components.qwen2 import pack
 from tinygroundinggpt.world import language
-from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES, render_scene
+from tinygroundinggpt.world.scene import COLOURS, PATTERNS, SHAPES
 
 GALLERY = 100
 BOX_ANSWER = re.compile(r"^\[\d\.\d{3}, \d\.\d{3}, \d\.\d{3}, \d\.\d{3}\]$")
@@ -87,37 +87,15 @@ def _as_tensor(out: torch.Tensor | object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _square_labels(sample: corpus.WorldSample) -> np.ndarray:
-    """The scene's label map (object index, -1 for background) on its square-padded image."""
-    scene = sample.scene
-    _, labels = render_scene(scene)
-    side = square_side(scene.width, scene.height)
-    dx, dy = pad_offsets(scene.width, scene.height)
-    square = np.full((side, side), -1, dtype=np.int64)
-    square[dy : dy + scene.height, dx : dx + scene.width] = labels
-    return square
-
-
-def _patch_blocks(square: np.ndarray, patch: int) -> np.ndarray:
-    """``(patches, patch*patch)``: the label map cut into patches in the tokens' row-major order."""
-    grid = square.shape[0] // patch
-    return square.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-
-
 def patch_labels(sample: corpus.WorldSample, patch: int) -> np.ndarray:
     """Per ``patch``-px patch of the padded square image: the object covering most of its pixels, when that object
     covers at least a quarter of the patch (objects span 17-38 % of the scene's short side, so few
     patches are mostly object); else -1."""
     out = []
-    for b in _patch_blocks(_square_labels(sample), patch):
+    for b in corpus.patch_blocks(corpus.square_labels(sample), patch):
         counts = np.bincount(b[b >= 0], minlength=1)
         out.append(int(counts.argmax()) if counts.max() * 4 >= patch * patch else -1)
     return np.array(out)
-
-
-def patch_coverage(sample: corpus.WorldSample, patch: int) -> np.ndarray:
-    """Per patch, the share of its pixels that objects cover (any object)."""
-    return (_patch_blocks(_square_labels(sample), patch) >= 0).mean(1)
 
 
 def probe_targets(samples: list[corpus.WorldSample], patch: int) -> dict[str, np.ndarray]:
@@ -320,7 +298,7 @@ def main() -> None:
             pred, y = probe_predictions(f_fit, y_fit[t], f_test, y_test[t]), y_test[t][y_test[t] >= 0]
             accs.append(balanced_accuracy(pred, y))
             if t == "object":  # every patch has an objectness target, so pred lines up with all of them
-                bands = cover_bands(np.concatenate([patch_coverage(s, patch) for s in heldout]))
+                bands = cover_bands(np.concatenate([corpus.patch_coverage(s, patch) for s in heldout]))
                 by_cover[name] = [100 * float((pred == y)[band].mean()) for band in bands]
                 band_sizes = [int(band.sum()) for band in bands]
         accs.append(same_object_auc(f_test, test_labels))

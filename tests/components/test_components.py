@@ -24,7 +24,7 @@ from transformers import (
     Dinov2Model,
 )
 
-from tinygroundinggpt.boxes import format_box, pad_offsets, square_side
+from tinygroundinggpt.boxes import format_box, pad_offsets
 from tinygroundinggpt.cli import main
 from tinygroundinggpt.components import clip, corpus, dinov2, qwen2
 from tinygroundinggpt.components.tokenizer import CHATML_TEMPLATE, EOS, IM_END
@@ -280,6 +280,14 @@ def test_background_views_keep_the_objects_and_change_the_background(samples):
             assert (a[labels < 0] != b[labels < 0]).any(-1).mean() > 0.5  # most background pixels changed
 
 
+def test_patch_coverage_counts_every_object_pixel_once(samples):
+    for sample in samples[:6]:
+        _, labels = render_scene(sample.scene)
+        cover = corpus.patch_coverage(sample, 8)
+        assert cover.shape == (N_PATCHES,) and ((cover >= 0) & (cover <= 1)).all()
+        assert round(cover.sum() * 64) == (labels >= 0).sum()  # 64 pixels per 8-px patch, padding never an object
+
+
 def test_dinov2_view_term_needs_views_and_makes_objects_agree_across_backgrounds(samples):
     # The same short run with and without the term: only with it do an object's patch tokens stay alike when the
     # scene is drawn on another background (held-out scenes, backgrounds never trained on).
@@ -293,7 +301,7 @@ def test_dinov2_view_term_needs_views_and_makes_objects_agree_across_backgrounds
         dinov2.train_dinov2(images, seed=0, recipe=dinov2.Dinov2Recipe(steps=1, view_weight=1.0), views=[views[0][:-1]])
     processor = dinov2.dinov2_image_processor(64)
     a, b = corpus.background_views(held, dinov2.IMAGENET_MEAN, 2, seed=9)
-    object_cells = torch.from_numpy(np.stack([patch_coverage(s) >= 0.5 for s in held]))
+    object_cells = torch.from_numpy(np.stack([corpus.patch_coverage(s, 8) >= 0.5 for s in held]))
 
     def agreement(weight: float) -> float:
         recipe = dinov2.Dinov2Recipe(steps=150, batch_size=16, lr=2e-3, view_weight=weight)
@@ -306,18 +314,6 @@ def test_dinov2_view_term_needs_views_and_makes_objects_agree_across_backgrounds
         return float(torch.nn.functional.cosine_similarity(fa, fb, dim=-1)[object_cells].mean())
 
     assert agreement(1.0) > agreement(0.0) + 0.2  # 150 steps: about 0.93 vs 0.56
-
-
-def patch_coverage(sample: corpus.WorldSample) -> np.ndarray:
-    """The share of each of the 64 patches of the square-padded scene that objects cover."""
-    scene = sample.scene
-    _, labels = render_scene(scene)
-    side = square_side(scene.width, scene.height)
-    dx, dy = pad_offsets(scene.width, scene.height)
-    square = np.zeros((side, side), dtype=bool)
-    square[dy : dy + scene.height, dx : dx + scene.width] = labels >= 0
-    p = side // 8
-    return square.reshape(8, p, 8, p).mean((1, 3)).reshape(-1)
 
 
 def test_block_patch_mask_covers_the_drawn_share_in_blocks():

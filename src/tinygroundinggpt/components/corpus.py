@@ -11,10 +11,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from tinygroundinggpt.boxes import Box, format_box, pixel_to_model
+from tinygroundinggpt.boxes import Box, format_box, pad_offsets, pixel_to_model, square_side
 from tinygroundinggpt.components.qwen2 import Document
 from tinygroundinggpt.data.format import IMAGE_TOKEN
 from tinygroundinggpt.images import mean_fill, pad_to_square
@@ -85,17 +86,39 @@ def background_views(
     new noise), square-padded as :func:`square_images` pads; deterministic by ``seed``."""
     rng = random.Random(seed)
     fill = mean_fill(tuple(mean))  # type: ignore[arg-type]
+    backgrounds = [(b, k) for b in BACKGROUNDS for k in BACKGROUND_KINDS]
     views = []
     for _ in range(count):
         drawn = []
         for s in samples:
             current = (s.scene.background, s.scene.background_kind)
-            others = [(b, k) for b in BACKGROUNDS for k in BACKGROUND_KINDS if (b, k) != current]
-            background, kind = rng.choice(others)
+            background, kind = rng.choice([bk for bk in backgrounds if bk != current])
             scene = replace(s.scene, background=background, background_kind=kind, noise_seed=rng.getrandbits(32))
             drawn.append(pad_to_square(render_scene(scene)[0], fill))
         views.append(drawn)
     return views
+
+
+def square_labels(sample: WorldSample) -> np.ndarray:
+    """The scene's label map (object index, -1 for background and padding) on its square-padded image."""
+    scene = sample.scene
+    _, labels = render_scene(scene)
+    side = square_side(scene.width, scene.height)
+    dx, dy = pad_offsets(scene.width, scene.height)
+    square = np.full((side, side), -1, dtype=np.int64)
+    square[dy : dy + scene.height, dx : dx + scene.width] = labels
+    return square
+
+
+def patch_blocks(square: np.ndarray, patch: int) -> np.ndarray:
+    """``(patches, patch*patch)``: a square map cut into ``patch``-px patches in the patch tokens' row-major order."""
+    grid = square.shape[0] // patch
+    return square.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+
+
+def patch_coverage(sample: WorldSample, patch: int) -> np.ndarray:
+    """Per ``patch``-px patch of the square-padded image, the share of its pixels that objects cover."""
+    return (patch_blocks(square_labels(sample), patch) >= 0).mean(1)
 
 
 def captions(samples: Sequence[WorldSample], seed: int) -> list[list[str]]:
