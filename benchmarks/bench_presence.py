@@ -10,7 +10,7 @@ the control: it shows what the probe reads when the features hold the answer. A 
 (two transformer layers before the same probe) says how much a nonlinear reader such as the LLM could find there.
 Baselines in the same run: answering "no" to every question, the commoner answer, and what the pixels hold: a small
 convolutional network with the same probe on its 8x8 grid, trained end to end on the same scenes and labels
-(``--pixel-epochs``; 0 skips it and the deeper read-out). These two, minutes each, ask about shapes only.
+(``--pixel-epochs``). These two take minutes each, ask about shapes only, and ``--quick`` skips them.
 Held-out scenes: the last 20 %.
 """
 
@@ -39,7 +39,7 @@ class PresenceProbe(torch.nn.Module):
 
 
 class PixelPresence(torch.nn.Module):
-    """Five 3x3 convolutions, three of them stride 2: a 64 px image becomes an 8x8 grid like the encoders'."""
+    """Five 3x3 convolutions, three of them stride 2: a 64 px image becomes an 8x8 grid, as in the encoders."""
 
     def __init__(self, n_questions: int) -> None:
         super().__init__()
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pixel-epochs", type=int, default=8, help="the pixel CNN's training (~45 s an epoch)")
+    parser.add_argument("--quick", action="store_true", help="the attention probes only (under a minute)")
     parser.add_argument("--seed", type=int, default=99)
     parser.add_argument("--clip", help="a tiny CLIP checkpoint instead of the shipped one")
     parser.add_argument("--dino", help="a tiny DINOv2 checkpoint instead of the shipped one")
@@ -133,8 +134,7 @@ def main() -> None:
     for name, f in (("CLIP", feats[..., :clip_dim]), ("DINOv2", feats[..., clip_dim:]), ("CLIP + DINOv2", feats)):
         acc = [probe_accuracy(f, a, n_fit, args.epochs) for a in (shapes, colours)]
         print(f"{name:16s} {acc[0]:20.1f} {acc[1]:28.1f}")
-    if args.pixel_epochs:
-        # shapes only: colour is the control, and each of these fits takes minutes
+    if not args.quick:  # shapes only: colour is the control, and each of these fits takes minutes
         deep = probe_accuracy(feats, shapes, n_fit, args.epochs, deep=True)
         print(f"{'CLIP+DINOv2 deep':16s} {deep:20.1f} {'-':>28s}")
         print(f"{'pixels (CNN)':16s} {pixel_accuracy(pixels, shapes, n_fit, args.pixel_epochs):20.1f} {'-':>28s}")
