@@ -3,8 +3,10 @@
 #   1. the paper-size model (CLIP-L/336 + DINOv2-L + Qwen2.5-1.5B, random weights) trains a step in bf16 on CUDA,
 #      against transformers' LLaVA at the same sizes (benchmarks/bench_model.py);
 #   2. `tgg demo --train` on the GPU: the tiny world, the tiny chain (within BUDGET_S), the demo's evaluation.
-# Usage: OUT=<folder> [BUDGET_S=520] [STAGES=a,b INIT=<checkpoint>] [NO_BENCH=1] bash benchmarks/gpu_check.sh
-# STAGES and INIT run part of the chain from a checkpoint (tgg train --chain --stages --init). A dry run on a CPU:
+# Usage: OUT=<folder> [BUDGET_S=520] [STAGES=a,b INIT=<checkpoint>] [CLIP=<folder>] [NO_BENCH=1] bash benchmarks/gpu_check.sh
+# STAGES and INIT run part of the chain from a checkpoint (tgg train --chain --stages --init); CLIP is --clip (the
+# chain's CLIP instead of the shipped one). A part that does not reach the chain's end returns every stage it finished
+# (one archive each), to carry on elsewhere. A dry run on a CPU:
 # STEPS_SCALE=N (every stage's max_steps), N_TRAIN / N_EASY (the world's sizes), PY=<python>. Results land in $OUT;
 # each stage's wall time is in stage_reports.txt, the run's in chain.log (all in logs.tar.gz).
 set -u
@@ -37,11 +39,13 @@ if [ -z "${STEPS_SCALE:-}${NO_BENCH:-}" ]; then  # the GPU half while the CPUs w
     >"$OUT/bench_model.txt" 2>&1 &
 fi
 wait
+(cd $W && sha256sum ./*.jsonl easy/*.jsonl) >"$OUT/world_digests.txt" 2>&1  # the same world as the caller's?
 echo "world written at +$(( $(date +%s) - T0 )) s" >>"$OUT/world.log"
 
 SET=()
 [ -n "${STEPS_SCALE:-}" ] && SET=(--set "max_steps=$STEPS_SCALE")
 [ -n "${STAGES:-}" ] && SET+=(--stages "$STAGES" --init "$INIT")
+[ -n "${CLIP:-}" ] && SET+=(--clip "$CLIP")
 # leave ~60 s for the evaluation and the copies
 timeout $(( $(left) - 60 )) "${TGG[@]}" train --chain --preset tiny --data-root $W --out $D "${SET[@]}" >"$OUT/chain.log" 2>&1
 echo "chain exit $? at +$(( $(date +%s) - T0 )) s" >>"$OUT/chain.log"
@@ -54,9 +58,12 @@ if [ -f $D/$final/COMPLETE ]; then
   tar -C $D --exclude 'checkpoint-*' -czf "$OUT/$final.tar.gz" "$final"
   # the stage before it too, to try variants of the last stage from it elsewhere
   tar -C $D --exclude 'checkpoint-*' -czf "$OUT/$pre.tar.gz" "$pre"
-else  # the last complete stage, for the rest of the chain elsewhere (tgg train --chain --stages ... --init)
-  last=$(ls -td $D/*/COMPLETE 2>/dev/null | head -1)
-  [ -n "$last" ] && tar -C $D --exclude 'checkpoint-*' -czf "$OUT/last_stage.tar.gz" "$(basename "$(dirname "$last")")"
+else  # the stages it finished, for the rest of the chain elsewhere (tgg train --chain --stages ... --init)
+  for done in $D/*/COMPLETE; do
+    [ -f "$done" ] || continue
+    s=$(basename "$(dirname "$done")")
+    tar -C $D --exclude 'checkpoint-*' -czf "$OUT/$s.tar.gz" "$s"
+  done
 fi
 echo "done at +$(( $(date +%s) - T0 )) s" >>"$OUT/chain.log"
 # at most 8 files come back: the logs travel as one archive
