@@ -67,4 +67,5 @@ else  # the stages it finished, for the rest of the chain elsewhere (tgg train -
 fi
 echo "done at +$(( $(date +%s) - T0 )) s" >>"$OUT/chain.log"
 # at most 8 files come back: the logs travel as one archive
-(cd "$OUT" && logs=$(ls ./*.txt ./*.log ./*.json 2>/dev/null) && tar -czf logs.tar.gz $logs && rm -f ./*.txt ./*.log)
+# (a chain stopped by its time limit writes no chain_report.json: an unmatched pattern must not skip the archive)
+(cd "$OUT" && shopt -s nullglob && logs=(./*.txt ./*.log ./*.json) && tar -czf logs.tar.gz "${logs[@]}" && rm -f ./*.txt ./*.log)
