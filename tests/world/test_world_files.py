@@ -15,8 +15,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from world_resolver import resolve
 
@@ -25,8 +27,9 @@ from tinygroundinggpt.cli import main
 from tinygroundinggpt.data.format import SHORT_ANSWER_PROMPT, LoadReport, iter_jsonl
 from tinygroundinggpt.world import cli as world_cli
 from tinygroundinggpt.world.build import write_world
+from tinygroundinggpt.world.formats import visible_polygons
 from tinygroundinggpt.world.language import plural, referring_expressions
-from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES, Scene, WorldObject
+from tinygroundinggpt.world.scene import DEFAULT_HELDOUT, SHAPES, Scene, WorldObject, generate_scene, render_scene
 from tinygroundinggpt.world.stages import REC_EVAL_PROMPT, REC_PROMPTS, STAGE_FILES
 
 N_TRAIN, N_EVAL = 40, 16
@@ -183,6 +186,22 @@ def test_refer_files_as_the_refer_api_reads_them(world, folder):
         ys, xs = mask.nonzero()
         assert xywh_to_xyxy(ann["bbox"]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         assert ann["area"] == mask.sum()
+        # refer.py's getMask: polygons if segmentation[0] is a list, decoded masks summed over their third axis
+        assert isinstance(ann["segmentation"][0], list)
+        rle = mask_utils.frPyObjects(ann["segmentation"], img["height"], img["width"])
+        assert np.array_equal(np.sum(mask_utils.decode(rle), axis=2), mask)
+        assert sum(mask_utils.area(rle)) == ann["area"]
+
+
+def test_mask_polygons_rasterise_to_exactly_the_visible_pixels():
+    rng = random.Random(5)
+    labels = [render_scene(generate_scene(rng, 64)[1])[1] for _ in range(30)]
+    labels.append(np.array([[0, 0, -1, 1], [-1, 0, 1, 1], [0, 0, -1, 0]]))  # holes, image edges, a lone pixel
+    for lab in labels:
+        n = int(lab.max()) + 1
+        for i, polygons in enumerate(visible_polygons(lab, n)):
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, *lab.shape))
+            assert np.array_equal(mask_utils.decode(rle), (lab == i).astype(np.uint8))
 
 
 def test_instruct_file_asks_short_answer_questions_as_pope_does(world):

@@ -39,7 +39,7 @@ from tinygroundinggpt.world.formats import (
     POPE_STRATEGIES,
     REFS_FILE,
     EvalImage,
-    visible_rles,
+    visible_polygons,
     write_pope,
     write_refer,
 )
@@ -204,8 +204,8 @@ def _eval_images(
                 continue
             exprs += referring_expressions(scene, t, text_rng, require_colour=compositional)
         split = "val" if i < (n + 1) // 2 else "test"
-        rles = visible_rles(render_scene(scene)[1], len(scene.objects))
-        images.append(EvalImage(i + 1, file_name, scene, rles, exprs, split))
+        polygons = visible_polygons(render_scene(scene)[1], len(scene.objects))
+        images.append(EvalImage(i + 1, file_name, scene, polygons, exprs, split))
         bar.update()
     return images
 

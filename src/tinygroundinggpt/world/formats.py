@@ -3,7 +3,9 @@
 * REC as the ``refer`` API (lichengunc/refer) reads it: ``refs(unc).p`` – a pickled list of refs
   ``{ref_id, ann_id, image_id, split, sentences: [{tokens, raw, sent_id, sent, kind}], sent_ids,
   category_id, file_name}`` – and a COCO ``instances.json`` (``images``, ``annotations`` with ``bbox`` in
-  COCO ``[x, y, w, h]`` and an RLE ``segmentation`` of the visible pixels, ``categories``).
+  COCO ``[x, y, w, h]`` and polygons as ``segmentation``, exactly the visible pixels, ``categories``). Polygons, as
+  RefCOCO's own annotations: refer.py's ``getMask`` indexes ``segmentation[0]`` and sums decoded masks over a third
+  axis (a single RLE dict fails there), while pycocotools' ``COCO`` reads a list only as polygons.
   ``kind`` in a sentence is our addition (the expression kind, for per-kind accuracy); ``file_name``
   is the image's own file name.
 * POPE as its repository ships question files: JSON lines ``{"question_id", "image", "text", "label"}``
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from tinygroundinggpt.boxes import xyxy_to_xywh
 from tinygroundinggpt.world.language import Expression
@@ -40,23 +41,38 @@ REFS_FILE = "refs(unc).p"
 @dataclass
 class EvalImage:
     """One evaluation scene: its image id, file name, scene graph, expressions and each object's visible
-    pixels as a COCO RLE (see :func:`visible_rles`)."""
+    pixels as COCO polygons (see :func:`visible_polygons`)."""
 
     image_id: int
     file_name: str
     scene: Scene
-    rles: list[dict]
+    polygons: list[list[list[int]]]
     expressions: list[Expression]
     split: str
 
 
-def visible_rles(labels: np.ndarray, n_objects: int) -> list[dict]:
-    """COCO compressed RLE of each object's visible pixels, from a label map of :func:`render_scene`."""
+def visible_polygons(labels: np.ndarray, n_objects: int) -> list[list[list[int]]]:
+    """Each object's visible pixels, from a label map of :func:`render_scene`, as COCO polygons that rasterise back to
+    exactly those pixels: one rectangle (on pixel edges) per run of columns, over each band of rows whose runs agree."""
     out = []
     for i in range(n_objects):
-        rle = mask_utils.encode(np.asfortranarray(labels == i, dtype=np.uint8))
-        out.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+        mask = labels == i
+        polygons: list[list[int]] = []
+        band: tuple[tuple[int, int], ...] = ()
+        top = 0
+        for y in range(mask.shape[0] + 1):
+            runs = _runs(mask[y]) if y < mask.shape[0] else ()
+            if runs != band:
+                polygons += [[x0, top, x1, top, x1, y, x0, y] for x0, x1 in band]
+                band, top = runs, y
+        out.append(polygons)
     return out
+
+
+def _runs(row: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The ``[x0, x1)`` runs of True in a boolean row."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
+    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
 
 
 def write_refer(folder: str | Path, images: Sequence[EvalImage]) -> dict[str, int]:
@@ -72,16 +88,15 @@ def write_refer(folder: str | Path, images: Sequence[EvalImage]) -> dict[str, in
         )
         for i, obj in enumerate(im.scene.objects):
             ann_id = len(annotations) + 1
-            rle = im.rles[i]
             annotations.append(
                 {
                     "id": ann_id,
                     "image_id": im.image_id,
                     "category_id": CATEGORY_ID[obj.shape],
                     "bbox": list(xyxy_to_xywh(obj.box)),
-                    "area": int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")})),
+                    "area": sum((p[2] - p[0]) * (p[5] - p[1]) for p in im.polygons[i]),  # disjoint rectangles
                     "iscrowd": 0,
-                    "segmentation": rle,
+                    "segmentation": im.polygons[i],
                 }
             )
             exprs = [e for e in im.expressions if e.target == i]
