@@ -4,7 +4,9 @@
     python benchmarks/bench_train_step.py         # output kept in benchmarks/results/train_step.txt
 
 The towers are frozen in every stage, so their features could be computed once per image and cached; this measures
-what that could save at most (the towers' share of a step), against the whole step measured in the same run.
+what that could save at most (the towers' share of a step), against the whole step measured in the same run. It also
+times the same step under bf16 autocast on the CPU (the recipes' ``bf16`` applies on CUDA only; this says whether a
+CPU with bf16 matrix units would gain from it).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def step(model: TinyGroundingGPTForConditionalGeneration, batch: dict) -> None:
     model(**batch).loss.backward()
 
 
+def step_bf16(model: TinyGroundingGPTForConditionalGeneration, batch: dict) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+
+
 @torch.no_grad()
 def towers(model: TinyGroundingGPTForConditionalGeneration, batch: dict) -> None:
     model.vision_tower(batch["pixel_values"])
@@ -53,7 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} cores, "
-          f"{args.threads} threads, load average before {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"load average before {os.getloadavg()[0]:.2f}")  # fmt: skip
     model = TinyGroundingGPTForConditionalGeneration.from_pretrained(SHIPPED, dtype=torch.float32).train()
     processor = TinyGroundingGPTProcessor.from_pretrained(SHIPPED)
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -67,10 +76,12 @@ def main() -> None:
 
             whole = seconds(lambda b=batch: step(model, b), args.repeats)
             vision = seconds(lambda b=batch: towers(model, b), args.repeats)
+            bf16 = seconds(lambda b=batch: step_bf16(model, b), args.repeats)
             objects = batch["object_pixel_values"].shape[0]
             share = f"({vision / whole:.0%} of the step)"
             print(f"{name:16s} tokens/sample {batch['input_ids'].shape[1]:4d}, object images {objects:3d}: "
-                  f"step {whole * 1000:6.0f} ms, towers {vision * 1000:5.0f} ms {share}")  # fmt: skip
+                  f"step {whole * 1000:6.0f} ms, towers {vision * 1000:5.0f} ms {share}, "
+                  f"bf16 autocast step {bf16 * 1000:6.0f} ms (x{whole / bf16:.2f})")  # fmt: skip
     print(f"load average after {os.getloadavg()[0]:.2f}")
 
 
