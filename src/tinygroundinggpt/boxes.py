@@ -170,7 +170,9 @@ def norm_to_pixel(box: Sequence[float], width: int, height: int) -> Box:
 
 
 def model_to_norm(box: Sequence[float], width: int, height: int) -> Box:
-    return pixel_to_norm(model_to_pixel(box, width, height), width, height)
+    """Model frame → normalised by the image's own size; unclamped (a box reaching into the padding goes past
+    0 or 1), so a scorer sees the box as the model wrote it."""
+    return pixel_to_norm(model_to_pixel(box, width, height, clamp=False), width, height)
 
 
 def clamp_pixel_box(box: Sequence[float], width: int, height: int) -> Box:
@@ -185,9 +187,10 @@ def round_box(box: Sequence[float], decimals: int = DECIMALS) -> Box:
     return tuple(round(float(v), decimals) for v in box)  # type: ignore[return-value]
 
 
-def format_box(box: Sequence[float], decimals: int = DECIMALS) -> str:
-    """Model-frame box → its text form ``[0.120, 0.300, 0.560, 0.910]`` (clamped to [0, 1])."""
-    vals = [min(max(float(v), 0.0), 1.0) for v in _as_box(box)]
+def format_box(box: Sequence[float], decimals: int = DECIMALS, *, clamp: bool = True) -> str:
+    """Model-frame box → its text form ``[0.120, 0.300, 0.560, 0.910]`` (clamped to [0, 1] unless ``clamp`` is
+    False, for a box in another frame)."""
+    vals = [min(max(float(v), 0.0), 1.0) if clamp else float(v) for v in _as_box(box)]
     return "[" + ", ".join(f"{v:.{decimals}f}" for v in vals) + "]"
 
 
@@ -229,12 +232,13 @@ def model_frame_boxes(text: str) -> list[Box]:
 def model_text_to_norm(text: str, width: int, height: int) -> str:
     """``text`` with every box the model wrote (model frame) rewritten in the norm frame of a ``width`` x
     ``height`` image, for scorers that normalise by the image's own size (lmms-eval); the rest unchanged. Four
-    numbers outside [0, 1] are no model-frame box (:func:`in_model_frame`) and stay as written."""
+    numbers outside [0, 1] are no model-frame box (:func:`in_model_frame`) and stay as written; a box reaching into
+    the padding is written past 0 or 1, not clamped (lmms-eval scores the box as written)."""
     out, end = [], 0
     for m, box in _box_matches(text):
         if not in_model_frame(box):
             continue
-        out += [text[end : m.start()], format_box(model_to_norm(box, width, height))]
+        out += [text[end : m.start()], format_box(model_to_norm(box, width, height), clamp=False)]
         end = m.end()
     return "".join(out) + text[end:]
 

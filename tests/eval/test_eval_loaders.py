@@ -182,7 +182,7 @@ def test_mmbench_uses_shipped_rotations(tmp_path):
         get_task("mmbench_en_dev").load(tmp_path)
 
 
-def mock_judge(tmp_path, reply, calls):
+def mock_judge(tmp_path, reply, calls, base_url="http://judge.local/v1"):
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(json.loads(request.content))
         body = {
@@ -192,7 +192,7 @@ def mock_judge(tmp_path, reply, calls):
         return httpx.Response(200, json=body)
 
     client = openai.OpenAI(
-        base_url="http://judge.local/v1", api_key="k", http_client=httpx.Client(transport=httpx.MockTransport(handler))
+        base_url=base_url, api_key="k", http_client=httpx.Client(transport=httpx.MockTransport(handler))
     )
     return Judge("judge", client=client, cache_path=tmp_path / "judge_cache.jsonl")
 
@@ -220,6 +220,9 @@ def test_llava_bench_judged_through_an_openai_compatible_endpoint(tmp_path):
     # The review is cached on disk: a second task instance asks nothing new.
     again = get_task("llava_bench", EvalOptions(judge=mock_judge(tmp_path, "1 1", calls)))
     assert again.score("Noodles.", item)["model_score"] == 6.0 and len(calls) == 1
+    # ... but another server serving a model of the same name is asked afresh
+    other = get_task("llava_bench", EvalOptions(judge=mock_judge(tmp_path, "1 1", calls, "http://other.local/v1")))
+    assert other.score("Noodles.", item)["model_score"] == 1.0 and len(calls) == 2
 
 
 def test_llava_bench_with_llavas_rules_sends_llavas_wording(tmp_path):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tinygroundinggpt.eval.benchmarks.choice import extract_choice, llava_sqa_choice, mmbench_circular
-from tinygroundinggpt.eval.benchmarks.judged import parse_desc_scores, parse_review_scores
+from tinygroundinggpt.eval.benchmarks.judged import (
+    DescQualityTask,
+    LLaVABenchTask,
+    parse_desc_scores,
+    parse_review_scores,
+)
 from tinygroundinggpt.eval.benchmarks.mme import MMETask, mme_parse, mme_subtask_scores
 from tinygroundinggpt.eval.benchmarks.pope import POPETask, pope_answer_is_yes, pope_answer_is_yes_or_no, pope_metrics
 from tinygroundinggpt.eval.benchmarks.rec import RECTask, score_rec
@@ -28,9 +33,9 @@ class TestREC:
 
     def test_the_same_numbers_read_as_normalised_to_width_height_miss(self):
         # The GroundingGPT-reproduction bug: GT normalised by W, H is [0.1, 0.1, 0.3, 0.5]; as a model-frame
-        # answer that is pixels (20, -30, 60, 50) → clamped (20, 0, 60, 50): IoU = 40*40 / (40*50) = 0.8 ...
+        # answer that is pixels (20, -30, 60, 50), reaching into the padding: IoU = 40*40 / (40*80) = 0.5 ...
         s = score_rec("[0.100, 0.100, 0.300, 0.500]", GT, W, H)
-        assert s["iou"] == pytest.approx(0.8)
+        assert s["iou"] == pytest.approx(0.5)
         # ... and on the other axis it is worse: [0.1, 0.3, 0.3, 0.7] → pixels (20, 10, 60, 90): IoU 40*40/(40*80)
         s = score_rec("[0.100, 0.300, 0.300, 0.700]", GT, W, H)
         assert s["iou"] == pytest.approx(0.5)
@@ -64,7 +69,18 @@ class TestREC:
         s = score_rec(answer, big, W, H, others=[GT])
         assert s["out_of_range"] == 1 and s["iou"] == 0.0 and s["acc@0.1"] == 0 and s["center_acc"] == 0
         assert s["no_object"] == 1 and s["wrong_object"] == 0
-        assert score_rec("[0.000, 0.000, 1.000, 1.000]", big, W, H)["acc@0.5"] == 1  # the same box, in the frame
+        assert score_rec("[0.000, 0.250, 1.000, 0.700]", big, W, H)["iou"] == pytest.approx(
+            1.0
+        )  # the same, in the frame
+
+    def test_a_box_reaching_into_the_padding_is_scored_as_written_not_clamped(self):
+        # 640x427: 106 px of padding above and 107 below. [0, 0, 1, 0.33] is pixels (0, -106, 640, 105.2): clamped
+        # to the image it would be (0, 0, 640, 105.2), IoU 0.95 with a (0, 0, 640, 100) object; as written 100/211.2.
+        s = score_rec("[0.000, 0.000, 1.000, 0.330]", (0.0, 0.0, 640.0, 100.0), 640, 427)
+        assert s["iou"] == pytest.approx(100 / 211.2) and s["acc@0.5"] == 0
+        # a box wholly in the padding: no overlap, and its centre is not on the object at the image's top edge
+        s = score_rec("[0.200, 0.000, 0.400, 0.100]", (100.0, 0.0, 300.0, 50.0), 640, 427)
+        assert s["iou"] == 0.0 and s["center_acc"] == 0
 
     def test_a_miss_is_told_apart_as_on_another_object_or_on_none(self):
         other = (120.0, 10.0, 160.0, 50.0)  # model frame [0.600, 0.300, 0.800, 0.500]
@@ -78,8 +94,11 @@ class TestREC:
         ]
         agg = RECTask("refcoco", "refs(unc).p", "coco/train2014", "val").aggregate(scores)
         assert agg["miss_on_wrong_object"] == pytest.approx(25.0) and agg["miss_on_no_object"] == pytest.approx(50.0)
-        # without the other objects there is nothing to tell apart
-        assert "wrong_object" not in score_rec(answers[1], GT, W, H)
+        # with no other object annotated (a one-object image), every miss is on no object, and the split is kept
+        alone = [score_rec(a, GT, W, H) for a in answers]
+        assert [(s["wrong_object"], s["no_object"]) for s in alone] == [(0, 0), (0, 1), (0, 1), (0, 1)]
+        agg = RECTask("refcoco", "refs(unc).p", "coco/train2014", "val").aggregate(scores[:2] + alone[2:])
+        assert agg["miss_on_wrong_object"] == pytest.approx(25.0) and agg["miss_on_no_object"] == pytest.approx(50.0)
 
     def test_aggregate_percentages_and_counts(self):
         task = RECTask("refcoco", "refs(unc).p", "coco/train2014", "val")
@@ -264,7 +283,17 @@ class TestMME:
         assert per["existence"] == {"acc": 75.0, "acc+": 50.0, "score": 125.0}
         agg = MMETask().aggregate([s("a", 1), s("a", 1), s("b", 1), s("b", 0), s("x", 1, "count"), s("x", 0, "count")])
         assert agg["perception"] == pytest.approx(125.0 + 50.0)  # count: acc 50, acc+ 0
-        assert agg["perception_subtasks"] == 2 and agg["cognition"] == 0.0
+        # no cognition subtask ran, so there is no cognition score (not a score of 0)
+        assert agg["perception_subtasks"] == 2 and "cognition" not in agg and agg["unparseable"] == 0
+
+    def test_unparseable_answers_are_counted_and_all_failed_is_no_metric(self):
+        task = MMETask()
+        items = [Item(id=str(i), image=None, prompt="q", reference={"answer": "yes", "subtask": "existence",
+                                                                     "image": "a"}) for i in range(2)]  # fmt: skip
+        scores = [task.score("Yes", items[0]), task.score("There is a dog", items[1])]
+        agg = task.aggregate(scores)
+        assert agg["unparseable"] == 1 and agg["existence/acc"] == 50.0
+        assert task.aggregate([]) == {}
 
     @pytest.mark.parametrize(("subtasks", "cell"), [(2, "| 175.0 (2/10) |"), (10, "| 175.0 |")])
     def test_table2_says_when_mme_p_sums_fewer_than_ten_subtasks(self, subtasks, cell):
@@ -274,6 +303,13 @@ class TestMME:
         table2 = md.split("layout of Table 2")[1].split("##")[0]
         assert cell in table2
 
+    @pytest.mark.parametrize(("splits", "cell"), [(1, "| 80.0 (1/3) |"), (3, "| 80.0 |")])
+    def test_table2_says_when_pope_averages_fewer_than_three_splits(self, splits, cell):
+        entry = {"metrics": {"f1": 80.0}, "protocol": "POPE", "n_scored": 4, "n_items": 4, "n_failed": 0, "failed": []}
+        tasks = {t: entry for t in ("pope_random", "pope_popular", "pope_adversarial")[:splits]}
+        table2 = markdown({"model": "m", "tasks": tasks}).split("layout of Table 2")[1].split("##")[0]
+        assert cell in table2
+
 
 class TestJudgeParsing:
     def test_review_scores(self):
@@ -281,6 +317,10 @@ class TestJudgeParsing:
         assert parse_review_scores("7.5, 9") == (7.5, 9.0)
         assert parse_review_scores("Assistant 1: 8") is None
         assert parse_review_scores("") is None
+
+    def test_a_judged_task_whose_items_all_failed_has_no_metrics(self):
+        assert LLaVABenchTask(judge=None).aggregate([]) == {}
+        assert DescQualityTask(judge=None).aggregate([]) == {}
 
     def test_desc_scores(self):
         reply = '"Quality": "4", "Richness": "3", "Accuracy": "5", "Justification": "ok".'

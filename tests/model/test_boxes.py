@@ -116,6 +116,9 @@ def test_model_text_to_norm_rewrites_only_the_boxes():
         bx.model_text_to_norm(text, 200, 100) == "It is [0.250, 0.000, 0.750, 1.000], not [0.000, 0.500, 1.000, 1.000]."
     )
     assert bx.model_text_to_norm("no box", 200, 100) == "no box"
+    # a box reaching into the padding is written past 0 or 1, as the model said it: scorers do not clamp
+    assert bx.model_text_to_norm("[0.000, 0.000, 1.000, 0.500]", 200, 100) == "[0.000, -0.500, 1.000, 0.500]"
+    assert bx.model_to_norm((0.0, 0.0, 1.0, 0.5), 200, 100) == (0.0, -0.5, 1.0, 0.5)
     assert bx.model_text_to_norm("[3, 5, 7, 9] and [0.250, 0.250, 0.750, 0.750]", 200, 100) == (
         "[3, 5, 7, 9] and [0.250, 0.000, 0.750, 1.000]"
     )

@@ -54,6 +54,8 @@ class Judge:
                 )
             client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
         self.client, self.model = client, model
+        # which server answered is part of a cached reply's key: two servers may serve the same model name
+        self.server = str(getattr(client, "base_url", None) or base_url or "")
         self.temperature, self.max_tokens, self.retries = temperature, max_tokens, retries
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, str] = {}
@@ -82,7 +84,7 @@ class Judge:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps({**request, "server": self.server}, sort_keys=True).encode()).hexdigest()
         if key in self._cache:
             return self._cache[key]
         reply = self._call(request)

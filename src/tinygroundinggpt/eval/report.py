@@ -105,7 +105,10 @@ def markdown(results: dict[str, Any]) -> str:
             if task is None:
                 f1s = [v for _, t in POPE_SPLITS if (v := _metric(results, t, "f1")) is not None]
                 pope = [t for _, t in POPE_SPLITS]
-                row.append(_cell(results, pope, sum(f1s) / len(f1s) if f1s else None, 1))
+                cell = _cell(results, pope, sum(f1s) / len(f1s) if f1s else None, 1)
+                if 0 < len(f1s) < len(POPE_SPLITS):  # a mean of fewer splits: say of how many, as MME-P does
+                    cell += f" ({len(f1s)}/{len(POPE_SPLITS)})"
+                row.append(cell)
             else:
                 cell = _cell(results, [task], _metric(results, task, metric), 1)
                 subtasks = _metric(results, task, "perception_subtasks") if task == "mme" else None

@@ -136,6 +136,8 @@ class LLaVABenchTask(Task):
         return out
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
+        if not scores:
+            return {}
         ok = [s for s in scores if not s["unparseable"]]
         out: dict[str, float] = {"unparseable": len(scores) - len(ok)}
         groups = {"all": ok} | {c: [s for s in ok if s["category"] == c] for c in sorted({s["category"] for s in ok})}
@@ -174,6 +176,8 @@ class DescQualityTask(Task):
         return {"unparseable": int(scores is None), **(scores or {})}
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
+        if not scores:
+            return {}
         ok = [s for s in scores if not s["unparseable"]]
         out = {a: sum(s[a] for s in ok) / len(ok) for a in DESC_ASPECTS} if ok else {}
         out["unparseable"] = len(scores) - len(ok)

@@ -114,15 +114,20 @@ class MMETask(Task):
 
     def score(self, answer: str, item: Item) -> dict[str, Any]:
         ref = item.reference
-        return {"correct": int(mme_parse(answer) == ref["answer"]), "subtask": ref["subtask"], "image": ref["image"]}
+        parsed = mme_parse(answer)
+        out = {"correct": int(parsed == ref["answer"]), "subtask": ref["subtask"], "image": ref["image"]}
+        return out | {"unparseable": int(parsed not in ("yes", "no"))}
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, float]:
+        if not scores:
+            return {}
         per = mme_subtask_scores(scores)
-        out: dict[str, float] = {
-            "perception": sum(per[t]["score"] for t in PERCEPTION if t in per),
-            "cognition": sum(per[t]["score"] for t in COGNITION if t in per),
-            "perception_subtasks": sum(t in per for t in PERCEPTION),
-        }
+        # a score is a sum over subtasks: one whose subtasks all failed or are absent has none, not 0
+        out: dict[str, float] = {"unparseable": sum(s.get("unparseable", 0) for s in scores)}
+        for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
+            if any(t in per for t in group):
+                out[name] = sum(per[t]["score"] for t in group if t in per)
+        out["perception_subtasks"] = sum(t in per for t in PERCEPTION)
         for t, v in per.items():
             for k, x in v.items():
                 out[f"{t}/{k}"] = x

@@ -14,7 +14,9 @@ its tasks (``world_rec_val``, ``world_rec_test``, ``world_rec_compositional_{val
 One item per referring expression (sentence), as every published number counts them. The model
 answers in its own frame (normalised to the image padded to a centred square); the box is mapped back
 to the original image with :func:`tinygroundinggpt.boxes.model_to_pixel` and compared with the COCO
-ground truth there. Scoring follows lmms-eval's ``refcoco_bbox_rec``: the first ``[a, b, c, d]`` in
+ground truth there, not clamped to the image: a box reaching into the padding keeps its whole area (clamping can
+only raise IoU; Shikra's, GroundingGPT's and lmms-eval's scorers take the box as written). Scoring follows lmms-eval's
+``refcoco_bbox_rec``: the first ``[a, b, c, d]`` in
 the answer counts, an answer without one is a miss (reported as ``unparseable``), and besides the
 headline Acc@0.5 we report mean IoU, Acc@{0.1, ..., 0.9} and centre accuracy (the predicted box's
 centre inside the ground-truth box).
@@ -75,16 +77,15 @@ def score_rec(
         out["out_of_range"] = int(not boxes.in_model_frame(first))
         usable = not out["out_of_range"]
     if usable:
-        pred = boxes.model_to_pixel(first, width, height)
+        pred = boxes.model_to_pixel(first, width, height, clamp=False)
         iou = boxes.iou(pred, gt_box)
         centre_hit = not out["inverted"] and boxes.contains_point(gt_box, boxes.center(pred))
     else:
         iou, centre_hit = 0.0, False
     out["iou"] = iou
-    if others:
-        on_other = usable and not out["inverted"] and any(boxes.iou(pred, b) >= 0.5 for b in others)
-        out["wrong_object"] = int(iou < 0.5 and on_other)
-        out["no_object"] = int(iou < 0.5 and not on_other)
+    on_other = usable and not out["inverted"] and any(boxes.iou(pred, b) >= 0.5 for b in others)
+    out["wrong_object"] = int(iou < 0.5 and on_other)
+    out["no_object"] = int(iou < 0.5 and not on_other)  # with no other object annotated, every miss is this
     for t in THRESHOLDS:
         out[f"acc@{t}"] = int(iou >= t)
     out["center_acc"] = int(centre_hit)
@@ -178,9 +179,9 @@ class RECTask(Task):
         out["center_acc"] = 100.0 * sum(s["center_acc"] for s in scores) / n
         for flag in ("unparseable", "multi_box", "inverted", "out_of_range"):
             out[flag] = sum(s[flag] for s in scores)  # counts, not percentages
-        if all("wrong_object" in s for s in scores):  # what the misses were, as percentages of all items
-            out["miss_on_wrong_object"] = 100.0 * sum(s["wrong_object"] for s in scores) / n
-            out["miss_on_no_object"] = 100.0 * sum(s["no_object"] for s in scores) / n
+        # what the misses were, as percentages of all items
+        out["miss_on_wrong_object"] = 100.0 * sum(s["wrong_object"] for s in scores) / n
+        out["miss_on_no_object"] = 100.0 * sum(s["no_object"] for s in scores) / n
         for kind in sorted({s["kind"] for s in scores if "kind" in s}):
             hits = [s["acc@0.5"] for s in scores if s.get("kind") == kind]
             out[f"acc@0.5/{kind}"] = 100.0 * sum(hits) / len(hits)
