@@ -113,6 +113,8 @@ def test_files_under_the_image_root_are_read(client, root, scene, expected):
         ("http://127.0.0.1:9/scene.png", "http: URLs are not fetched"),
         ("https://example.com/scene.png", "https: URLs are not fetched"),
         ("file://otherhost/etc/passwd", "only local file:// URLs"),
+        ("file://[::1/x.png", "not a URL or path"),  # urlsplit's ValueError: a 400, not a 500
+        ("http://[oops/a.png", "not a URL or path"),
     ],
 )
 def test_urls_outside_the_roots_are_refused_unread(client, root, monkeypatch, url, why):
@@ -124,6 +126,11 @@ def test_urls_outside_the_roots_are_refused_unread(client, root, monkeypatch, ur
     assert why in body["message"] and url in body["message"]
     assert body["param"] == "messages[0].content[0]" and body["code"] == "invalid_image_url"
     assert [p for p in opened if str(root.parent) in str(p)] == []
+
+
+def test_a_path_the_system_cannot_look_up_is_a_400_not_a_500(client):
+    body = error(client.post("/v1/chat/completions", json=request("a" * 300, "What is this?")), 400)
+    assert "cannot read the path (File name too long)" in body["message"]  # an OSError other than "no such file"
 
 
 def test_a_server_without_roots_reads_no_files(pipe, root):
@@ -206,11 +213,26 @@ def test_corrupt_images_are_refused_with_the_reason(client, url, why):
         (b'{"model": "m", "messages": [{"role": "user", "content": [' + b",".join([b"{}"] * 20_000) + b"]}]}", 400,
          "more than the 10000 a chat request may hold"),  # ~1 GB once parsed: refused before
         (b'{"model": "m", "max_tokens": 1' + b"0" * 5000 + b', "messages": []}', 400, "not valid JSON"),  # int limit
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}
+                    ).encode(), 400, 'a text part needs {"text": "..."} (a string)'),
+        # generate() would build a vocabulary-by-length table per stop string under the generation lock
+        (json.dumps({"model": MODEL, "stop": ["ok", "a" * 200_000], "messages": [{"role": "user", "content": "hi"}]}
+                    ).encode(), 400, "stop strings may have up to 64 characters; stop[1] has 200000"),
+        (json.dumps({"model": MODEL, "stream": True, "stop": "b" * 65, "messages": [{"role": "user", "content": "hi"}]}
+                    ).encode(), 400, "stop strings may have up to 64 characters; stop[0] has 65"),
     ],
 )  # fmt: skip
 def test_malformed_requests_say_what_is_wrong(client, payload, status, why):
     resp = client.post("/v1/chat/completions", content=payload, headers={"content-type": "application/json"})
     assert why in error(resp, status)["message"]
+
+
+def test_a_data_url_after_leading_spaces_is_read_as_one(client, scene, expected):
+    # urlsplit drops leading spaces and controls; the data: test must read the same scheme
+    image, prompt = scene
+    resp = client.post("/v1/chat/completions", json=request(" \t" + data_url(png_bytes(image)), prompt))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == expected.text
 
 
 def test_one_image_per_request(client, scene):

@@ -17,11 +17,12 @@ keeps working). System and assistant messages are not shown to the model. An ima
 ``..`` followed) inside one of ``image_roots``; nothing else is read, and no URL is ever fetched.
 ``max_tokens`` / ``max_completion_tokens`` (capped at ``max_new_tokens_cap``, which is also the
 default), ``temperature`` (0, below ``MIN_TEMPERATURE`` or absent: greedy), ``top_p`` (with sampling), ``stop`` (up to
-``MAX_STOP`` strings, left out of the answer), ``seed`` (repeatable sampling), ``n`` (1 only), ``stream`` (the text as
-it is generated, then a delta with the boxes) and ``stream_options.include_usage`` are honoured; ``logprobs`` is
-refused (400); other parameters are accepted and ignored. A prompt that leaves less than ``max_tokens`` of the model's
-context is refused (400 ``context_length_exceeded``; without ``max_tokens`` the answer gets what the context leaves, up
-to the cap), and a client that goes away stops its generation.
+``MAX_STOP`` strings of up to ``MAX_STOP_CHARS`` characters, left out of the answer), ``seed`` (repeatable sampling),
+``n`` (1 only), ``stream`` (the text as it is generated, then a delta with the boxes) and
+``stream_options.include_usage`` are honoured; ``logprobs`` is refused (400); other parameters are accepted and
+ignored. A prompt that leaves less than ``max_tokens`` of the model's context is refused (400
+``context_length_exceeded``; without ``max_tokens`` the answer gets what the context leaves, up to the cap), and a
+client that goes away stops its generation.
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request or image (or one with more than ``MAX_JSON_CONTAINERS`` objects and arrays), 404 for another model
@@ -90,6 +91,9 @@ MIN_TEMPERATURE = 1e-5
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 # OpenAI's own limit on stop sequences.
 MAX_STOP = 4
+# generate() builds a table of vocabulary size x string length per stop string, under the one generation lock
+MAX_STOP_CHARS = 64
+_C0_OR_SPACE = "".join(map(chr, range(33)))
 # How often a request without a stream checks that its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
 
@@ -106,10 +110,16 @@ def text_problem(text: str) -> str | None:
 
 
 def stop_strings(stop: str | list[str] | None) -> list[str] | None:
-    """OpenAI's ``stop``: one string or up to ``MAX_STOP``, none empty; :class:`APIError` otherwise."""
+    """OpenAI's ``stop``: one string or up to ``MAX_STOP``, none empty and none over ``MAX_STOP_CHARS`` characters;
+    :class:`APIError` otherwise."""
     stops = [stop] if isinstance(stop, str) else stop
     if stops is not None and (len(stops) > MAX_STOP or not all(stops)):
-        raise APIError(400, f"stop must be up to {MAX_STOP} non-empty strings, got {stop!r}", param="stop")
+        raise APIError(400, f"stop must be up to {MAX_STOP} non-empty strings, got {repr(stop)[:200]}", param="stop")
+    for i, s in enumerate(stops or ()):
+        if len(s) > MAX_STOP_CHARS:
+            raise APIError(
+                400, f"stop strings may have up to {MAX_STOP_CHARS} characters; stop[{i}] has {len(s)}", param="stop"
+            )
     return stops or None
 
 
@@ -164,9 +174,14 @@ class ChatInput:
     image_param: str | None = None  # where the image is in the request, e.g. "messages[0].content[1]"
 
 
+def _is_data_url(url: str) -> bool:
+    # urlsplit drops leading C0 controls and spaces (WHATWG): so does this test, so both read the same scheme
+    return url.lstrip(_C0_OR_SPACE)[:5].lower() == "data:"
+
+
 def _describe(url: str) -> str:
     """A URL as error messages name it: data URLs by size, not by their (possibly megabytes of) payload."""
-    if url[:5].lower() == "data:":
+    if _is_data_url(url):
         return f"data URL {url.split(',', 1)[0][:60]!r} ({len(url)} characters)"
     return repr(url if len(url) <= 200 else url[:200] + "...")
 
@@ -183,7 +198,9 @@ def conversation_input(messages: Sequence[ChatMessage]) -> ChatInput:
         for j, part in enumerate(m.content):
             param = f"messages[{i}].content[{j}]"
             kind = part.get("type")
-            if kind == "text" and isinstance(part.get("text"), str):
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise APIError(400, f'{param}: a text part needs {{"text": "..."}} (a string)', param=param)
                 texts.append(part["text"])
             elif kind == "image_url":
                 if m.role != "user":
@@ -252,7 +269,10 @@ def resolve_local_image(url: str, roots: Sequence[Path]) -> Path:
     A relative path is looked up under each root in turn. Symlinks and ``..`` are resolved *before*
     the containment check, so neither can lead outside the roots; nothing is opened here.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a malformed host ("file://[::1/x.png")
+        raise APIError(400, f"image_url {_describe(url)}: not a URL or path ({exc})", code="invalid_image_url") from exc
     scheme = parts.scheme.lower()
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -289,8 +309,13 @@ def resolve_local_image(url: str, roots: Sequence[Path]) -> Path:
             ) from exc
         if any(resolved.is_relative_to(root) for root in roots):
             inside = True
-            if resolved.is_file():
-                return resolved
+            try:
+                if resolved.is_file():
+                    return resolved
+            except OSError as exc:  # a name too long, a folder without search permission
+                raise APIError(
+                    400, f"image_url {_describe(url)}: cannot read the path ({exc.strerror})", code="invalid_image_url"
+                ) from exc
     why = "no such file under the image roots" if inside else "the path resolves outside the server's image roots"
     raise APIError(400, f"image_url {_describe(url)}: {why}", code="invalid_image_url")
 
@@ -338,8 +363,8 @@ def read_limited(path: Path, max_bytes: int, url: str, roots: Sequence[Path] = (
 
 def load_request_image(url: str, roots: Sequence[Path], max_bytes: int, max_pixels: int) -> Image.Image:
     """The image a request's ``image_url`` names, within the limits; :class:`APIError` otherwise."""
-    if url[:5].lower() == "data:":
-        data = decode_data_url(url, max_bytes)
+    if _is_data_url(url):
+        data = decode_data_url(url.lstrip(_C0_OR_SPACE), max_bytes)
     else:
         data = read_limited(resolve_local_image(url, roots), max_bytes, url, roots)
     try:
