@@ -64,6 +64,23 @@ def test_a_python_quoted_object_list_keeps_commas_inside_names() -> None:
     assert parse_object_list("['man in a red, white shirt', 'dog']") == ["man in a red, white shirt", "dog"]
 
 
+def test_an_apostrophe_inside_an_unquoted_name_is_no_quote() -> None:
+    assert parse_object_list("[man's shirt, dog, table]") == ["man's shirt", "dog", "table"]
+    assert parse_triples("[(man, holding, woman's hand), (dog, on, table)]") == (
+        [("man", "holding", "woman's hand"), ("dog", "on", "table")],
+        [],
+    )
+    assert parse_object_list("['man\\'s shirt', 'dog']") == ["man's shirt", "dog"]  # quoted, the quote escaped
+
+
+def test_a_reply_nested_past_the_parsers_recursion_limit_is_malformed_not_a_crash() -> None:
+    # a looping model cut off at its token limit; json raises RecursionError, not JSONDecodeError
+    with pytest.raises(MalformedReply):
+        parse_object_list("[" * 3000 + "cat", partial=True)
+    with pytest.raises(MalformedReply):
+        parse_qa_reply("[" * 3000)[0]
+
+
 def test_qa_list() -> None:
     # JSON, and the Python quoting of the paper's own Fig. 11 example.
     assert parse_qa_reply('[{"question": " Q? ", "answer": "A."}]')[0] == [{"question": "Q?", "answer": "A."}]
@@ -113,8 +130,13 @@ def test_qa_reply_keeps_every_complete_item() -> None:
 def test_judgement() -> None:
     assert parse_judgement('"Quality": "4", "Correct": "Yes", "Justification": "ok"') == (4, True)
     assert parse_judgement('{"Quality": 2, "Correct": "no"}') == (2, False)
-    with pytest.raises(MalformedReply):
-        parse_judgement('"Quality": "great", "Correct": "Yes"')
+    for bad in (
+        '"Quality": "great", "Correct": "Yes"',
+        '"Quality": "4", "Incorrect": "Yes"',  # another field, not Correct
+        '"Quality": "5/10", "Correct": "Yes"',  # out of 10, not the 1-5 scale
+    ):
+        with pytest.raises(MalformedReply):
+            parse_judgement(bad)
 
 
 def test_disk_cache_round_trip_and_counts(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 
 _FENCE_RE = re.compile(r"```[a-zA-Z]*[ \t]*\n?(.*?)(?:\n?[ \t]*```|\Z)", re.S)
 _LIST_OF_OBJECTS_RE = re.compile(r"\[\s*\{")
-_QUALITY_RE = re.compile(r'"?Quality"?\s*:\s*"?\s*([1-5])(?:\.\d+)?\b', re.I)
-_CORRECT_RE = re.compile(r'"?Correct"?\s*:\s*"?\s*(yes|no)\b', re.I)
+# the field names as words ("Incorrect" is not "Correct"), a score not out of something else ("5/10")
+_QUALITY_RE = re.compile(r'(?<![a-z])"?Quality"?\s*:\s*"?\s*([1-5])(?:\.\d+)?\b(?!\s*/)', re.I)
+_CORRECT_RE = re.compile(r'(?<![a-z])"?Correct"?\s*:\s*"?\s*(yes|no)\b', re.I)
 _LITERAL_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
 _CLOSE = {"[": "]", "{": "}", "(": ")"}
 
@@ -40,7 +41,7 @@ def _literal(text: str) -> Any:
     """JSON, else a Python literal (the paper's quoting); raises ValueError when it is neither."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # deep nesting: a looping model cut off at its token limit
         pass
     try:
         return ast.literal_eval(text)
@@ -58,7 +59,7 @@ def _matching_close(text: str, start: int) -> int | None:
                 i += 1
             elif c == quote:
                 quote = ""
-        elif c in "\"'":
+        elif c == '"' or (c == "'" and _opens_item(text, start, i)):
             quote = c
         elif c in _CLOSE:
             depth += 1
@@ -70,12 +71,19 @@ def _matching_close(text: str, start: int) -> int | None:
     return None
 
 
+def _opens_item(text: str, start: int, i: int) -> bool:
+    """Whether the ``'`` at ``i`` opens a quoted item (after a bracket, comma or colon) rather than being an
+    apostrophe inside an unquoted one ("man's shirt")."""
+    before = text[start:i].rstrip()
+    return not before or before[-1] in "[({,:"
+
+
 def _decode_at(text: str, start: int) -> tuple[Any, int | None]:
     """The value starting at ``text[start]`` and the index past it; (None, end) when it does not decode,
     end None when it never closes (a cut-off reply)."""
     try:
         return json.JSONDecoder().raw_decode(text, start)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     end = _matching_close(text, start)
     if end is None:
