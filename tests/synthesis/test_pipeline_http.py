@@ -152,7 +152,10 @@ def test_a_rejected_request_marks_its_image_unusable_and_the_run_completes(tmp_p
     write_corpus(tmp_path)
     with FakeOpenAI() as srv:
         srv.faults = {
-            "Given a list of instances: [blue box, green box, red box]": [(400, "image too large", "invalid_image")],
+            # vLLM's too-long prompt: a 400 without OpenAI's code (its code is "context_length_exceeded")
+            "Given a list of instances: [blue box, green box, red box]": [
+                (400, "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.")
+            ],
             # img0, mid-judge
             judge_marker((10, 10, 60, 60), 160, 120): [(400, "content policy violation", "content_policy_violation")],
             "Given a list of instances: [green box, red box]": [(408, "request timeout")],  # retried

@@ -111,8 +111,21 @@ def _retry_after(exc: Exception) -> float | None:
 # 4xx (but 408 and 429, retried) reject the request itself.
 # Error codes that refuse this request for what it holds, so that no rerun can help (OpenAI's, Azure's).
 _REFUSAL_CODES = frozenset(
-    {"content_policy_violation", "content_filter", "invalid_image", "invalid_image_format", "image_parse_error"}
+    {
+        "content_policy_violation",
+        "content_filter",
+        "invalid_image",
+        "invalid_image_format",
+        "image_parse_error",
+        "context_length_exceeded",  # this prompt (an image with many objects) is too long, not every request
+    }
 )
+
+
+def _refuses_this_request(exc: Exception) -> bool:
+    """A 4xx about this request rather than the server's setup: refused content or image, or a prompt past the
+    context (OpenAI's code; vLLM sends none but says "maximum context length")."""
+    return getattr(exc, "code", None) in _REFUSAL_CODES or "maximum context length" in str(exc).lower()
 
 
 class OpenAIChatBackend:
@@ -178,7 +191,7 @@ class OpenAIChatBackend:
                 status = getattr(exc, "status_code", None)
                 if not isinstance(exc, transient) and status != 408:
                     self.counter.add("errors")
-                    if status is not None and 400 <= status < 500 and getattr(exc, "code", None) in _REFUSAL_CODES:
+                    if status is not None and 400 <= status < 500 and _refuses_this_request(exc):
                         raise RequestRejected(f"HTTP {status} {type(exc).__name__}: {exc}") from exc
                     # Any other 4xx (a bad key, an unknown model, a server limit such as images per request) would
                     # fail every image alike and is fixed on the server: leave the images for a rerun.
