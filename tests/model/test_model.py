@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from tinygroundinggpt.model import PlaceholderMismatchError, TinyGroundingGPTForConditionalGeneration
-from tinygroundinggpt.model.modeling_tinygroundinggpt import _normalise
+from tinygroundinggpt.model.modeling_tinygroundinggpt import MultiScaleVisionEncoder, _normalise
 from tinygroundinggpt.model.presets import assemble
 
 
@@ -244,3 +244,19 @@ def test_published_dtypes_and_generation_settings_are_reconciled_on_assembly(tin
     big, big_proc = assemble(clip, dino, str(tmp_path / "llm"), object_grid=2, image_size=128, dtype=torch.float32)
     feats = big.get_image_features(big_proc(["Hi"], [Image.new("RGB", (64, 32))])["pixel_values"])
     assert feats.shape[1] == (128 // 8) ** 2
+
+
+@pytest.mark.parametrize(
+    ("clip_layer", "dino_layer", "final_norm"), [(-2, -1, True), (-1, -1, False), (1, -2, True), (-3, 1, False)]
+)
+def test_the_vision_towers_unused_parameters_are_those_no_gradient_reaches(
+    tiny_model, clip_layer, dino_layer, final_norm
+):
+    """What a trained tower freezes (DDP stalls on a parameter without a gradient) is checked against a backward."""
+    model, _ = tiny_model
+    config = copy.deepcopy(model.config)
+    config.clip_feature_layer, config.dino_feature_layer, config.dino_final_norm = clip_layer, dino_layer, final_norm
+    tower = MultiScaleVisionEncoder(config).train()
+    tower(torch.rand(2, 3, config.image_size, config.image_size)).square().sum().backward()
+    no_grad = sorted(n for n, p in tower.named_parameters() if p.grad is None)
+    assert sorted(tower.unused_parameters()) == no_grad and "dino.embeddings.mask_token" in no_grad

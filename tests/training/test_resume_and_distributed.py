@@ -126,6 +126,23 @@ def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path
     assert any(all(i < 16 for i in a) != all(i < 16 for i in b) for a, b in zip(r0, r1, strict=True)), (r0, r1)
 
 
+def test_two_processes_train_the_vision_tower(world, tiny_ckpt, tmp_path):
+    # DDP stops at the second step on a parameter no gradient reaches (CLIP's layers past its feature layer, its
+    # post-LayerNorm, DINOv2's mask token): a trained tower freezes exactly those
+    out = tmp_path / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537"]
+    cmd = _train_cmd(world, tiny_ckpt, out, "--set", "max_steps=2", "--set", "modules.vision_tower=full")
+    res = _two_process(torchrun, cmd, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    before, after = load_file(tiny_ckpt / "model.safetensors"), _weights(out)
+    changed = {k for k in after if k.startswith("vision_tower.") and not torch.equal(before[k], after[k])}
+    assert {
+        "vision_tower.clip.encoder.layers.0.mlp.fc1.weight",
+        "vision_tower.dino.encoder.layer.1.mlp.fc1.weight",
+    } <= (changed)
+    assert not changed & {"vision_tower.dino.embeddings.mask_token", "vision_tower.clip.post_layernorm.weight"}
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU ops with g++")
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_two_processes_shard_the_data_and_match_one_process(world, tiny_ckpt, tmp_path, stage):

@@ -48,6 +48,22 @@ class MultiScaleVisionEncoder(nn.Module):
                     f"{config.grid_size}, DINOv2 (patch {config.dino_config.patch_size}) gives {dino_grid}x{dino_grid}"
                 )
 
+    def unused_parameters(self) -> list[str]:
+        """Names of the parameters :meth:`forward` never reads: CLIP's layers after its feature layer and its
+        post-LayerNorm (pooler only), DINOv2's layers after its feature layer, its final LayerNorm unless
+        ``dino_final_norm``, and its mask token (masked-image training only). A trained tower freezes them: under
+        DDP a parameter that never gets a gradient stops the second step."""
+        cfg = self.config
+        n_clip = len(self.clip.encoder.layers)  # hidden_states[k] is layer k-1's output; [0] the embeddings
+        prefixes = [f"clip.encoder.layers.{i}." for i in range(cfg.clip_feature_layer % (n_clip + 1), n_clip)]
+        prefixes.append("clip.post_layernorm.")
+        if self.dino is not None:
+            n_dino = len(self.dino.encoder.layer)
+            prefixes += [f"dino.encoder.layer.{i}." for i in range(cfg.dino_feature_layer % (n_dino + 1), n_dino)]
+            prefixes += [] if cfg.dino_final_norm else ["dino.layernorm."]
+            prefixes.append("dino.embeddings.mask_token")
+        return [n for n, _ in self.named_parameters() if any(n == p or n.startswith(p) for p in prefixes)]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` in [0, 1] → ``[N, grid², clip_dim + dino_dim]``."""
         cfg = self.config

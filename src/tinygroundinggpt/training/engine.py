@@ -93,6 +93,11 @@ def apply_module_modes(model: TinyGroundingGPTForConditionalGeneration, recipe: 
             model.language_model = get_peft_model(module, cfg)
         else:
             module.requires_grad_(mode == "full")
+            if name == "vision_tower" and mode == "full":  # no gradient ever reaches these (DDP would stall)
+                unused = set(module.unused_parameters())
+                for pname, param in module.named_parameters():
+                    if pname in unused:
+                        param.requires_grad_(False)
 
 
 def merge_lora(model: TinyGroundingGPTForConditionalGeneration) -> None:
