@@ -140,11 +140,11 @@ def test_exhausted_retries_leave_the_image_for_a_rerun(tmp_path: Path) -> None:
         }
         rep = run(tmp_path, srv.url)
         assert not rep["complete"] and rep["call_errors"] == 2 and rep["retries"] == 3
-        assert rep["stages"]["relate"] == {"done": 1, "resumed": 0, "unfinished": 2}
+        assert rep["stages"]["relate"] == {"done": 1, "resumed": 0, "redone": 0, "unfinished": 2}
         assert not (tmp_path / "out" / "stage2_tc.jsonl").exists()
         rep = run(tmp_path, srv.url)
         assert rep["complete"] and rep["samples"] == CLEAN
-        assert rep["stages"]["relate"] == {"done": 3, "resumed": 1, "unfinished": 0}
+        assert rep["stages"]["relate"] == {"done": 3, "resumed": 1, "redone": 0, "unfinished": 0}
         assert len(set(srv.answered)) == len(srv.answered)
 
 
@@ -391,3 +391,19 @@ def test_an_unforeseen_error_in_a_stage_marks_only_that_image_unusable(tmp_path:
     (failure,) = read(tmp_path / "out" / "failures.jsonl")
     assert failure["image_id"] == "img2" and failure["error"] == "KeyError: 'name'"
     assert {s["meta"]["image_id"] for s in read(tmp_path / "out" / "stage2_tc.jsonl")} == {"img0", "img1"}
+
+
+def test_a_record_changed_since_its_saved_states_is_redone(tmp_path: Path) -> None:
+    manifest = write_corpus(tmp_path)
+    records = read(manifest)
+    box = records[1]["objects"][0]["box"]
+    records[1]["objects"][0]["box"] = [box[2], box[1], box[0], box[3]]  # inverted: the object is refused
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with FakeOpenAI() as srv:
+        first = run(tmp_path, srv.url)
+        assert first["failures"]["load/bad_annotation_box"] == 1 and first["samples"] != CLEAN
+        records[1]["objects"][0]["box"] = box  # the user fixes the manifest and runs again into the same --out
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+        again = run(tmp_path, srv.url)
+    assert again["complete"] and again["samples"] == CLEAN and not again["failures"]
+    assert again["stages"]["recognise"] == {"done": 3, "resumed": 2, "redone": 1, "unfinished": 0}

@@ -9,7 +9,9 @@ Input is a manifest, one JSON object per line::
 After each stage every image's state is appended to ``out/state/<stage>.jsonl``; a rerun reads
 those files, skips what is done and truncates a half-written last line, and all model calls are
 served from the disk cache, so a run killed at any point resumes to exactly the output of an
-uninterrupted run. An image the server refuses a request for (a 4xx such as a content-policy
+uninterrupted run. A state saved from another version of an image's manifest record (a box fixed since) is
+redone, not reused (``redone`` in the report's per-stage counts); a changed image file under the same name is
+not noticed. An image the server refuses a request for (a 4xx such as a content-policy
 refusal) is marked unusable with the reason, like an unreadable image, and the run goes on; one whose
 call failed after every retry is left unfinished for a rerun.
 Outputs are written in manifest order once every image has passed every stage:
@@ -156,11 +158,16 @@ class Pipeline:
 
     def _initial_state(self, rec: dict[str, Any]) -> dict[str, Any]:
         path = (self.image_root / rec["image"]).resolve()
-        return {
-            "id": rec["id"],
+        given = {
             "image": os.path.relpath(path, self.out.resolve()),
             "annotation": {"objects": rec.get("objects", []), "captions": rec.get("captions", [])},
             "expected_size": [rec["width"], rec["height"]] if "width" in rec and "height" in rec else None,
+        }
+        return {
+            "id": rec["id"],
+            # every later state carries it: a state saved from another version of the record is redone
+            "input": hash_inputs(given),
+            **given,
             "objects": [],
             "grounding": [],
             "relations": [],
@@ -305,16 +312,24 @@ class Pipeline:
         mine = [r for r in records if in_shard(r["id"], self.shard, self.num_shards)]
         order = [r["id"] for r in mine]
         current = {r["id"]: self._initial_state(r) for r in mine}
+        inputs = {i: st["input"] for i, st in current.items()}
         stage_report = {}
         for stage in STAGES:
             store = StateFile(self._name(f"state/{stage}", "jsonl"))
             done = store.load()
+            stale = [i for i in order if i in done and done[i].get("input") != inputs[i]]
+            if stale:  # the manifest's record changed since (a box fixed, a caption added): not reused
+                log.warning("%s: %d images' records changed since their saved states; redone", stage, len(stale))
+                for i in stale:
+                    del done[i]
             resumed = sum(1 for i in order if i in done)
             todo = [current[i] for i in order if i in current and i not in done]
             new, unfinished = self._run_stage(stage, todo, store)
             done.update(new)
             current = {i: done[i] for i in order if i in done}
-            stage_report[stage] = {"done": len(current), "resumed": resumed, "unfinished": unfinished}
+            stage_report[stage] = {
+                "done": len(current), "resumed": resumed, "redone": len(stale), "unfinished": unfinished
+            }  # fmt: skip
         complete = len(current) == len(order)
         final = [current[i] for i in order if i in current]
         report = self._report(len(order), stage_report, final, complete)
