@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tinygroundinggpt.model import TinyGroundingGPTProcessor
@@ -65,6 +66,21 @@ def test_a_chain_without_resume_trains_finished_stages_again(world, tiny_ckpt, t
     assert weights.stat().st_mtime_ns != stamp and is_complete(weights.parent)
 
 
+def test_a_stage_trained_again_supersedes_the_later_stages_built_on_it(world, tiny_ckpt, tmp_path):
+    sets = {s: [*QUICK, "max_steps=1"] for s in ("stage1b", "stage2")}
+    run = dict(init=tiny_ckpt, overrides=sets, use_tiny_overrides=False, disable_tqdm=True)
+    run_chain(tmp_path, world, stages=("stage1b", "stage2"), **run)
+    first = load_file(tmp_path / "stage2" / "model.safetensors")
+    again = {"stage1b": [*QUICK, "max_steps=1", "learning_rate=1e-2"]}  # stage1b alone, trained again otherwise
+    run_chain(tmp_path, world, stages=("stage1b",), resume=False, **{**run, "overrides": again})
+    # stage2 was built on the old stage1b: moved aside, so the next chain run trains it instead of skipping it
+    assert not (tmp_path / "stage2").exists() and is_complete(tmp_path / "stage2.superseded")
+    run_chain(tmp_path, world, stages=("stage1b", "stage2"), **run)
+    assert is_complete(tmp_path / "stage2")
+    assert not torch.equal(first["projector.linear_1.weight"], load_file(tmp_path / "stage2" / "model.safetensors")[
+        "projector.linear_1.weight"])  # fmt: skip
+
+
 def test_checkpoints_keep_the_stages_processor(world, tiny_ckpt, tmp_path):
     out = tmp_path / "stage"
     _stage("stage1a", world, tiny_ckpt, out, ["max_steps=1", "save_steps=1", "max_length=512"])
@@ -116,8 +132,6 @@ def test_a_bf16_model_trains_float32_master_weights(world, tiny_ckpt, tmp_path):
 
 
 def _final_weights(out):
-    from safetensors.torch import load_file
-
     return load_file(out / "model.safetensors")
 
 

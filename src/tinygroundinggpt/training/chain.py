@@ -3,13 +3,17 @@
 
 Each stage writes an ordinary checkpoint to ``<out>/<stage>``; a stage already marked complete is
 skipped, so a killed chain resumes where it stopped (inside a stage, from its last checkpoint); with
-``resume=False`` every stage trains from the start.
+``resume=False`` every stage trains from the start. A stage that trains supersedes every later stage of the
+chain in the same folder (moved to ``<stage>.superseded``): they were trained from its previous output, so a later
+run must not skip them (a stage inserted into the chain, or one retrained with ``--stages``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,28 @@ def load_checkpoint(path: str | Path) -> tuple[TinyGroundingGPTForConditionalGen
         TinyGroundingGPTForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32),
         TinyGroundingGPTProcessor.from_pretrained(str(path)),
     )
+
+
+def supersede_later_stages(out: Path, stage: str, order: tuple[str, ...]) -> list[str]:
+    """Move the folders of the stages after ``stage`` in ``order`` aside (``<name>.superseded``, replacing an older
+    one): ``stage`` is about to train, and they were built on its previous output. Returns the names moved."""
+    if stage not in order or os.environ.get("LOCAL_RANK", "0") != "0":  # one mover per machine
+        return []
+    moved = []
+    for later in order[order.index(stage) + 1 :]:
+        folder, aside = out / later, out / f"{later}.superseded"
+        if not folder.is_dir():
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            folder.rename(aside)
+        except FileNotFoundError:  # another machine's process moved it first (a shared file system)
+            continue
+        moved.append(later)
+    if moved:
+        logger.warning("%s trains again: the later stages built on its old output are moved aside: %s", stage,
+                       ", ".join(f"{m} -> {m}.superseded" for m in moved))  # fmt: skip
+    return moved
 
 
 def run_chain(
@@ -61,6 +87,8 @@ def run_chain(
     out.mkdir(parents=True, exist_ok=True)
     tiny = preset == "tiny" if use_tiny_overrides is None else use_tiny_overrides
     stages = chain_stages(tiny) if stages is None else stages
+    # the order later stages are superseded in: the preset's whole chain (a --stages run may name only part of it)
+    order = chain_stages(tiny) if all(s in chain_stages(tiny) for s in stages) else tuple(stages)
     reports: dict[str, Any] = {}
     previous: Path | None = Path(init) if init else None
     t0 = time.perf_counter()
@@ -86,6 +114,7 @@ def run_chain(
             raise ValueError(f"{stage} starts from a previous stage; give init= or start the chain at stage1a")
         start = previous or "newly assembled components"
         logger.info("stage %d/%d %s: training from %s into %s", number, len(stages), stage, start, stage_out)
+        supersede_later_stages(out, stage, order)
         if previous is None:
             seeded = {} if seed is None else {"seed": seed}
             model, processor = assemble_preset(preset, **{**(components or {}), **seeded})
