@@ -1,5 +1,6 @@
 """What a stage leaves in its folder (markers, checkpoints' processors), its optimiser groups and its weights' dtype."""
 
+import os
 import shutil
 
 import pytest
@@ -12,11 +13,12 @@ from tinygroundinggpt.training.chain import load_checkpoint, run_chain
 from tinygroundinggpt.training.engine import (
     COMPLETE,
     GroundingTrainer,
+    _mark_complete,
     is_complete,
     last_complete_checkpoint,
     train_stage,
 )
-from tinygroundinggpt.training.recipe import load_recipe
+from tinygroundinggpt.training.recipe import RecipeError, load_recipe
 
 QUICK = ["batch_size=2", "warmup=0", "data=[{path: stage2_tc.jsonl, weight: 1.0}]"]
 
@@ -79,6 +81,32 @@ def test_a_stage_trained_again_supersedes_the_later_stages_built_on_it(world, ti
     assert is_complete(tmp_path / "stage2")
     assert not torch.equal(first["projector.linear_1.weight"], load_file(tmp_path / "stage2" / "model.safetensors")[
         "projector.linear_1.weight"])  # fmt: skip
+
+
+def test_a_marker_is_written_after_every_file_of_its_folder_is_flushed(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    for name in ("model.safetensors", "sub/optimizer.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    flushed: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    _mark_complete(tmp_path, {"global_step": 1})
+    names = [os.path.relpath(p, tmp_path) for p in flushed]
+    assert names[:2] == ["model.safetensors", "sub/optimizer.pt"] and names[2] == f".{COMPLETE}.tmp"
+    assert names[-1] == "." and is_complete(tmp_path)  # then the rename itself, through the folder
+
+
+def test_a_checkpoint_of_another_recipe_is_not_resumed(world, tiny_ckpt, tmp_path):
+    sets = ["max_steps=2", "save_steps=1", "logging_steps=1"]
+    out = tmp_path / "stage"
+    _stage("stage1a", world, tiny_ckpt, out, sets)
+    for leftover in ("checkpoint-2", "model.safetensors", COMPLETE):  # as if killed after checkpoint-1
+        path = out / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    # another rate: the optimizer and schedule would continue the old run while the logs show the new rate
+    with pytest.raises(RecipeError, match="checkpoint-1 was trained with another recipe .learning_rate differ"):
+        _stage("stage1a", world, tiny_ckpt, out, [*sets, "learning_rate=5e-3"])
+    assert _stage("stage1a", world, tiny_ckpt, out, [*sets, "save_steps=5"])["resumed_from"] == "checkpoint-1"
 
 
 def test_checkpoints_keep_the_stages_processor(world, tiny_ckpt, tmp_path):

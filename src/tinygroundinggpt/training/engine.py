@@ -39,9 +39,33 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def _mark_complete(folder: Path, info: dict[str, Any]) -> None:
+    """Write ``folder``'s marker once everything in it is on disk: the files are flushed first, so a machine that
+    loses power cannot keep a marker whose weights were still in the page cache."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
     tmp = folder / f".{COMPLETE}.tmp"
-    tmp.write_text(json.dumps(info))
+    with tmp.open("w") as fh:
+        fh.write(json.dumps(info))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / COMPLETE)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX: the directory entry is data of the folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -278,13 +302,36 @@ class _ModuleGradNorms(TrainerCallback):
         self.trainer.record_module_grad_norms()
 
 
+# what a resume may change: how often it logs and saves, and how far it goes (a finished stage asked for more)
+_RESUMABLE_CHANGES = ("logging_steps", "save_steps", "max_steps", "epochs")
+
+
+def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a checkpoint records it, less what a resume may change."""
+    return json.loads(json.dumps({k: v for k, v in recipe.to_dict().items() if k not in _RESUMABLE_CHANGES}))
+
+
+def _check_resumable(checkpoint: str, recipe: Recipe) -> None:
+    """Refuse to continue a checkpoint trained with another recipe (another rate or seed, say): the optimizer and
+    schedule would bring back the old run while the logs showed the new one. Markers from before this check hold
+    no recipe and pass."""
+    saved = json.loads((Path(checkpoint) / COMPLETE).read_text()).get("recipe")
+    now = recipe_fingerprint(recipe)
+    if saved is not None and saved != now:
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise RecipeError(
+            f"{checkpoint} was trained with another recipe ({', '.join(changed)} differ): rerun with --no-resume "
+            "to start the stage again, or give another output folder"
+        )
+
+
 class _CompleteMarker(TrainerCallback):
     """Mark ``checkpoint-N`` complete once the Trainer has written all of it, with the stage's training time so far
     (``elapsed_before``: what the checkpoint resumed from had recorded), so a stage resumed after a kill reports the
     time its steps took, not only the last run's."""
 
-    def __init__(self, elapsed_before: float, t0: float) -> None:
-        self.elapsed_before, self.t0 = elapsed_before, t0
+    def __init__(self, elapsed_before: float, t0: float, recipe: dict[str, Any] | None = None) -> None:
+        self.elapsed_before, self.t0, self.recipe = elapsed_before, t0, recipe
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t0
@@ -295,7 +342,8 @@ class _CompleteMarker(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                _mark_complete(folder, {"global_step": state.global_step, "elapsed_seconds": self.elapsed()})
+                info = {"global_step": state.global_step, "elapsed_seconds": self.elapsed(), "recipe": self.recipe}
+                _mark_complete(folder, info)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -455,9 +503,11 @@ def train_stage(
         if args.should_save:
             _forget_earlier_run(output_dir, fresh=not resume)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if checkpoint:
+        _check_resumable(checkpoint, recipe)
     # markers written before checkpoints recorded their time count as none
     before = json.loads((Path(checkpoint) / COMPLETE).read_text()).get("elapsed_seconds", 0.0) if checkpoint else 0.0
-    marker = _CompleteMarker(before, t0)
+    marker = _CompleteMarker(before, t0, recipe_fingerprint(recipe))
     trainer = GroundingTrainer(
         model=model,
         args=args,
