@@ -357,6 +357,18 @@ def test_llava_leaves_out_refer_eval_images(tmp_path: Path, capsys: pytest.Captu
     assert "3 samples written; skipped: on a RefCOCO/+/g val/test image 2 " in out
     assert "excluding 3 images of the val/test splits of " in out and "refs(google)" not in out
     assert [s["image"] for s in read(tmp_path / "l.jsonl")] == images[2:]  # not COCO: not matched
+    assert "warning: 1 records on Visual Genome images (gqa/, VG_100K/) were not checked" in out
+    # with VG's image_data.json, GQA's and VG's images (VG ids) are matched through their COCO ids
+    image_data = [{"image_id": 2, "coco_id": 3, "width": 8, "height": 8}, {"image_id": 7, "coco_id": None}]
+    (tmp_path / "image_data.json").write_text(json.dumps(image_data))
+    records += [{"id": "7", "image": "vg/VG_100K/7.jpg", "conversations": turns}]
+    (tmp_path / "mix.json").write_text(json.dumps(records))
+    main(["convert", "llava-mix665k", str(tmp_path / "mix.json"), "--exclude-refer-eval", str(root), "--out",
+          str(tmp_path / "l.jsonl"), "--no-progress", "--vg-image-data", str(tmp_path / "image_data.json"),
+          ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "3 samples written; skipped: on a RefCOCO/+/g val/test image 3 " in out and "warning" not in out
+    assert [s["image"] for s in read(tmp_path / "l.jsonl")] == [*images[2:4], "vg/VG_100K/7.jpg"]
     # LLaVA-Instruct's bare names are COCO names once the prefix is on
     bare = [{"id": str(i), "image": f"{i:012d}.jpg", "conversations": turns} for i in (1, 2, 4)]
     (tmp_path / "bare.json").write_text(json.dumps(bare))

@@ -30,6 +30,9 @@ def _exclude(args: argparse.Namespace) -> ReferEvalImages:
         return NO_EXCLUSION
     exclude = ReferEvalImages.load(args.exclude_refer_eval)
     print(f"excluding {len(exclude.coco_ids)} images of the val/test splits of {', '.join(exclude.files)}")
+    if getattr(args, "vg_image_data", None):
+        exclude = exclude.with_visual_genome(args.vg_image_data)
+        print(f"matching Visual Genome images through {len(exclude.vg_to_coco or {})} COCO ids of {args.vg_image_data}")
     return exclude
 
 
@@ -79,6 +82,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep-box-text", action="store_true",
         help="keep records whose text holds [x1, y1, x2, y2] boxes (their frame is unknown; skipped by default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vg-image-data", metavar="IMAGE_DATA_JSON",
+        help="Visual Genome's image_data.json: with --exclude-refer-eval, mix665K's GQA and VG images (VG ids) are "
+        "matched to the evaluation images through its coco_id (without it they are counted as unchecked)",
     )  # fmt: skip
     _common(p)
     p.set_defaults(func=_llava)

@@ -23,6 +23,9 @@ REFER_EVAL_FILES = ("refs(unc).p", "refs(umd).p")
 # COCO file names: COCO_train2014_000000123456.jpg, or 000000123456.jpg under a COCO folder (train2017/...).
 _COCO_FILE_RE = re.compile(r"(?:^|/)COCO_[a-z]+\d{4}_(\d{12})\.\w+$")
 _COCO_BARE_RE = re.compile(r"(?:^|/)(?:[^/]*coco[^/]*|(?:train|val)20(?:14|17))/(?:[^/]+/)*(\d{12})\.\w+$", re.I)
+# Visual Genome file names as LLaVA-v1.5-mix665K stores them (GQA's images are VG's): gqa/images/2354786.jpg,
+# vg/VG_100K/2.jpg, vg/VG_100K_2/1.jpg; the id is VG's, which image_data.json maps to a COCO id (about half)
+_VG_FILE_RE = re.compile(r"(?:^|/)(?:gqa/images|VG_100K(?:_2)?)/(\d+)\.\w+$", re.I)
 _EXAMPLES = 3  # where the first records skipped for each reason are, so that one can look them up
 
 
@@ -37,6 +40,7 @@ class ConvertReport:
     written: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     excluded_images: set[int] = field(default_factory=set)  # COCO ids
+    unchecked_vg: int = 0  # records on Visual Genome images that no VG → COCO map could check
     where: dict[str, list[str]] = field(default_factory=dict)  # reason → the first records skipped for it
 
     def skip(self, reason: str, where: str, n: int = 1) -> None:
@@ -54,6 +58,11 @@ class ConvertReport:
             text += "; skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
         if self.excluded_images:
             text += f" ({len(self.excluded_images)} RefCOCO/+/g val/test images excluded)"
+        if self.unchecked_vg:
+            text += (
+                f"\n  warning: {self.unchecked_vg} records on Visual Genome images (gqa/, VG_100K/) were not checked "
+                "against the RefCOCO/+/g val/test images (half of VG's are COCO's): give --vg-image-data"
+            )
         for reason, seen in sorted(self.where.items()):
             more = self.skipped[reason] - len(seen)
             text += f"\n  {reason}: {', '.join(seen)}" + (f" and {more} more" if more else "")
@@ -109,6 +118,8 @@ class ReferEvalImages:
 
     files: tuple[str, ...] = ()  # the refs files the ids come from
 
+    vg_to_coco: dict[int, int] | None = field(default=None, compare=False)  # Visual Genome id → COCO id
+
     @classmethod
     def load(cls, root: str | Path) -> ReferEvalImages:
         """The ``refs(unc).p`` / ``refs(umd).p`` files in ``root`` or one folder down (the refer API's
@@ -131,9 +142,33 @@ class ReferEvalImages:
         report.excluded_images.add(coco_id)
         return True
 
+    def with_visual_genome(self, image_data: str | Path) -> ReferEvalImages:
+        """This exclusion, also matching Visual Genome file names (``gqa/images/<vg id>.jpg``, ``VG_100K/...``) through
+        the ``coco_id`` of VG's ``image_data.json``."""
+        records = load_json(image_data)
+        if not isinstance(records, list):
+            raise ValueError(f"{image_data}: not Visual Genome's image_data.json (a JSON array of images)")
+        ids = {}
+        for i, rec in enumerate(records):
+            vg = rec.get("image_id", rec.get("id")) if isinstance(rec, dict) else None
+            if not isinstance(vg, int):
+                raise ValueError(f"{image_data}[{i}]: an image without an integer image_id")
+            if rec.get("coco_id") is not None:
+                ids[vg] = int(rec["coco_id"])
+        return ReferEvalImages(self.coco_ids, self.files, ids)
+
     def drops_file(self, path: str | None, report: ConvertReport, n: int = 1) -> bool:
-        """:meth:`drops` for an image named by its COCO file name (other names never match)."""
-        return self.drops(coco_id_of_file(path), report, n) if path else False
+        """:meth:`drops` for an image named by its COCO file name, or by its Visual Genome one when the VG → COCO map
+        is given (without it such records are counted as unchecked); other names never match."""
+        if not path:
+            return False
+        coco = coco_id_of_file(path)
+        if coco is None and self.coco_ids and (vg := _VG_FILE_RE.search(path)):
+            if self.vg_to_coco is None:
+                report.unchecked_vg += n
+                return False
+            coco = self.vg_to_coco.get(int(vg.group(1)))
+        return self.drops(coco, report, n)
 
 
 NO_EXCLUSION = ReferEvalImages()
