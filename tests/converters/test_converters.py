@@ -88,8 +88,11 @@ def test_refcoco(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_refs_loader_refuses_code(tmp_path: Path) -> None:
     (tmp_path / "evil.p").write_bytes(pickle.dumps([Path("x")]))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match=r"evil\.p: not a refer API refs file .UnpicklingError: refusing pathlib"):
         load_refs(tmp_path / "evil.p")
+    (tmp_path / "cut.p").write_bytes(pickle.dumps([{"ref_id": 1}])[:-3])  # a download cut short
+    with pytest.raises(ValueError, match=r"cut\.p: not a refer API refs file"):
+        load_refs(tmp_path / "cut.p")
 
 
 def _vg_files(tmp_path: Path) -> None:
@@ -255,10 +258,14 @@ def test_coco_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "captions_train2014.json").write_text(json.dumps(captions))
     main(["convert", "coco-manifest", str(tmp_path / "instances_train2014.json"), "--captions",
           str(tmp_path / "captions_train2014.json"), "--out", str(tmp_path / "m.jsonl"), "--no-progress"])  # fmt: skip
+    out = capsys.readouterr().out
     assert (
         "1 sample written; skipped: box inverted 1, box outside 1, box zero_area 1, crowd annotation 1, "
-        "image without objects 1" in capsys.readouterr().out
+        "image without objects 1" in out
     )
+    # each reason says where, so that the record can be looked up
+    assert "box outside: instances_train2014.json annotation 6" in out
+    assert "image without objects: instances_train2014.json image 10" in out
     (rec,) = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert rec == {
         "id": "coco-9", "image": "COCO_train2014_000000000009.jpg", "width": 640, "height": 480,

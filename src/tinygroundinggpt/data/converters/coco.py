@@ -30,11 +30,18 @@ def convert_coco_manifest(
 ) -> ConvertReport:
     report = ConvertReport()
     instances = load_json(instances_path)
+    source = Path(instances_path).name
+    missing = [k for k in ("categories", "annotations", "images") if k not in instances]
+    if missing:
+        raise ValueError(f"{instances_path}: not a COCO instances file (no {', '.join(missing)})")
     names = {c["id"]: c["name"] for c in instances["categories"]}
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in instances["annotations"]:
         if ann.get("iscrowd"):
-            report.skipped["crowd annotation"] += 1
+            report.skip("crowd annotation", f"{source} annotation {ann.get('id')}")
+            continue
+        if not all(k in ann for k in ("id", "image_id", "bbox", "category_id")):
+            report.skip("annotation without id, image_id, bbox or category_id", f"{source} annotation {ann.get('id')}")
             continue
         by_image[ann["image_id"]].append(ann)
     captions: dict[int, list[str]] = defaultdict(list)
@@ -56,11 +63,14 @@ def convert_coco_manifest(
                         xywh_to_xyxy(ann["bbox"]), w, h, repair=True, max_overshoot=ANNOTATION_OVERSHOOT
                     )
                 except BoxError as exc:
-                    report.skipped[f"box {exc.kind}"] += 1
+                    report.skip(f"box {exc.kind}", f"{source} annotation {ann['id']}")
+                    continue
+                if ann["category_id"] not in names:
+                    report.skip("unknown category", f"{source} annotation {ann['id']}")
                     continue
                 objects.append({"name": names[ann["category_id"]], "box": list(box)})
             if not objects:
-                report.skipped["image without objects"] += 1
+                report.skip("image without objects", f"{source} image {img['id']}")
                 continue
             record = {"id": f"coco-{img['id']}", "image": image_prefix + img["file_name"], "width": w, "height": h,
                       "objects": objects, "captions": captions.get(img["id"], [])}  # fmt: skip

@@ -95,8 +95,11 @@ class _PlainDataUnpickler(pickle.Unpickler):
 def load_refs(path: str | Path) -> list[dict[str, Any]]:
     """A ``refer`` API ``refs(*).p`` file (RefCOCO/+/g) as plain data."""
     with Path(path).open("rb") as fh:
-        # The published files were pickled by Python 2; latin1 maps its byte strings one to one.
-        return _PlainDataUnpickler(fh, encoding="latin1").load()
+        try:
+            # The published files were pickled by Python 2; latin1 maps its byte strings one to one.
+            return _PlainDataUnpickler(fh, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:  # cut short, or not plain data
+            raise ValueError(f"{path}: not a refer API refs file ({type(exc).__name__}: {exc})") from exc
 
 
 def coco_id_of_file(path: str) -> int | None:
@@ -233,7 +236,7 @@ def write_samples(out: str | Path, samples: Iterator[Sample], report: ConvertRep
             try:
                 s.validate()
             except SampleError as exc:
-                report.skipped[f"invalid sample ({str(exc).split(':')[0]})"] += 1
+                report.skip(f"invalid sample ({str(exc).split(':')[0]})", f"sample {s.id}")
                 continue
             yield s
 

@@ -85,11 +85,11 @@ def _load(image_id: str, sentences_dir: Path, annotations_dir: Path, report: Con
     try:
         w, h, boxes = parse_annotation(annotations_dir / f"{image_id}.xml", report.skipped)
         lines = (sentences_dir / f"{image_id}.txt").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        report.skipped["sentences or annotation file missing"] += 1
+    except FileNotFoundError as exc:
+        report.skip("sentences or annotation file missing", str(exc.filename or image_id))
         return None
-    except (ET.ParseError, TypeError, ValueError):
-        report.skipped["unreadable annotation xml"] += 1
+    except (ET.ParseError, TypeError, ValueError) as exc:
+        report.skip("unreadable annotation xml", f"{image_id}.xml ({exc})")
         return None
     return w, h, boxes, [ln for ln in lines if ln.strip()]
 
@@ -124,7 +124,7 @@ def iter_flickr30k(
                 last = end
             out.append(text[last:])
             if not boxes:
-                report.skipped["sentence without a boxed phrase"] += 1
+                report.skip("sentence without a boxed phrase", f"{image_id}.txt sentence {k}")
                 continue
             yield Sample(
                 id=f"flickr30k-{image_id}-{k}",

@@ -57,19 +57,19 @@ def iter_refcoco(
             continue
         ann, img = anns.get(ref["ann_id"]), imgs.get(ref["image_id"])
         if ann is None or img is None:
-            report.skipped["annotation or image missing from instances.json"] += 1
+            report.skip("annotation or image missing from instances.json", f"ref {ref.get('ref_id')}")
             continue
         w, h = int(img["width"]), int(img["height"])
         try:
             # COCO boxes are floats that can overshoot the border by a fraction of a pixel.
             box = validate_pixel_box(xywh_to_xyxy(ann["bbox"]), w, h, repair=True, max_overshoot=ANNOTATION_OVERSHOOT)
         except BoxError as exc:
-            report.skipped[f"box {exc.kind}"] += 1
+            report.skip(f"box {exc.kind}", f"ref {ref.get('ref_id')} (annotation {ref['ann_id']})")
             continue
         for sent in ref["sentences"]:
             text = (sent.get("sent") or sent.get("raw") or "").strip()
             if not text:
-                report.skipped["empty sentence"] += 1
+                report.skip("empty sentence", f"ref {ref.get('ref_id')} sentence {sent.get('sent_id')}")
                 continue
             turns = {
                 "rec": (REC_PROMPT.format(exp=text), "<box:0>"),
