@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fake_openai import FakeOpenAI
 from helpers import write_corpus
 
@@ -50,3 +51,14 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path) -> None:
     names = ["stage2_tc", "stage2_ic", "stage2_ti", "stage3_conv", "stage3_desc", "removed", "failures"]
     for name in (f"{n}.jsonl" for n in names):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
+def test_a_damaged_state_line_is_an_error_naming_the_file_and_line(tmp_path: Path) -> None:
+    from tinygroundinggpt.synthesis.pipeline import StateFile
+
+    path = tmp_path / "relate.jsonl"
+    path.write_text('{"id": "img0"}\n{"id": "img1", "objects": [}\n{"id": "img2"}\n')
+    with pytest.raises(ValueError, match=r"relate\.jsonl:2: not a saved state .JSONDecodeError"):
+        StateFile(path).load()
+    path.write_text('{"id": "img0"}\n{"id": "img1"')  # a writer killed mid-line: that line is cut, the rest kept
+    assert list(StateFile(path).load()) == ["img0"] and path.read_text() == '{"id": "img0"}\n'

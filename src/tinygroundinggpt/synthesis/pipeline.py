@@ -99,11 +99,17 @@ class StateFile:
             return {}
         states, good_end = {}, 0
         with self.path.open("rb") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 if not line.endswith(b"\n"):
                     break  # the writer was killed mid-line: that state was never complete
-                state = json.loads(line)
-                states[state["id"]] = state
+                try:
+                    state = json.loads(line)
+                    states[state["id"]] = state
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:  # edited or damaged
+                    raise ValueError(
+                        f"{self.path}:{number}: not a saved state ({type(exc).__name__}: {exc}); remove that line "
+                        "(its image is then redone) or the file"
+                    ) from exc
                 good_end += len(line)
         if truncate and good_end != self.path.stat().st_size:
             with self.path.open("r+b") as fh:
@@ -296,15 +302,20 @@ class Pipeline:
         options["chat"] = self.models.chat_backend.name if self.models.chat_backend else None
         path = self._name("state/options", "json")
         if path.exists():
-            before = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                before = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc}); remove it to take this run's options") from exc
             if before != options:
                 changed = _changed_options(options, before)
                 raise ValueError(
                     f"{self.out} holds a run with other options ({', '.join(changed)}); use a new --out "
                     "(the model-call cache can be shared)"
                 )
-        else:
-            path.write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")
+        else:  # written whole or not at all: a kill mid-write must not leave a file the next run cannot read
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(path)
 
     def run(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         (self.out / "state").mkdir(parents=True, exist_ok=True)
