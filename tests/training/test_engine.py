@@ -109,6 +109,17 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed(world, tiny_ckpt, tmp_pat
     assert _stage("stage1a", world, tiny_ckpt, out, [*sets, "save_steps=5"])["resumed_from"] == "checkpoint-1"
 
 
+def test_half_an_epoch_resumed_at_its_last_step_takes_no_step_more(world, tiny_ckpt, tmp_path):
+    out = tmp_path / "stage"
+    first = _stage("stage1a", world, tiny_ckpt, out, ["epochs=0.5"])
+    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert last.name == f"checkpoint-{first['global_step']}"  # the stage's end, mid-epoch
+    (out / "model.safetensors").unlink()  # as if killed after its last checkpoint
+    (out / COMPLETE).unlink()
+    again = _stage("stage1a", world, tiny_ckpt, out, ["epochs=0.5"])
+    assert again["global_step"] == first["global_step"] and again["resumed_from"] == last.name
+
+
 def test_checkpoints_keep_the_stages_processor(world, tiny_ckpt, tmp_path):
     out = tmp_path / "stage"
     _stage("stage1a", world, tiny_ckpt, out, ["max_steps=1", "save_steps=1", "max_length=512"])

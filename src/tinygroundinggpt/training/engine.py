@@ -447,10 +447,16 @@ def _check_fsdp_applies(trainer: Trainer) -> None:
 
 
 def _reached_its_end(checkpoint: str | Path, args: TrainingArguments) -> bool:
-    """Whether ``checkpoint`` holds this run's last step. Only a ``max_steps`` run can end mid-epoch, where Trainer's
-    resume would take one step more; an epoch-based one ends with an epoch and resumes to no step."""
+    """Whether ``checkpoint`` holds this run's last step. A run can end mid-epoch (``max_steps``, or a fraction of an
+    epoch: the Trainer then counts its steps as ``max_steps``), where the Trainer's resume would take one step more.
+    A run of whole epochs ends with an epoch and the Trainer's resume takes no step; one of a fractional count has
+    reached its end when the checkpoint's epoch count (steps / steps per epoch) has."""
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return args.max_steps > 0 and state["global_step"] >= args.max_steps
+    if args.max_steps > 0:
+        return state["global_step"] >= args.max_steps
+    if args.num_train_epochs == int(args.num_train_epochs):
+        return False
+    return float(state.get("epoch") or 0.0) >= args.num_train_epochs - 1e-6
 
 
 def stage_loss(log_history: list[dict[str, Any]]) -> float | None:
