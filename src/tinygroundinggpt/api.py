@@ -250,8 +250,12 @@ class TinyGroundingGPTPipeline:
         return loaded, {k: v.to(self.device) for k, v in batch.items()}, max_new_tokens
 
     def _stops(self) -> list[int]:
+        """The end of turn, the tokenizer's eos (a base model may still write it) and the checkpoint's own stop ids
+        (Qwen2.5-Instruct's generation config lists <|endoftext|> beside <|im_end|>)."""
         tok, eot = self.processor.tokenizer, self.processor.end_of_turn_id
-        return [eot] if eot == tok.eos_token_id else [eot, tok.eos_token_id]  # a base model may still write its eos
+        saved = self.model.language_model.generation_config.eos_token_id
+        saved = [] if saved is None else [saved] if isinstance(saved, int) else list(saved)
+        return list(dict.fromkeys([eot, tok.eos_token_id, *saved]))
 
     @torch.no_grad()  # grad mode is per thread: stream() generates in a thread of its own
     def _generate(

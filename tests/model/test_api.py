@@ -118,3 +118,19 @@ def test_export_casts_every_weight_once_and_keeps_the_processor(tiny_model, tmp_
     assert TinyGroundingGPTProcessor.from_pretrained(tmp_path / "bf16").to_dict() == proc.to_dict()
     with pytest.raises(SystemExit, match="already exists"):
         main(["export", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "bf16")])
+
+
+def test_the_checkpoints_own_stop_tokens_end_an_answer():
+    """Qwen2.5-Instruct's generation config stops at <|endoftext|> as well as <|im_end|>: the pipeline honours the
+    checkpoint's list, not only the end of turn."""
+    from tinygroundinggpt.assets import SHIPPED
+
+    pipe = TinyGroundingGPTPipeline.from_pretrained(SHIPPED)
+    image, prompt = Image.new("RGB", (64, 48), (200, 30, 30)), "Output the coordinate of the red object."
+    full = pipe.predict(image, prompt, max_new_tokens=12)
+    ids = pipe.processor.tokenizer(full.text, add_special_tokens=False)["input_ids"]
+    assert len(ids) >= 3
+    config = pipe.model.language_model.generation_config
+    config.eos_token_id = [pipe.processor.end_of_turn_id, ids[2]]  # as if the checkpoint listed this token too
+    cut = pipe.predict(image, prompt, max_new_tokens=12)
+    assert cut.finished and cut.completion_tokens == 3 and full.text.startswith(cut.text) and cut.text != full.text

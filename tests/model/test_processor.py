@@ -194,6 +194,21 @@ def test_boxes_need_an_image(tiny_model):
         proc(["Where is <box:0>?"], [None], boxes=[[(0, 0, 1, 1)]])
 
 
+def test_an_image_the_conversation_never_shows_is_an_error_not_dropped(tiny_model):
+    _, proc = tiny_model
+    img = Image.new("RGB", (64, 48))
+    boxes = [{"role": "user", "content": "Where is <box:0>?"}, {"role": "assistant", "content": "There."}]
+    with pytest.raises(ValueError, match="has <box:i> but no <image>: its boxes would be in the frame of an image"):
+        proc.encode(boxes, img, [(1, 1, 30, 30)])
+    plain = [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A box."}]
+    with pytest.raises(ValueError, match="an image was given but the conversation has no <image> or <object:i>"):
+        proc.encode(plain, img, [])
+    # an object image alone is shown: allowed
+    objects = [{"role": "user", "content": "What is <object:0>?"}, {"role": "assistant", "content": "A box."}]
+    enc = proc.encode(objects, img, [(1, 1, 30, 30)])
+    assert enc.pixel_values.shape[0] == 0 and enc.object_pixel_values.shape[0] == 1
+
+
 def test_a_stored_size_that_is_not_the_images_is_a_sample_error(tiny_model, tmp_path):
     _, proc = tiny_model
     Image.new("RGB", (200, 100)).save(tmp_path / "a.png")

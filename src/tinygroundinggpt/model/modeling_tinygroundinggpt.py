@@ -198,7 +198,10 @@ class TinyGroundingGPTForConditionalGeneration(TinyGroundingGPTPreTrainedModel):
             )
         if n_tokens == 0:
             return embeds
-        return embeds.masked_scatter(mask.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
+        # the device too: with device_map="auto" the projector and the embeddings may sit on different GPUs
+        return embeds.masked_scatter(
+            mask.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]).to(embeds.device, embeds.dtype)
+        )
 
     def embed_inputs(
         self,

@@ -257,6 +257,14 @@ class TinyGroundingGPTProcessor(ProcessorMixin):
             raise ValueError("the conversation has <image> but no image was given")
         if n_images > 1:
             raise ValueError(f"the conversation has {n_images} <image> placeholders; one global image is supported")
+        if image is not None and not n_images:  # the image would be dropped without a word
+            if any(BOX_REF_RE.search(m["content"]) for m in messages):
+                raise ValueError(
+                    "the conversation has <box:i> but no <image>: its boxes would be in the frame of an image the "
+                    "model does not see"
+                )
+            if not object_order:
+                raise ValueError("an image was given but the conversation has no <image> or <object:i> to show it")
         n_objects = ids.count(self.object_token_id)
         if n_objects != len(object_order):
             raise ValueError(
