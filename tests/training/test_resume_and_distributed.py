@@ -143,6 +143,25 @@ def test_two_processes_train_the_vision_tower(world, tiny_ckpt, tmp_path):
     assert not changed & {"vision_tower.dino.embeddings.mask_token", "vision_tower.clip.post_layernorm.weight"}
 
 
+def test_two_processes_report_the_bad_samples_of_both_ranks(world, tiny_ckpt, tmp_path):
+    # each rank replaces the bad samples of its own batches; rank 0 writes the report, so it must gather them
+    samples = [json.loads(line) for line in (world / "stage2_tc.jsonl").read_text().splitlines()[:8]]
+    bad = [samples[i]["id"] for i in (1, 3, 4, 6)]
+    for s in samples:  # images are found relative to the data file: this one lives elsewhere
+        s["image"] = "missing.png" if s["id"] in bad else str(world / s["image"])
+    lines = [json.dumps(s) for s in samples]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "two"
+    data = f"data=[{{path: {tmp_path / 'data.jsonl'}, weight: 1.0}}]"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29539"]
+    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--set", "max_steps=2", "--set", data), timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    report = json.loads((out / "train_report.json").read_text())
+    assert sorted(r[1] for r in report["replaced"]) == sorted(bad)  # all four, whichever rank drew them
+    r0, r1 = _shards(out)
+    assert r0 and r1 and set(r0).isdisjoint(r1)
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU ops with g++")
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_two_processes_shard_the_data_and_match_one_process(world, tiny_ckpt, tmp_path, stage):

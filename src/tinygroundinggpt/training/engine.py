@@ -346,6 +346,15 @@ class _CompleteMarker(TrainerCallback):
                 _mark_complete(folder, info)
 
 
+def _on_every_rank(items: list[tuple]) -> list[tuple]:
+    """``items`` of every rank, in rank order, each once (each rank replaces the bad samples of its own batches)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    gathered: list[list[tuple] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, items)
+    return list(dict.fromkeys(tuple(x) for part in gathered for x in part or ()))
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` holds on any rank (each rank's loss covers its own batches: they can disagree)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -555,7 +564,7 @@ def train_stage(
         "log_history": trainer.state.log_history,
         "data": dataset.report.counts,
         "skipped": [list(s) for s in dataset.report.skipped],
-        "replaced": [list(s) for s in trainer.replaced],  # this process's batches; rank 0 writes the report
+        "replaced": [list(s) for s in _on_every_rank(list(trainer.replaced))],  # rank 0 writes the report
         "wall_seconds": round(marker.elapsed(), 1),
         "resumed_from": Path(checkpoint).name if checkpoint else None,
     }
