@@ -186,6 +186,14 @@ def test_deepspeed_two_processes_shard_the_data_and_match_one_process(world, tin
     assert set(wa) <= set(wb)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=0)
+    # killed after the stage's last checkpoint, before its own save: the rerun saves that checkpoint, no step more
+    for leftover in [*out.glob("model*.safetensors"), out / "COMPLETE", out / "train_report.json"]:
+        leftover.unlink()
+    res = _two_process(torchrun, _train_cmd(world, tiny_ckpt, out, "--deepspeed", stage, "--set", "max_steps=3"))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sorted(_losses(out)) == [1, 2, 3] and json.loads((out / "train_report.json").read_text())["global_step"] == 3
+    for k, v in _weights(out).items():
+        torch.testing.assert_close(v, wb[k], atol=0, rtol=0)
 
 
 def _accelerate_fsdp_cpu(tmp_path: Path, port: int) -> list[str]:

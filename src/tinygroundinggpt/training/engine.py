@@ -539,11 +539,17 @@ def train_stage(
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
+    saved_at_end = None  # under DeepSpeed: the checkpoint whose weights are the stage's, copied as they are
     if checkpoint and _reached_its_end(checkpoint, args):
         # Trainer would take one more step from a checkpoint of the stage's last step (a rerun of a finished stage,
         # or a kill during its final save): load it and save the stage instead
         logger.info("%s: %s is the stage's last step; saving it", recipe.name, checkpoint)
-        trainer._load_from_checkpoint(checkpoint)
+        if trainer.is_deepspeed_enabled:  # no engine without train(): the checkpoint's gathered weights are the save
+            if recipe.mode("language_model") == "lora":
+                raise RecipeError(f"{checkpoint} holds LoRA adapters under DeepSpeed: rerun the stage with --no-resume")
+            saved_at_end = Path(checkpoint)
+        else:
+            trainer._load_from_checkpoint(checkpoint)
         trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
         train_loss = stage_loss(trainer.state.log_history)
     else:
@@ -575,8 +581,14 @@ def train_stage(
     )
     if trainer.is_fsdp_enabled:  # checkpoints may stay sharded; the stage's model must load with from_pretrained
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    # every rank: ZeRO-3/FSDP gather the weights collectively; rank 0 writes the processor with them
-    trainer.save_model(str(output_dir))
+    if saved_at_end is not None:
+        if trainer.is_world_process_zero():
+            for f in saved_at_end.iterdir():
+                if f.is_file() and (f.name.startswith("model") or f.name in ("config.json", "generation_config.json")):
+                    shutil.copy2(f, output_dir / f.name)
+            processor.save_pretrained(str(output_dir))
+    else:  # every rank: ZeRO-3/FSDP gather the weights collectively; rank 0 writes the processor with them
+        trainer.save_model(str(output_dir))
     if _any_rank(train_loss is not None and not math.isfinite(train_loss), trainer.args.device):
         # never marked complete, so a chain rerun does not start the next stage from it
         raise FloatingPointError(
