@@ -104,6 +104,12 @@ def test_two_process_torchrun_matches_one_process(world, tiny_ckpt, tmp_path):
     assert set(r0).isdisjoint(r1), "both ranks trained on the same samples"
     single = json.loads((one / "data_rank0.json").read_text())["indices"]
     assert sorted(r0 + r1) == sorted(single)  # together the ranks saw exactly the one-process batches
+    # the logged token counts are the whole global batch's, summed over the ranks, not rank 0's
+    logged = [
+        [e["tokens"] for e in json.loads((o / "train_report.json").read_text())["log_history"] if "tokens" in e]
+        for o in (one, two)
+    ]
+    assert logged[0] == logged[1] and len(logged[0]) == 4
 
 
 def test_two_processes_train_when_a_rank_has_no_image(world, tiny_ckpt, tmp_path):

@@ -137,9 +137,11 @@ class _Health:
         self.reset()
 
     def reset(self) -> None:
-        self.tokens = 0
+        # this rank's sums since the last log; tokens and the norm sum stay tensors on the device (reading them every
+        # micro-batch would wait for the GPU), summed over the ranks when logged
+        self.tokens: torch.Tensor | int = 0
         self.slots = 0
-        self.visual_norm_sum = 0.0
+        self.visual_norm_sum: torch.Tensor | float = 0.0
         self.visual_norm_n = 0
         self.grad_norms: dict[str, list[float]] = {}
         self.t0 = time.perf_counter()
@@ -190,7 +192,7 @@ class GroundingTrainer(Trainer):
 
     def _record_visual_norm(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if module.training:
-            self.health.visual_norm_sum += float(output.detach().float().norm(dim=-1).mean())
+            self.health.visual_norm_sum = self.health.visual_norm_sum + output.detach().float().norm(dim=-1).mean()
             self.health.visual_norm_n += 1
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
@@ -237,7 +239,7 @@ class GroundingTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         mask = inputs["attention_mask"]
-        self.health.tokens += int(mask.sum())
+        self.health.tokens = self.health.tokens + mask.sum()
         self.health.slots += mask.numel()
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
@@ -273,16 +275,24 @@ class GroundingTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         h = self.health
-        if "loss" in logs and h.slots:
+        if "loss" in logs:  # every rank logs at the same step (the loss is gathered first): sum the ranks' counts
+            sums = [h.tokens, h.slots, h.visual_norm_sum, h.visual_norm_n]
+            exact = torch.float32 if self.args.device.type == "mps" else torch.float64  # MPS has no float64
+            totals = torch.stack([torch.as_tensor(x, dtype=exact, device=self.args.device) for x in sums])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(totals)
+            tokens, slots, norm_sum, norm_n = totals.tolist()
+        if "loss" in logs and slots:
             elapsed = max(time.perf_counter() - h.t0, 1e-9)
-            logs["tokens_per_s"] = round(h.tokens / elapsed, 1)
-            logs["padding_fraction"] = round(1 - h.tokens / h.slots, 4)
+            logs["tokens"] = int(tokens)  # not padding, over every rank
+            logs["tokens_per_s"] = round(tokens / elapsed, 1)
+            logs["padding_fraction"] = round(1 - tokens / slots, 4)
             base = self.model.module if hasattr(self.model, "module") else self.model
             emb = base.get_input_embeddings().weight
             if emb.numel():  # ZeRO-3 leaves partitioned (empty) tensors here
                 logs["text_embed_norm"] = round(float(emb.detach().float().norm(dim=-1).mean()), 4)
-            if h.visual_norm_n:
-                logs["visual_feature_norm"] = round(h.visual_norm_sum / h.visual_norm_n, 4)
+            if norm_n:
+                logs["visual_feature_norm"] = round(norm_sum / norm_n, 4)
             for name, vals in h.grad_norms.items():
                 logs[f"grad_norm_{name}"] = float(f"{sum(vals) / len(vals):.4g}")
             h.reset()
